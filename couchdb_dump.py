@@ -856,12 +856,14 @@ class JsonRowScanner:
             pos = ws.match(text, end).end() + 1  # the comma
 
     def finish(self):
-        list(self.feed(b"", final=True))
+        """The last documents, once the reply has ended; checks it is whole."""
+        docs = list(self.feed(b"", final=True))
         if self.state != "done":
             raise BackupFailed("the reply ended before its end: the transfer was cut short")
         if self.total_rows is not None and self.rows < self.total_rows:
             raise BackupFailed("the reply holds %d rows but the database has %d documents"
                                % (self.rows, self.total_rows))
+        return docs
 
 
 _JSON_TOKENS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.S)
@@ -1044,7 +1046,8 @@ class Backup:
                     size += len(block) - block.count(b"\r")
                     for doc in scanner.feed(block):
                         writer.add(doc)
-                scanner.finish()
+                for doc in scanner.finish():
+                    writer.add(doc)
                 writer.finish()
             return had_cr, size
         except BackupFailed as error:
