@@ -292,18 +292,28 @@ def _substitute(text: str, values: dict[str, str]) -> str:
     return text
 
 
-def run_case(case_dir, program, tmp_path) -> RunResult:
+def run_case(case_dir, program, tmp_path, *, before=None, args=None, env=None) -> RunResult:
     """Run `python program <args>` on a case against its replayed server.
 
     The working directory is tmp_path/work holding only the case's before/
-    files; COUCHDB_USER/COUCHDB_PASS come only from the case's env.
+    files; COUCHDB_USER/COUCHDB_PASS come only from the case's env.  A
+    variant of a case (the same exchanges, other input files, arguments or
+    environment) passes `before` ({name: bytes}), `args` or `env`.
     """
     case = load_case(case_dir)
+    if args is not None:
+        case["args"] = list(args)
+    if env is not None:
+        case["env"] = dict(env)
     served = _served_case(case)
     workdir = Path(tmp_path) / "work"
-    before = case["dir"] / "before"
-    if before.is_dir():
-        shutil.copytree(before, workdir)
+    before_dir = case["dir"] / "before"
+    if before is not None:
+        workdir.mkdir(parents=True)
+        for name, data in before.items():
+            (workdir / name).write_bytes(data)
+    elif before_dir.is_dir():
+        shutil.copytree(before_dir, workdir)
     else:
         workdir.mkdir(parents=True)
 

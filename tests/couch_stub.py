@@ -1,0 +1,158 @@
+"""A small in-process CouchDB stand-in for tests that need a server on demand.
+
+It keeps databases and documents in memory and answers the few endpoints the
+port uses (`GET /_all_dbs`, `PUT /db`, `PUT /db/_design/x`,
+`POST /db/_bulk_docs`, `GET /db/_all_docs`) the way Apache CouchDB lays them
+out.  Every request is recorded.  A test can replace the answer to any
+request with `faults`: a callable taking the request's index, method and path
+and returning None (answer normally) or one of the actions of `Fault`.
+"""
+
+import http.server
+import json
+import socket
+import threading
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict
+    body: bytes
+
+
+@dataclass
+class Fault:
+    """What to do instead of answering: see the kinds below."""
+    kind: str                 # "status", "drop", "cut", "hang"
+    status: int = 500
+    body: bytes = b'{"error":"unknown_error","reason":"injected"}\n'
+    seconds: float = 0.0
+
+
+@dataclass
+class Store:
+    databases: dict = field(default_factory=dict)   # name -> {id: doc}
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):
+        pass
+
+    def _body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _handle(self):
+        stub = self.server.stub
+        body = self._body()
+        request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        with stub.lock:
+            index = len(stub.requests)
+            stub.requests.append(request)
+        fault = stub.faults(index, self.command, self.path) if stub.faults else None
+        if fault is not None:
+            return self._fault(fault)
+        status, payload = stub.answer(request)
+        self._send(status, payload)
+
+    do_GET = do_PUT = do_POST = do_DELETE = _handle
+
+    def _send(self, status, payload, length=None):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload) if length is None else length))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+        self.close_connection = True
+
+    def _fault(self, fault):
+        if fault.kind == "status":
+            return self._send(fault.status, fault.body)
+        if fault.kind == "drop":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault.kind == "cut":
+            # Promise more bytes than are sent, then hang up.
+            self._send(200, fault.body, length=len(fault.body) + 1000)
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault.kind == "hang":
+            threading.Event().wait(fault.seconds)
+            self.close_connection = True
+            return
+        raise ValueError(fault.kind)
+
+
+class CouchStub:
+    """The stand-in server: `with CouchStub() as stub:` gives `stub.url`."""
+
+    def __init__(self, faults=None, databases=()):
+        self.faults = faults
+        self.requests = []
+        self.lock = threading.Lock()
+        self.store = Store({name: {} for name in databases})
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self.server.stub = self
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- the CouchDB endpoints ------------------------------------------------
+
+    def answer(self, request):
+        path, _, query = request.path.partition("?")
+        parts = [unquote(p) for p in path.split("/")[1:]]
+        dbs = self.store.databases
+        if request.method == "GET" and parts == ["_all_dbs"]:
+            return 200, json.dumps(sorted(dbs)).encode() + b"\n"
+        if not parts or parts[0] not in dbs and not (request.method == "PUT" and len(parts) == 1):
+            return 404, b'{"error":"not_found","reason":"Database does not exist."}\n'
+        db = parts[0]
+        if request.method == "PUT" and len(parts) == 1:
+            if db in dbs:
+                return 412, b'{"error":"file_exists","reason":"The database could not be created, the file already exists."}\n'
+            dbs[db] = {}
+            return 201, b'{"ok":true}\n'
+        if request.method == "PUT" and len(parts) >= 2:
+            doc_id = "/".join(parts[1:])
+            doc = json.loads(request.body)
+            if doc_id in dbs[db]:
+                return 409, b'{"error":"conflict","reason":"Document update conflict."}\n'
+            doc["_id"] = doc_id
+            doc["_rev"] = "1-stub"
+            dbs[db][doc_id] = doc
+            return 201, json.dumps({"ok": True, "id": doc_id, "rev": "1-stub"}).encode() + b"\n"
+        if request.method == "POST" and parts[1:] == ["_bulk_docs"]:
+            payload = json.loads(request.body)
+            for doc in payload["docs"]:
+                dbs[db][doc["_id"]] = doc
+            return 201, b"[]\n"
+        if request.method == "GET" and parts[1:] == ["_all_docs"]:
+            rows = []
+            for doc_id in sorted(dbs[db]):
+                doc = dbs[db][doc_id]
+                rows.append(json.dumps({"id": doc_id, "key": doc_id, "value": {"rev": doc["_rev"]}, "doc": doc},
+                                       separators=(",", ":"), ensure_ascii=False).encode())
+            # CouchDB's layout: one row a line, CRLF between, an empty line when no rows.
+            body = b'{"total_rows":%d,"offset":0,"rows":[\r\n' % len(rows)
+            body += b",\r\n".join(rows) + b"\r\n]}\n"
+            return 200, body
+        return 400, b'{"error":"bad_request","reason":"not in the stub"}\n'
