@@ -140,6 +140,19 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when the parent dies, so a
+    killed test run leaves no server behind. Best effort elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except Exception:
+        pass
+
+
 class PouchDBServer:
     """Context manager running `pouchdb-server --in-memory` on 127.0.0.1.
 
@@ -214,6 +227,7 @@ class PouchDBServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group, killed as one
+                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
@@ -291,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         help="create this server admin (ends the admin party)",
     )
     args = ap.parse_args(argv)
+
+    def _stop(signum, _frame):
+        raise KeyboardInterrupt  # leave the with-block: kills the server
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, _stop)
     reason = node_available()
     if reason:
         print(reason, file=sys.stderr)
