@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import zlib
 
@@ -57,7 +58,17 @@ LONG_OPTIONS = {
     # name: takes a value
     "help": False,
     "timeout": True,
+    "verify": False,
+    "jobs": True,
+    "recreate": False,
+    "force": False,
+    "json": False,
+    "no-progress": False,
+    "max-line-mb": True,
 }
+
+# Databases --recreate will not delete unless --force is given too.
+SYSTEM_DATABASES = ("_users", "_replicator", "_global_changes")
 
 USAGE_TEXT = """
 Usage: {prog} [-b|-r] -H <COUCHDB_HOST> -d <DB_NAME> -f <BACKUP_FILE> [-u <username>] [-p <password>] [-P <port>] [-l <lines>] [-t <threads>] [-a <import_attempts>]
@@ -86,7 +97,15 @@ Example: {prog} -b -H 127.0.0.1 -d mydb -f dumpedDB.json -u admin -p password
 """
 
 EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its bash meaning):
+\t--recreate          Restore: delete the database if it exists, create it, then restore (implies -c).
+\t--force             With --recreate: allow it on _users, _replicator and _global_changes.
+\t--verify            Restore: afterwards, check that every document of the dump is there with its revision.
+\t--jobs N            Restore: upload up to N chunks at once [Default: 1, the script's order].
+\t--json              Print one JSON summary object as the last line (stderr when -f - backs up to stdout).
+\t--no-progress       No progress line on stderr (-q turns it off too).
 \t--timeout SECONDS   Give up on a server that stops answering for that long [Default: 300]
+\t--max-line-mb N     Restore: refuse a dump line longer than N MB [Default: 64]
+\t-f -                Backup to standard output, or restore from standard input (gzip too).
 \t--help              Display this text.
 
 """
@@ -156,6 +175,13 @@ class Options:
         self.compress = False
         self.timestamp = False
         self.timeout = 300.0
+        self.verify = False
+        self.jobs = 1
+        self.recreate = False
+        self.force = False
+        self.json = False
+        self.progress = True
+        self.max_line = 64 << 20
         self.cores = 1
         self.url = ""
 
@@ -288,6 +314,25 @@ def parse_options(argv, environ, out, prog):
             if seconds is None:
                 _usage_error(out, prog, '... ERROR: Option "--timeout" takes a number of seconds, not "%s"' % value)
             opts.timeout = seconds
+        elif option == "--jobs":
+            if not value.isdigit() or not value.isascii() or int(value) < 1:
+                _usage_error(out, prog, '... ERROR: Option "--jobs" takes a whole number from 1, not "%s"' % value)
+            opts.jobs = int(value)
+        elif option == "--max-line-mb":
+            if not value.isdigit() or not value.isascii() or int(value) < 1:
+                _usage_error(out, prog, '... ERROR: Option "--max-line-mb" takes a whole number from 1, not "%s"'
+                             % value)
+            opts.max_line = int(value) << 20
+        elif option == "--verify":
+            opts.verify = True
+        elif option == "--recreate":
+            opts.recreate = opts.create = True
+        elif option == "--force":
+            opts.force = True
+        elif option == "--json":
+            opts.json = True
+        elif option == "--no-progress":
+            opts.progress = False
     out.quiet = opts.quiet
 
     # bash tests "x$@" = "x": a single stray word is an error; several make
@@ -378,18 +423,25 @@ class Messages:
     once so that logs interleave correctly with other programs.
     """
 
+    ERROR = b"... ERROR: "
+
     def __init__(self, stream=None, quiet=False):
         self.stream = stream if stream is not None else sys.stdout.buffer
         self.quiet = quiet
+        self.last_error = None   # the text of the last "... ERROR:" line, for --json
+        self._lock = threading.Lock()
 
     def raw(self, data):
         if isinstance(data, str):
             data = os.fsencode(data)
-        try:
-            self.stream.write(data)
-            self.stream.flush()
-        except (BrokenPipeError, ValueError):
-            pass
+        if data.startswith(self.ERROR):
+            self.last_error = data[len(self.ERROR):].split(b"\n", 1)[0].decode("utf-8", "replace")
+        with self._lock:
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass
 
     def line(self, text):
         if isinstance(text, str):
@@ -408,6 +460,115 @@ class Messages:
             sys.stderr.flush()
         except (BrokenPipeError, ValueError):
             pass
+
+
+class Progress:
+    """Documents and bytes done, on standard error, while a run goes on.
+
+    Redrawn in place on a terminal; one line every few seconds otherwise, so
+    that logs stay readable.  Silent with -q or --no-progress.
+    """
+
+    def __init__(self, enabled, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.interval = 0.5 if self.tty else 5.0
+        self.started = time.monotonic()
+        self.last = self.started
+        self.drawn = False
+
+    def update(self, documents, size, total=None, force=False):
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-6)
+        rate = documents / elapsed
+        text = "%d documents, %.1f MB, %d documents/s" % (documents, size / 1e6, rate)
+        if total:
+            share = min(documents / total, 1.0)
+            left = (total - documents) / rate if rate > 0 else 0
+            text += ", %d%%, %d s left" % (share * 100, left)
+        try:
+            if self.tty:
+                self.stream.write("\r" + text + "\x1b[K")
+                self.drawn = True
+            else:
+                self.stream.write("progress: " + text + "\n")
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def finish(self):
+        if self.drawn:
+            try:
+                self.stream.write("\n")
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+            self.drawn = False
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: ends the run with 128 + the signal's number."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+        self.code = 128 + signum
+
+
+class Stop:
+    """How a signal is taken: at once, or (restore) after the current request.
+
+    While ``graceful`` is set, the first signal is only noted in
+    ``requested``; the restore looks at it between requests.  A second
+    signal, or any signal outside, interrupts at once.
+    """
+
+    graceful = False
+    requested = None
+
+    @classmethod
+    def handler(cls, signum, frame):
+        if cls.graceful and cls.requested is None:
+            cls.requested = signum
+            return
+        raise Interrupted(signum)
+
+    @classmethod
+    def install(cls):
+        """Take SIGINT and SIGTERM; returns the handlers to give back."""
+        import signal
+        cls.graceful = False
+        cls.requested = None
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, cls.handler)
+            except (ValueError, OSError):   # not the main thread: leave them be
+                pass
+        return previous
+
+    @classmethod
+    def restore(cls, previous):
+        import signal
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def signal_name(signum):
+    import signal
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
 
 
 # ---------------------------------------------------------------------------
@@ -638,6 +799,7 @@ class CouchDBLayout:
     def __init__(self, total_rows):
         self.total_rows = total_rows
         self.rows = 0
+        self.designs = 0
         self.pending = b""
         self.last_line = None
 
@@ -654,6 +816,7 @@ class CouchDBLayout:
         self.last_line = complete[previous + 1:-1]
         out, rows = rewrite_couchdb_block(complete)
         self.rows += rows
+        self.designs += complete.count(b'\n{"id":"_design/') + complete.startswith(b'{"id":"_design/')
         return out
 
     def finish(self):
@@ -686,7 +849,9 @@ class JsonRowScanner:
 
     _WS = re.compile(r"[ \t\n\r]*")
 
-    def __init__(self):
+    def __init__(self, documents=True):
+        self.documents = documents   # False: yield each row, parsed, instead of its document
+        self.designs = 0
         self.decoder = json.JSONDecoder()
         self.text_decoder = codecs.getincrementaldecoder("utf-8")()
         self.buffer = ""
@@ -823,6 +988,8 @@ class JsonRowScanner:
                 return None
             self.state = "row_sep"
             self.rows += 1
+            if not self.documents:
+                return found[0]
             return self._document(found[0], start)
         if state == "done":
             if self._skip_ws():
@@ -839,6 +1006,8 @@ class JsonRowScanner:
         """The raw text of the row's "doc" member, found member by member."""
         if not isinstance(row, dict) or not isinstance(row.get("doc"), dict):
             raise BackupFailed("a row of the reply has no document: %s" % json.dumps(row)[:80])
+        if str(row["doc"].get("_id", "")).startswith("_design/"):
+            self.designs += 1
         text = self.buffer
         pos = start + 1
         ws = self._WS
@@ -940,33 +1109,69 @@ def du_kib(size):
     return -(-size // 4096) * 4
 
 
+class StreamTarget:
+    """Backup to standard output (``-f -``): the dump flows out as it comes.
+
+    Nothing can be taken back there, so a failure is told by the exit code
+    (a pipeline with ``set -o pipefail`` sees it) and the error line.
+    """
+
+    def __init__(self, stream, compress=False):
+        self.raw = stream
+        self.out = gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=stream) if compress else stream
+        self.path = "-"
+
+    def write(self, data):
+        self.out.write(data)
+
+    def commit(self):
+        if self.out is not self.raw:
+            self.out.close()
+        self.raw.flush()
+
+    def discard(self):
+        try:
+            self.raw.flush()
+        except Exception:
+            pass
+
+
 class Backup:
     """Backup mode: one GET of ``_all_docs``, streamed into the dump file."""
 
     BLOCK = 1 << 20
 
-    def __init__(self, opts, session, out):
+    def __init__(self, opts, session, out, progress=None):
         self.opts = opts
         self.session = session
         self.out = out
+        self.progress = progress or Progress(False)
+        self.summary = {"mode": "backup", "db": opts.db, "file": opts.file,
+                        "documents": 0, "design_documents": 0, "bytes": 0}
 
     def run(self):
         opts, out = self.opts, self.out
-        name = timestamped_name(opts.file) if opts.timestamp else opts.file
+        to_stdout = opts.file == "-"
+        name = timestamped_name(opts.file) if opts.timestamp and not to_stdout else opts.file
         out.info("... INFO: Output file %s" % name)
-        final = name + ".gz" if opts.compress else name
-        for path in (name, final):
-            if os.path.isfile(path):
-                out.line("... ERROR: Output file %s already exists." % path)
+        final = name + ".gz" if opts.compress and not to_stdout else name
+        self.summary["file"] = final
+        if not to_stdout:
+            for path in (name, final):
+                if os.path.isfile(path):
+                    out.line("... ERROR: Output file %s already exists." % path)
+                    raise Exit(1)
+            if os.path.isdir(final):
+                out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
+                out.detail("couchdb_dump: %s is a directory" % final)
                 raise Exit(1)
-        if os.path.isdir(final):
-            out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-            out.detail("couchdb_dump: %s is a directory" % final)
-            raise Exit(1)
 
         path = "/" + quote_database(opts.db) + ALL_DOCS_QUERY
         try:
-            target = BackupFile(final, compress=opts.compress)
+            if to_stdout:
+                target = StreamTarget(sys.stdout.buffer, compress=opts.compress)
+            else:
+                target = BackupFile(final, compress=opts.compress)
         except OSError as error:
             out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
             out.detail("couchdb_dump: cannot write %s: %s" % (final, error.strerror))
@@ -977,6 +1182,10 @@ class Backup:
         except BaseException:
             target.discard()
             raise
+        finally:
+            self.progress.finish()
+        if not to_stdout:
+            self.summary["bytes"] = os.path.getsize(final)
 
         if had_cr:
             out.info("... INFO: File may contain Windows carriage returns- converting...")
@@ -1003,7 +1212,6 @@ class Backup:
         try:
             blocks = response.stream(self.BLOCK)
             head = b""
-            had_cr = False
             # The first line decides: a CouchDB error, or which layout.
             for block in blocks:
                 head += block
@@ -1018,48 +1226,61 @@ class Backup:
                 out.line("... ERROR: The server answered HTTP %d %s instead of the documents."
                          % (response.status, response.reason or ""))
                 raise Exit(1)
-            if b"\r" in head:
-                had_cr = True
-                head = head.replace(b"\r", b"")
-            size = len(head)
+            had_cr = b"\r" in head
+            head = head.replace(b"\r", b"")
             first_line, newline, rest = head.partition(b"\n")
             header = _COUCHDB_HEADER.match(first_line) if newline else None
             if header:
-                layout = CouchDBLayout(int(header.group(1)))
-                target.write(BACKUP_HEADER + b"\n")
-                target.write(layout.feed(rest))
-                for block in blocks:
-                    if b"\r" in block:
-                        had_cr = True
-                        block = block.replace(b"\r", b"")
-                    size += len(block)
-                    target.write(layout.feed(block))
-                target.write(layout.finish())
-            else:
-                scanner = JsonRowScanner()
-                writer = _DocumentLines(target)
-                for doc in scanner.feed(head):
-                    writer.add(doc)
-                for block in blocks:
-                    if b"\r" in block:
-                        had_cr = True
-                    size += len(block) - block.count(b"\r")
-                    for doc in scanner.feed(block):
-                        writer.add(doc)
-                for doc in scanner.finish():
-                    writer.add(doc)
-                writer.finish()
-            return had_cr, size
+                return self._rewrite_couchdb(int(header.group(1)), rest, blocks, target, had_cr, len(head))
+            return self._rewrite_any(head, blocks, target, had_cr)
         except BackupFailed as error:
             out.line("... ERROR: Backup failed, no file written: %s." % error)
             raise Exit(1)
-        except (Exit, KeyboardInterrupt):
+        except (Exit, Interrupted, KeyboardInterrupt):
             raise
         except Exception as error:
             # A broken transfer or a failed write: bash's curl -o says the same.
             self._curl_failed(error)
         finally:
             response.release_conn()
+
+    def _rewrite_couchdb(self, total, rest, blocks, target, had_cr, size):
+        """The fast path: Apache CouchDB's one-row-a-line layout."""
+        layout = CouchDBLayout(total)
+        target.write(BACKUP_HEADER + b"\n")
+        target.write(layout.feed(rest))
+        for block in blocks:
+            if b"\r" in block:
+                had_cr = True
+                block = block.replace(b"\r", b"")
+            size += len(block)
+            target.write(layout.feed(block))
+            self.progress.update(layout.rows, size, total)
+        target.write(layout.finish())
+        self.summary["documents"] = layout.rows
+        self.summary["design_documents"] = layout.designs
+        return had_cr, size
+
+    def _rewrite_any(self, head, blocks, target, had_cr):
+        """Any other layout, through the streaming JSON scanner."""
+        scanner = JsonRowScanner()
+        writer = _DocumentLines(target)
+        size = len(head)
+        for doc in scanner.feed(head):
+            writer.add(doc)
+        for block in blocks:
+            if b"\r" in block:
+                had_cr = True
+            size += len(block) - block.count(b"\r")
+            for doc in scanner.feed(block):
+                writer.add(doc)
+            self.progress.update(scanner.rows, size, scanner.total_rows)
+        for doc in scanner.finish():
+            writer.add(doc)
+        writer.finish()
+        self.summary["documents"] = scanner.rows
+        self.summary["design_documents"] = scanner.designs
+        return had_cr, size
 
     def _curl_failed(self, error):
         self.out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
@@ -1094,33 +1315,130 @@ GZIP_MAGIC = b"\x1f\x8b"
 _DESIGN_LAYOUT = re.compile(rb'\A\{"_id":"((?:[^"\\]|\\.)*)","_rev":"[0-9]*-[0-9a-zA-Z_\-]*",')
 
 
+class DumpInvalid(Exception):
+    """The dump cannot be restored as it is; says where and why."""
+
+    def __init__(self, line, text):
+        super().__init__(text)
+        self.line = line
+        self.text = text
+
+
+class _Borrowed:
+    """A file object lent to a reader: closing it leaves it open."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def read(self, size=-1):
+        return self.handle.read(size)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def close(self):
+        pass
+
+
 class DumpFile:
-    """Reads a dump file line by line: plain or gzip, LF or CRLF.
+    """Reads a dump file: plain or gzip, LF or CRLF, in blocks of whole lines.
 
     A gzip file is recognised by its magic bytes, whatever its name, and
     read as the text it holds.  A carriage return before a line's newline is
     dropped, so a CRLF dump restores exactly as the same dump with LF ends.
-    Every pass reads the file again, so memory holds one line at a time.
+    Every pass reads the file again, so memory holds one block and the
+    longest line, never the whole dump; a line longer than ``max_line``
+    bytes is refused rather than read.
     """
 
-    def __init__(self, path):
+    BLOCK = 1 << 22
+
+    def __init__(self, path, max_line=64 << 20, spool=None):
         self.path = path
-        with open(path, "rb") as probe:
-            self.compressed = probe.read(2) == GZIP_MAGIC
+        self.max_line = max_line
+        self.spool = spool
+        if spool is None:
+            self.size = os.path.getsize(path)
+            with open(path, "rb") as probe:
+                self.compressed = probe.read(2) == GZIP_MAGIC
+        else:
+            self.size = spool.seek(0, os.SEEK_END)
+            spool.seek(0)
+            self.compressed = spool.read(2) == GZIP_MAGIC
+
+    @classmethod
+    def from_stream(cls, stream, max_line=64 << 20):
+        """A dump read from a pipe (``-f -``).
+
+        It has to be read twice (checked whole, then uploaded), and a pipe
+        cannot be read again: it is kept in memory up to 32 MB, beyond that
+        in an unnamed temporary file that is gone when the run ends.
+        """
+        spool = tempfile.SpooledTemporaryFile(max_size=32 << 20)
+        while True:
+            data = stream.read(1 << 20)
+            if not data:
+                break
+            spool.write(data)
+        return cls("-", max_line, spool)
 
     def _open(self):
-        raw = open(self.path, "rb", buffering=1 << 20)
+        if self.spool is not None:
+            self.spool.seek(0)
+            raw = _Borrowed(self.spool)
+        else:
+            raw = open(self.path, "rb", buffering=0)
         return gzip.GzipFile(fileobj=raw, mode="rb") if self.compressed else raw
+
+    def _read(self, handle, line):
+        try:
+            return handle.read(self.BLOCK)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise DumpInvalid(line, "the gzip data is truncated or corrupt (%s)" % error)
+
+    def blocks(self):
+        """Yield ``(number of the block's first line, block)``: whole lines.
+
+        Only the last block may end without a newline.
+        """
+        line = 1
+        pending = b""
+        with self._open() as handle:
+            while True:
+                data = self._read(handle, line)
+                if not data:
+                    break
+                if pending:
+                    data = pending + data
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    pending = data
+                    if len(pending) > self.max_line:
+                        raise DumpInvalid(line, "a line longer than %d MB" % (self.max_line >> 20))
+                    continue
+                pending = data[cut:]
+                block = data[:cut]
+                if b"\r" in block:
+                    block = block.replace(b"\r\n", b"\n")
+                yield line, block
+                line += block.count(b"\n")
+        if pending:
+            if pending.endswith(b"\r"):
+                pending = pending[:-1]
+            yield line, pending
 
     def lines(self):
         """Yield every line with its newline (the last may lack one)."""
-        with self._open() as handle:
-            for line in handle:
-                if line.endswith(b"\r\n"):
-                    line = line[:-2] + b"\n"
-                elif line.endswith(b"\r") and not line.endswith(b"\n"):
-                    line = line[:-1]
-                yield line
+        for _, block in self.blocks():
+            parts = block.split(b"\n")
+            last = parts.pop()
+            for part in parts:
+                yield part + b"\n"
+            if last:
+                yield last
 
 
 def strip_newline(line):
@@ -1174,70 +1492,340 @@ def design_document_request(line, doc_id):
     return "/_design/" + quote_path_segment(name), body + b"\n"
 
 
+_BLANK_LINE = re.compile(r"\n[ \t]*(?=\n)")
+
+
 class DumpSurvey:
     """One streaming pass over the dump, before anything is sent.
 
     Counts lines as ``wc -l`` does (newline characters), finds the design
     documents, and keeps the first and last lines: all the script learns
-    from its grep, wc, head and tail, without writing a file.
+    from its grep, wc, head and tail, without writing a file.  With
+    ``check`` it also proves the dump whole, so that a broken one is refused
+    before the first request instead of half restored: a header line, one
+    JSON object a line with a comma after every one but the last, the
+    ``]}`` footer last, UTF-8 throughout.  It parses each block of lines
+    as one JSON array, which keeps the cost in the C parser.
     """
 
-    def __init__(self, dump):
+    def __init__(self, dump, check=True, on_documents=None):
+        self.dump = dump
+        self.check = check
+        self.on_documents = on_documents   # called with each block's parsed documents
         self.newlines = 0
         self.lines = 0
-        self.designs = []        # (line number, id)
+        self.documents = 0
+        self.designs = []        # (line number counted from 0, id)
         self.first = None
         self.last = b""
         self.last_has_newline = True
-        self.last_plain = None   # number of the last line that is no design document
-        for number, line in enumerate(dump.lines()):
-            if self.first is None:
-                self.first = strip_newline(line)
-            doc_id = design_document_id(line)
-            if doc_id is not None:
-                self.designs.append((number, doc_id))
-            else:
-                self.last_plain = number
-            self.lines += 1
-            if line.endswith(b"\n"):
-                self.newlines += 1
-                self.last_has_newline = True
-            else:
-                self.last_has_newline = False
-            self.last = line
+        self._comma_pending = None   # the last document line seen ended with a comma
+        self._held = None
+        for number, block in dump.blocks():
+            self._survey(number, block)
+            if check:
+                if self._held is not None:
+                    self._check_block(*self._held, final=False)
+                self._held = (number, block)
+        if self.first is None:
+            raise DumpInvalid(1, "the file is empty: it is no dump")
+        if check:
+            self._check_block(*self._held, final=True)
         self.design_lines = {number for number, _ in self.designs}
+
+    def _survey(self, number, block):
+        newlines = block.count(b"\n")
+        if self.first is None:
+            self.first = strip_newline(block.split(b"\n", 1)[0])
+        self.lines += newlines + (0 if block.endswith(b"\n") else 1)
+        self.newlines += newlines
+        self.last_has_newline = block.endswith(b"\n")
+        end = len(block) - 1 if self.last_has_newline else len(block)
+        self.last = block[block.rfind(b"\n", 0, end) + 1:]
+        position = block.find(b"_design")
+        while position >= 0:
+            start = block.rfind(b"\n", 0, position) + 1
+            stop = block.find(b"\n", position)
+            stop = len(block) if stop < 0 else stop + 1
+            line_number = number - 1 + block.count(b"\n", 0, start)
+            doc_id = design_document_id(block[start:stop])
+            if doc_id is not None and line_number > 0:
+                self.designs.append((line_number, doc_id))
+            position = block.find(b"_design", stop)
+
+    def _check_block(self, number, block, final):
+        """Prove one block of lines; ``final`` when it is the dump's last."""
+        text = block
+        first_line = number
+        if number == 1:
+            header, _, text = block.partition(b"\n")
+            self._check_header(header)
+            first_line = 2
+        if final:
+            body = text.rstrip(b"\n")
+            cut = body.rfind(b"\n") + 1
+            if body[cut:] != FOOTER:
+                raise DumpInvalid(number + block.count(b"\n", 0, len(block.rstrip(b"\n"))),
+                                  "the dump ends without its ']}' footer: it was cut short")
+            text = body[:cut]
+        try:
+            decoded = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DumpInvalid(first_line + text.count(b"\n", 0, error.start), "bytes that are not UTF-8")
+        docs = decoded.strip(" \t\n")
+        if not docs:
+            if final and self._comma_pending:
+                raise DumpInvalid(first_line, "the last document is followed by a comma")
+            return
+        if self._comma_pending is False:
+            raise DumpInvalid(first_line - 1, "a document line without its trailing comma")
+        ends_with_comma = docs.endswith(",")
+        if ends_with_comma:
+            docs = docs[:-1]
+        try:
+            values = json.loads("[" + docs + "]")
+        except ValueError:
+            values = None
+        if values is not None and len(values) != docs.count("\n") + 1:
+            # Blank lines are allowed (an empty database's dump has one).
+            blank = len(_BLANK_LINE.findall(docs))
+            if len(values) != docs.count("\n") + 1 - blank:
+                values = None
+        if values is None or not all(type(v) is dict for v in values):
+            self._find_bad_line(first_line, text)
+        self.documents += len(values)
+        if self.on_documents is not None:
+            self.on_documents(values)
+        self._comma_pending = ends_with_comma
+        if final and ends_with_comma:
+            raise DumpInvalid(first_line + text.rstrip(b"\n").count(b"\n"),
+                              "the last document is followed by a comma")
+
+    def _check_header(self, header):
+        try:
+            value = json.loads(header + b"]}")
+        except ValueError:
+            value = None
+        if not isinstance(value, dict) or value.get("docs") != []:
+            raise DumpInvalid(1, 'the first line is not a dump header like {"new_edits":false,"docs":[')
+
+    @staticmethod
+    def _find_bad_line(first_line, text):
+        """Name the first line that breaks the block (the slow path)."""
+        lines = text.split(b"\n")
+        for offset, line in enumerate(lines):
+            body = line.strip(b" \t")
+            if not body:
+                continue
+            last = offset == len(lines) - 1 or not any(l.strip(b" \t") for l in lines[offset + 1:])
+            if body.endswith(b","):
+                body = body[:-1]
+            elif not last:
+                raise DumpInvalid(first_line + offset, "a document line without its trailing comma")
+            try:
+                value = json.loads(body)
+            except ValueError:
+                raise DumpInvalid(first_line + offset, "a line that is not valid JSON")
+            if not isinstance(value, dict):
+                raise DumpInvalid(first_line + offset, "a line that is not a JSON object")
+        raise DumpInvalid(first_line, "lines that are not one JSON document each")
 
     def remaining_newlines(self):
         """``wc -l`` of the text left once the design documents are out."""
-        count = self.newlines - sum(1 for n, _ in self.designs if n != self.lines - 1 or self.last_has_newline)
-        return count
+        return self.newlines - sum(1 for n, _ in self.designs if n != self.lines - 1 or self.last_has_newline)
 
 
-class RestoreFailed(Exception):
-    """A restore step failed after its attempts; the messages are printed."""
+class RestoreStopped(Exception):
+    """A signal asked the restore to stop; the current request has ended."""
+
+
+class RevisionIndex:
+    """Which (id, revision) pairs the dump holds, for --verify.
+
+    Each document is kept as an 8-byte hash in a sorted array: 8 bytes a
+    document, whatever the documents hold.  Design documents are PUT, which
+    gives them a new revision, so they are checked by id only.
+    """
+
+    def __init__(self):
+        from array import array
+        self.keys = array("Q")
+        self.design_ids = []
+        self.found = None
+
+    @staticmethod
+    def key(doc_id, rev):
+        import hashlib
+        digest = hashlib.blake2b(("%s\0%s" % (doc_id, rev)).encode("utf-8", "surrogatepass"), digest_size=8)
+        return int.from_bytes(digest.digest(), "little")
+
+    def add(self, docs):
+        key = self.key
+        for doc in docs:
+            doc_id = doc.get("_id")
+            if isinstance(doc_id, str) and doc_id.startswith("_design/"):
+                self.design_ids.append(doc_id)
+            else:
+                self.keys.append(key(doc_id, doc.get("_rev")))
+
+    def seal(self):
+        from array import array
+        self.keys = array("Q", sorted(self.keys))
+        self.found = bytearray(len(self.keys))
+
+    def mark(self, doc_id, rev):
+        from bisect import bisect_left
+        key = self.key(doc_id, rev)
+        index = bisect_left(self.keys, key)
+        if index < len(self.keys) and self.keys[index] == key:
+            self.found[index] = 1
+
+    def has(self, doc_id, rev):
+        from bisect import bisect_left
+        key = self.key(doc_id, rev)
+        index = bisect_left(self.keys, key)
+        return index < len(self.keys) and self.keys[index] == key and self.found[index]
+
+    def missing(self):
+        return self.found.count(0)
 
 
 class Restore:
-    """Restore mode: the requests couchdb-dump.sh sends, in the same order."""
+    """Restore mode: the requests couchdb-dump.sh sends, in the same order.
 
-    def __init__(self, opts, session, out):
+    The dump is checked whole first (``DumpSurvey``); then the database is
+    checked or created, the design documents are PUT one by one, and the
+    rest goes to ``_bulk_docs`` in one body or in chunks of ``-l`` lines.
+    Every request is retried ``-a`` times, 1 s apart, as the script does.
+    """
+
+    def __init__(self, opts, session, out, progress=None):
         self.opts = opts
         self.session = session
         self.out = out
+        self.progress = progress or Progress(False)
         self.refused = 0
-        self.written_chunks = 0
+        self.chunks_written = 0
+        self.documents_written = 0
+        self.bytes_sent = 0
+        self.total_documents = 0
+        self.summary = {"mode": "restore", "db": opts.db, "file": opts.file,
+                        "documents": 0, "design_documents": 0, "bytes": 0}
+        self.db_path = "/" + quote_database(opts.db)
 
     # -- steps ------------------------------------------------------------
 
     def run(self):
         opts, out = self.opts, self.out
+        dump = self.open_dump()
+        if opts.recreate and opts.db in SYSTEM_DATABASES and not opts.force:
+            out.line("... ERROR: Refusing to recreate the system database %s - add --force to do it anyway" % opts.db)
+            raise Exit(1)
+        index = RevisionIndex() if opts.verify else None
+        survey = self.survey(dump, index)
+        self.total_documents = survey.documents
+        self.summary["bytes"] = dump.size
+        out.info("... INFO: Checking for database")
+        self.check_database()
+        Stop.graceful = True
+        try:
+            self.restore_documents(dump, survey)
+        except RestoreStopped:
+            out.line("... ERROR: Stopped by %s: %d of %d documents were written (%d chunks); the restore is incomplete."
+                     % (signal_name(Stop.requested), self.documents_written, self.total_documents,
+                        self.chunks_written))
+            raise Exit(128 + Stop.requested)
+        finally:
+            Stop.graceful = False
+            self.progress.finish()
+            self.summary["documents"] = self.documents_written
+        if self.refused:
+            out.line("... ERROR: %d documents were refused by the server: the restore is incomplete." % self.refused)
+            raise Exit(1)
+        if index is not None:
+            self.verify(dump, index)
+
+    def open_dump(self):
+        opts, out = self.opts, self.out
+        if opts.file == "-":
+            return DumpFile.from_stream(sys.stdin.buffer, opts.max_line)
         if not os.path.isfile(opts.file):
             out.line("... ERROR: Input file %s not found." % opts.file)
             raise Exit(1)
-        dump = DumpFile(opts.file)
-        survey = DumpSurvey(dump)
-        out.info("... INFO: Checking for database")
-        self.check_database()
+        try:
+            return DumpFile(opts.file, opts.max_line)
+        except OSError as error:
+            out.line("... ERROR: Cannot read %s: %s." % (opts.file, error.strerror))
+            raise Exit(1)
+
+    def survey(self, dump, index):
+        try:
+            survey = DumpSurvey(dump, on_documents=index.add if index is not None else None)
+        except DumpInvalid as error:
+            self.out.line("... ERROR: %s line %d: %s. Nothing was sent to the server."
+                          % (self.opts.file, error.line, error.text))
+            raise Exit(1)
+        except OSError as error:
+            self.out.line("... ERROR: Cannot read %s: %s." % (self.opts.file, error.strerror or error))
+            raise Exit(1)
+        if index is not None:
+            index.seal()
+        return survey
+
+    def check_database(self):
+        opts, out = self.opts, self.out
+        reply = self.attempt(
+            lambda: self.session.request("GET", "/_all_dbs"),
+            accept=lambda reply: True,
+            transfer_warn="... WARN: Curl failed to get the list of databases - Attempt %d/%s. Retrying...",
+            transfer_final=lambda error: out.line("... ERROR: Curl failed to get the list of databases - Stopping"))
+        listing = reply.body.rstrip(b"\n")
+        if not (listing.startswith(b"[") and listing.endswith(b"]")):
+            out.line("... WARN: Curl failed to get the list of databases - Continuing")
+            if not listing:
+                out.line("... WARN: Curl just returned: ")
+            if opts.recreate:
+                out.line("... ERROR: --recreate needs the list of databases - Stopping")
+                raise Exit(1)
+            return
+        exists = b'"' + os.fsencode(opts.db) + b'"' in listing
+        if exists and opts.recreate:
+            self.delete_database()
+            exists = False
+        if exists:
+            return
+        if not opts.create:
+            out.line("... ERROR: corresponding database %s not yet created - Stopping" % opts.db)
+            out.info("... HINT: you could add the -c flag to create the database automatically")
+            raise Exit(1)
+        self.create_database()
+
+    def delete_database(self):
+        opts, out = self.opts, self.out
+        out.info("... INFO: Deleting database %s (--recreate)" % opts.db)
+        self.attempt(
+            lambda: self.session.request("DELETE", self.db_path),
+            transfer_warn="... WARN: Curl failed to delete the database " + opts.db + " - Attempt %d/%s. Retrying...",
+            transfer_final=lambda error: out.line("... ERROR: Curl failed to delete the database %s - Stopping"
+                                                  % opts.db),
+            reply_warn="... WARN: CouchDB Reported an error during db deletion - Attempt %d/%s - Retrying...",
+            reply_final=self._couchdb_reported)
+
+    def create_database(self):
+        opts, out = self.opts, self.out
+
+        def failed(error):
+            out.line("... ERROR: Curl failed to create the database %s - Stopping" % opts.db)
+            out.line(".. ERROR: See above for any errors")
+        self.attempt(
+            lambda: self.session.request("PUT", self.db_path),
+            transfer_warn="... WARN: Curl failed to create the database " + opts.db + " - Attempt %d/%s. Retrying...",
+            transfer_final=failed,
+            reply_warn="... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying...",
+            reply_final=self._couchdb_reported)
+
+    def restore_documents(self, dump, survey):
+        opts, out = self.opts, self.out
         out.info("... INFO: Checking for Design documents")
         if not survey.designs:
             out.info("... INFO: No Design Documents found for import.")
@@ -1254,137 +1842,62 @@ class Restore:
             out.info("... INFO: Inserting Design documents")
             self.put_design_documents(dump, survey)
             out.info("... INFO: Successfully imported %d Design Documents" % len(survey.designs))
+        self.summary["design_documents"] = len(survey.designs)
         text = RestoreText(dump, survey.design_lines, fix_line)
         lines = bash_integer(opts.lines)
         if lines is not None and text_newlines < lines:
             out.info("... INFO: Small dataset. Importing as a single file.")
-            self.upload_whole(text)
+            self.upload_whole(text, survey.documents - len(survey.designs))
         else:
             self.upload_chunks(text, text_name)
-        if self.refused:
-            out.line("... ERROR: %d documents were refused by the server: the restore is incomplete." % self.refused)
-            raise Exit(1)
-
-    def check_database(self):
-        opts, out = self.opts, self.out
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                reply = self.session.request("GET", "/_all_dbs")
-                break
-            except TransferFailed as error:
-                out.detail("couchdb_dump: %s" % error)
-                if attempt >= opts.attempts:
-                    out.line("... ERROR: Curl failed to get the list of databases - Stopping")
-                    raise Exit(1)
-                out.line("... WARN: Curl failed to get the list of databases - Attempt %d/%s. Retrying..."
-                         % (attempt, opts.attempts_text))
-                time.sleep(1)
-        listing = reply.body.rstrip(b"\n")
-        if not (listing.startswith(b"[") and listing.endswith(b"]")):
-            out.line("... WARN: Curl failed to get the list of databases - Continuing")
-            if not listing:
-                out.line("... WARN: Curl just returned: ")
-            return
-        if b'"' + os.fsencode(opts.db) + b'"' in listing:
-            return
-        if not opts.create:
-            out.line("... ERROR: corresponding database %s not yet created - Stopping" % opts.db)
-            out.info("... HINT: you could add the -c flag to create the database automatically")
-            raise Exit(1)
-        self.create_database()
-
-    def create_database(self):
-        opts, out = self.opts, self.out
-        path = "/" + quote_database(opts.db)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                reply = self.session.request("PUT", path)
-            except TransferFailed as error:
-                out.detail("couchdb_dump: %s" % error)
-                if attempt >= opts.attempts:
-                    out.line("... ERROR: Curl failed to create the database %s - Stopping" % opts.db)
-                    out.line(".. ERROR: See above for any errors")
-                    raise Exit(1)
-                out.line("... WARN: Curl failed to create the database %s - Attempt %d/%s. Retrying..."
-                         % (opts.db, attempt, opts.attempts_text))
-                time.sleep(1)
-                continue
-            if reply.ok:
-                return
-            if attempt >= opts.attempts:
-                out.line(b"... ERROR: CouchDB Reported: " + self._error_text(reply))
-                raise Exit(1)
-            out.line("... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying..."
-                     % (attempt, opts.attempts_text))
-            time.sleep(1)
 
     def put_design_documents(self, dump, survey):
         opts, out = self.opts, self.out
         wanted = dict(survey.designs)
         design_name = opts.file + "-design"
-        for count, (number, line) in enumerate(
-                (n, l) for n, l in enumerate(dump.lines()) if n in wanted):
+        count = 0
+        for number, line in enumerate(dump.lines()):
+            if number not in wanted:
+                continue
             path, body = design_document_request(line, wanted[number])
-            path = "/" + quote_database(opts.db) + path
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    reply = self.session.request("PUT", path, body, "application/json")
-                except TransferFailed as error:
-                    out.detail("couchdb_dump: %s" % error)
-                    if attempt >= opts.attempts:
-                        out.line("... ERROR: Curl failed trying to restore %s.%d - Stopping" % (design_name, count))
-                        raise Exit(1)
-                    out.line("... WARN: Import of %s.%d failed - Attempt %d/%s. Retrying..."
-                             % (design_name, count, attempt, opts.attempts_text))
-                    time.sleep(1)
-                    continue
-                if reply.ok:
-                    break
-                if attempt >= opts.attempts:
-                    out.line(b"... ERROR: CouchDB Reported: " + self._error_text(reply))
-                    raise Exit(1)
-                out.line("... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying..."
-                         % (attempt, opts.attempts_text))
-                time.sleep(1)
+            name = "%s.%d" % (design_name, count)
+            self.attempt(
+                lambda: self.session.request("PUT", self.db_path + path, body, "application/json"),
+                transfer_warn="... WARN: Import of " + name + " failed - Attempt %d/%s. Retrying...",
+                transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
+                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
+                reply_final=self._couchdb_reported)
+            count += 1
+            self.documents_written += 1
+            self.progress.update(self.documents_written, self.bytes_sent, self.total_documents)
 
-    def upload_whole(self, text):
+    def upload_whole(self, text, documents):
         """Fewer lines than -l: one _bulk_docs of the whole text."""
         opts, out = self.opts, self.out
-        path = "/" + quote_database(opts.db) + "/_bulk_docs"
         body = (text.size(), text.blocks)
-        attempt = 0
-        while True:
-            attempt += 1
-            failure = None
-            try:
-                reply = self.session.request("POST", path, body, "application/json")
-                if reply.ok:
-                    self._note_refusals(reply)
-                    if not self.refused:
-                        out.info("... INFO: Imported %s Successfully." % opts.file)
-                    return
-            except TransferFailed as error:
-                reply = None
-                failure = str(error)
-            if attempt >= opts.attempts:
-                out.line("... ERROR: Import of %s failed." % opts.file)
-                if reply is not None:
-                    out.raw(b"... ERROR: Error message was:   " + reply.body)
-                else:
-                    out.line("... ERROR: Error message was:   the connection failed (%s)" % failure)
-                raise Exit(1)
-            out.line("... WARN: Import of %s failed - Attempt %d/%s - Retrying..."
-                     % (opts.file, attempt, opts.attempts_text))
-            time.sleep(1)
+
+        def failed(failure):
+            out.line("... ERROR: Import of %s failed." % opts.file)
+            if isinstance(failure, Reply):
+                out.raw(b"... ERROR: Error message was:   " + failure.body)
+            else:
+                out.line("... ERROR: Error message was:   the connection failed (%s)" % failure)
+        warning = "... WARN: Import of " + opts.file + " failed - Attempt %d/%s - Retrying..."
+        reply = self.attempt(
+            lambda: self.session.request("POST", self.db_path + "/_bulk_docs", body, "application/json"),
+            transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed)
+        self.chunks_written = 1
+        self.bytes_sent += body[0]
+        self.documents_written += documents - self._note_refusals(reply)
+        if not self.refused:
+            out.info("... INFO: Imported %s Successfully." % opts.file)
 
     def upload_chunks(self, text, text_name):
-        """-l lines a chunk, each made a complete _bulk_docs body."""
+        """-l lines a chunk, each made a complete _bulk_docs body.
+
+        With --jobs N, up to N chunks are on their way at once (after every
+        design document); results are still taken in chunk order.
+        """
         opts, out = self.opts, self.out
         out.info("... INFO: Block import set to %s lines." % opts.lines)
         out.info("... INFO: Generating files to import")
@@ -1392,69 +1905,176 @@ class Restore:
         if not lines.isdigit() or int(lines) <= 0:
             out.line("... ERROR: Unable to create split files.")
             raise Exit(1)
-        path = "/" + quote_database(opts.db) + "/_bulk_docs"
-        count = 0
-        for index, chunk in enumerate(text.chunks(int(lines))):
-            name = "%s.split%s" % (text_name, chunk_suffix(index))
-            out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header else "Adding header to", name))
-            out.info("... INFO: %s %s" % ("Footer already applied to" if chunk.had_footer else "Adding footer to", name))
-            out.info("... INFO: Inserting %s" % name)
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    reply = self.session.request("POST", path, chunk.body, "application/json")
-                except TransferFailed as error:
-                    out.detail("couchdb_dump: %s" % error)
-                    if attempt >= opts.attempts:
-                        out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name)
-                        self._say_progress(count)
-                        raise Exit(1)
-                    out.line("... WARN: Failed to import %s - Attempt %d/%s - Retrying..."
-                             % (name, attempt, opts.attempts_text))
-                    time.sleep(1)
+        pending = []
+        pool = None
+        if opts.jobs > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            pool = ThreadPoolExecutor(max_workers=opts.jobs)
+        try:
+            for index, chunk in enumerate(text.chunks(int(lines))):
+                if Stop.requested:
+                    raise RestoreStopped()
+                name = "%s.split%s" % (text_name, chunk_suffix(index))
+                out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header
+                                              else "Adding header to", name))
+                out.info("... INFO: %s %s" % ("Footer already applied to" if chunk.had_footer
+                                              else "Adding footer to", name))
+                out.info("... INFO: Inserting %s" % name)
+                if pool is None:
+                    self._chunk_done(chunk, self._post_chunk(name, chunk))
                     continue
-                if reply.ok:
-                    break
-                if attempt >= opts.attempts:
-                    out.line(b"... ERROR: CouchDB Reported: " + self._error_text(reply))
-                    self._say_progress(count)
-                    raise Exit(1)
-                out.line("... WARN: CouchDB Reported and error during import - Attempt %d/%s - Retrying..."
-                         % (attempt, opts.attempts_text))
-                time.sleep(1)
-            count += 1
-            self.written_chunks = count
-            refused_before = self.refused
-            self._note_refusals(reply)
-            if self.refused == refused_before:
-                out.info("... INFO: Successfully Imported %d Files" % count)
+                pending.append((chunk, pool.submit(self._post_chunk, name, chunk)))
+                if len(pending) >= opts.jobs:
+                    chunk, future = pending.pop(0)
+                    self._chunk_done(chunk, future.result())
+            while pending:
+                chunk, future = pending.pop(0)
+                self._chunk_done(chunk, future.result())
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
         out.line("... INFO: Import Cycle Completed.")
+
+    def _post_chunk(self, name, chunk):
+        out = self.out
+
+        def failed(error):
+            out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name)
+            self._say_progress(name)
+
+        def reported(reply):
+            self._couchdb_reported(reply)
+            self._say_progress(name)
+        return self.attempt(
+            lambda: self.session.request("POST", self.db_path + "/_bulk_docs", chunk.body, "application/json"),
+            transfer_warn="... WARN: Failed to import " + name + " - Attempt %d/%s - Retrying...",
+            transfer_final=failed,
+            reply_warn="... WARN: CouchDB Reported and error during import - Attempt %d/%s - Retrying...",
+            reply_final=reported)
+
+    def _chunk_done(self, chunk, reply):
+        self.chunks_written += 1
+        self.bytes_sent += len(chunk.body)
+        refused = self._note_refusals(reply)
+        self.documents_written += chunk.documents - refused
+        if not refused:
+            self.out.info("... INFO: Successfully Imported %d Files" % self.chunks_written)
+        self.progress.update(self.documents_written, self.bytes_sent, self.total_documents)
+
+    def verify(self, dump, index):
+        """--verify: every document of the dump is in the database, same revision."""
+        opts, out = self.opts, self.out
+        out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
+        try:
+            response = self.session.open("GET", self.db_path + "/_all_docs")
+            scanner = JsonRowScanner(documents=False)
+            present_designs = set()
+            wanted_designs = set(index.design_ids)
+
+            def take(row):
+                value = row.get("value") or {}
+                if row.get("id") in wanted_designs:
+                    present_designs.add(row["id"])
+                else:
+                    index.mark(row.get("id"), value.get("rev"))
+            for block in response.stream(1 << 20):
+                for row in scanner.feed(block):
+                    take(row)
+            for row in scanner.finish():
+                take(row)
+            response.release_conn()
+        except (TransferFailed, BackupFailed, Exception) as error:
+            out.line("... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, _describe(error)
+                     if not isinstance(error, (TransferFailed, BackupFailed)) else error))
+            raise Exit(1)
+        missing = index.missing() + len(wanted_designs - present_designs)
+        total = len(index.keys) + len(wanted_designs)
+        if not missing:
+            out.info("... INFO: Verified: all %d documents of the dump are in %s with their revisions"
+                     " (%d design documents by id)." % (total, opts.db, len(wanted_designs)))
+            return
+        out.line("... ERROR: Verify: %d of %d documents of the dump are missing from %s or at another revision:"
+                 % (missing, total, opts.db))
+        for doc_id in sorted(wanted_designs - present_designs):
+            out.line("... ERROR:   missing: %s" % json.dumps(doc_id, ensure_ascii=False))
+        for line in dump.lines():
+            body = strip_newline(line).rstrip(b",")
+            if not body.startswith(b"{") or body == BACKUP_HEADER:
+                continue
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                continue
+            if not isinstance(doc, dict) or str(doc.get("_id", "")).startswith("_design/"):
+                continue
+            if not index.has(doc.get("_id"), doc.get("_rev")):
+                out.line("... ERROR:   missing: %s at revision %s" % (
+                    json.dumps(doc.get("_id"), ensure_ascii=False), doc.get("_rev")))
+        raise Exit(1)
 
     # -- helpers ----------------------------------------------------------
 
-    def _error_text(self, reply):
-        if reply.is_couchdb_error or not reply.body.strip():
-            return reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
-        return b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
+    def attempt(self, send, transfer_warn, transfer_final, reply_warn=None, reply_final=None,
+                accept=lambda reply: reply.ok):
+        """Send a request up to -a times, 1 s apart, as the script retries.
 
-    def _say_progress(self, chunks):
-        self.out.detail("couchdb_dump: %d chunk(s) were written before the failure" % chunks)
+        A failed transfer (curl's non-zero exit) and an error reply each have
+        their warning, printed with the attempt; after the last attempt the
+        ``*_final`` callable prints the script's error and the run ends.
+        """
+        opts, out = self.opts, self.out
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply = send()
+            except TransferFailed as error:
+                out.detail("couchdb_dump: %s" % error)
+                if attempt >= opts.attempts:
+                    transfer_final(error)
+                    raise Exit(1)
+                out.line(transfer_warn % (attempt, opts.attempts_text))
+            else:
+                if accept(reply):
+                    return reply
+                if attempt >= opts.attempts:
+                    reply_final(reply)
+                    raise Exit(1)
+                out.line(reply_warn % (attempt, opts.attempts_text))
+            if Stop.requested:
+                raise RestoreStopped()
+            time.sleep(1)
+            if Stop.requested:
+                raise RestoreStopped()
+
+    def _couchdb_reported(self, reply):
+        if reply.is_couchdb_error or not reply.body.strip():
+            text = reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
+        else:
+            text = b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
+        self.out.line(b"... ERROR: CouchDB Reported: " + text)
+
+    def _say_progress(self, name):
+        self.out.detail("couchdb_dump: the restore stopped at %s: %d of %d documents were written before it"
+                        % (name, self.documents_written, self.total_documents))
 
     def _note_refusals(self, reply):
-        """Report the documents a successful _bulk_docs still refused."""
+        """Report the documents a successful _bulk_docs still refused; count them."""
         try:
             answers = json.loads(reply.body)
         except ValueError:
-            return
+            return 0
         if not isinstance(answers, list):
-            return
+            return 0
+        refused = 0
         for answer in answers:
             if isinstance(answer, dict) and "error" in answer:
-                self.refused += 1
+                refused += 1
                 self.out.line("... ERROR: Document %s was refused: %s: %s" % (
                     json.dumps(answer.get("id"), ensure_ascii=False),
                     answer.get("error"), answer.get("reason", "")))
+        self.refused += refused
+        return refused
 
 
 def chunk_suffix(index):
@@ -1474,10 +2094,11 @@ def chunk_suffix(index):
 class Chunk:
     """One _bulk_docs body and what the script would say about its edges."""
 
-    def __init__(self, body, had_header, had_footer):
+    def __init__(self, body, had_header, had_footer, documents):
         self.body = body
         self.had_header = had_header
         self.had_footer = had_footer
+        self.documents = documents
 
 
 class RestoreText:
@@ -1567,7 +2188,8 @@ class RestoreText:
                 last = last[:-1]
             parts.append(last + ending)
             parts.append(footer + b"\n")
-        return Chunk(b"".join(parts), had_header, had_footer)
+        documents = sum(1 for line in piece if line[:1] == b"{") - had_header
+        return Chunk(b"".join(parts), had_header, had_footer, documents)
 
 
 # ---------------------------------------------------------------------------
@@ -1575,26 +2197,65 @@ class RestoreText:
 # ---------------------------------------------------------------------------
 
 def main(argv=None, environ=None, stdout=None):
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    ``stdout`` is a binary stream for the messages (standard output when
+    None).  SIGINT and SIGTERM are taken as ``Stop`` says while it runs.
+    """
     prog = sys.argv[0] if sys.argv and sys.argv[0] else PROGRAM
-    if argv is None:
-        argv = sys.argv[1:]
-    if environ is None:
-        environ = os.environ
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
     out = Messages(stdout)
+    # Known before parsing, so that a refused command line gets its JSON too.
+    want_json = "--json" in argv
+    json_stream = None
+    started = time.monotonic()
+    job = None
+    opts = None
+    previous = Stop.install()
     try:
-        opts = parse_options(list(argv), environ, out, prog)
+        opts = parse_options(argv, environ, out, prog)
+        if opts.backup and opts.file == "-" and stdout is None:
+            # The dump owns standard output: every message goes to stderr.
+            out.stream = sys.stderr.buffer
+            json_stream = sys.stderr.buffer
+        progress = Progress(opts.progress and not opts.quiet)
         session = CouchSession(opts.url, opts.user, opts.password, opts.timeout)
-        if opts.backup:
-            Backup(opts, session, out).run()
-        else:
-            Restore(opts, session, out).run()
-        return 0
+        job = (Backup if opts.backup else Restore)(opts, session, out, progress)
+        job.run()
+        code = 0
     except Exit as done:
-        return done.code
-    except KeyboardInterrupt:
-        out.line("... ERROR: Interrupted.")
-        return 130
+        code = done.code
+    except (Interrupted, KeyboardInterrupt) as stop:
+        signum = getattr(stop, "signum", 2)
+        what = "no backup was written" if opts is not None and opts.backup else "the run is incomplete"
+        out.line("... ERROR: Interrupted by %s: %s." % (signal_name(signum), what))
+        code = 128 + signum
+    except Exception as error:  # a bug of ours: say so without any secret
+        import traceback
+        out.line("... ERROR: Unexpected failure (%s); please report it." % _describe(error))
+        traceback.print_exc(file=sys.stderr)
+        code = 1
+    finally:
+        Stop.restore(previous)
+    if want_json:
+        summary = dict(job.summary) if job is not None else {}
+        if not summary and opts is not None:
+            summary = {"mode": "backup" if opts.backup else "restore", "db": opts.db, "file": opts.file}
+        report = {"ok": code == 0}
+        report.update(summary)
+        report["seconds"] = round(time.monotonic() - started, 3)
+        if code != 0:
+            report["error"] = out.last_error or "exit code %d" % code
+            report["exit_code"] = code
+        line = json.dumps(report, ensure_ascii=False).encode("utf-8") + b"\n"
+        target = json_stream or out.stream
+        try:
+            target.write(line)
+            target.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+    return code
 
 
 def main_entry():
