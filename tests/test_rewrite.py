@@ -59,7 +59,7 @@ def run_layout(body, block=7):
     layout = cd.CouchDBLayout(int(header.group(1)))
     out = [cd.BACKUP_HEADER + b"\n"]
     for i in range(0, len(rest), block):
-        out.append(layout.feed(rest[i:i + block]))
+        out.extend(layout.feed(rest[i:i + block]))
     out.append(layout.finish())
     return b"".join(out)
 
