@@ -269,6 +269,42 @@ def test_design_document_with_an_escaped_lone_surrogate_restores(pouchdb_url, tm
     round_trip(pouchdb_url, tmp_path, "surrogate", docs)
 
 
+def write_dump(path, *docs):
+    """A dump in couchdb-dump.sh's layout (`_id` and `_rev` first)."""
+    lines = [json.dumps(doc, separators=(",", ":")) for doc in docs]
+    path.write_text("\n".join([HEADER, ",\n".join(lines), FOOTER, ""]), encoding="ascii")
+    return path
+
+
+def test_refused_document_with_an_escaped_lone_surrogate_in_its_id_is_reported(pouchdb_url, tmp_path):
+    """The port names each document the server refuses; an id holding a
+    "\\ud800" escape (valid JSON) must be named too, not crash the report
+    ("Unexpected failure (UnicodeEncodeError: str)") and hide the others."""
+    dump = write_dump(tmp_path / "dump.json",
+                      {"_id": "_design/guard", "_rev": "1-a", "validate_doc_update": VALIDATE},
+                      {"_id": "bad\ud800", "_rev": "1-b", "type": "bad"},
+                      {"_id": "bad2", "_rev": "1-c", "type": "bad"},
+                      {"_id": "good", "_rev": "1-d", "type": "good"})
+    target = unique("refused")
+    result = port_run(pouchdb_url, ["-r", "-d", target, "-f", str(dump), "-c"], tmp_path)
+    assert "Traceback" not in result.stderr and "Unexpected failure" not in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 1
+    refusals = [line for line in result.stdout.splitlines() if " was refused: forbidden: " in line]
+    assert len(refusals) == 2 and any('"bad2"' in line for line in refusals), result.stdout
+    assert list(documents(pouchdb_url, target)) == ["_design/guard", "good"]
+
+
+def test_design_document_with_an_escaped_lone_surrogate_in_its_id_is_no_crash(pouchdb_url, tmp_path):
+    """A design document id holding a "\\ud800" escape cannot be written
+    into a URL as UTF-8; the port may refuse it with a message, but must not
+    stop with "Unexpected failure (UnicodeEncodeError: str); please report it."."""
+    dump = write_dump(tmp_path / "dump.json",
+                      {"_id": "_design/odd\ud800", "_rev": "1-a", "views": {}},
+                      {"_id": "plain", "_rev": "1-b"})
+    result = port_run(pouchdb_url, ["-r", "-d", unique("oddid"), "-f", str(dump), "-c"], tmp_path)
+    assert "Traceback" not in result.stderr and "Unexpected failure" not in result.stdout, result.stdout + result.stderr
+
+
 # -- chunks and sizes ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
