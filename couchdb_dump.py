@@ -823,27 +823,121 @@ def rewrite_rows_fast(block):
     body = len(out) - len(ending)
     if out.find(b"\r" if crlf else b"\n", 0, body) >= 0:
         return None
-    return [memoryview(out)[:body], b"},\n"], joined + 1
+    return b"".join((memoryview(out)[:body], b"},\n")), joined + 1
+
+
+def gzip_member(data, level=6):
+    """``data`` as one complete gzip member (RFC 1952).
+
+    A compressed backup is a series of members, one a block: gzip, zcat and
+    Python read them as one stream, and blocks compress independently, in
+    parallel where there are workers.
+    """
+    packer = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return packer.compress(data) + packer.flush()
+
+
+def rewrite_row_block(complete, compress=False, count_designs=False):
+    """Everything one block of whole reply lines needs, as a pure function.
+
+    Runs inline or in a parse worker.  Returns ``(dump bytes, rows,
+    carriage returns removed, design rows)``; the bytes are a gzip member
+    when ``compress``.
+    """
+    done = rewrite_rows_fast(complete)
+    if done is not None:
+        data, rows = done
+        carriage_returns = rows if complete.endswith(b"\r\n") else 0
+    else:
+        stripped = complete.replace(b"\r", b"")
+        carriage_returns = len(complete) - len(stripped)
+        data, rows = rewrite_couchdb_block(stripped)
+    designs = 0
+    if count_designs and b'{"id":"_design/' in complete:
+        designs = complete.count(b'\n{"id":"_design/') + complete.startswith(b'{"id":"_design/')
+    if compress:
+        data = gzip_member(data)
+    return data, rows, carriage_returns, designs
+
+
+def _parse_worker_started():
+    # Ctrl-C reaches the whole process group: only the main process decides.
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class ParseWorkers:
+    """Rewrites blocks in worker processes (``-t``), results back in order.
+
+    The main process keeps the network and the file; the workers do the
+    rewriting (and compression), a few blocks ahead, so that memory holds
+    a bounded number of blocks whatever the database size.
+    """
+
+    def __init__(self, count, compress=False, count_designs=False):
+        import collections
+        import multiprocessing
+        self.options = (compress, count_designs)
+        self.pool = multiprocessing.get_context("fork").Pool(count, initializer=_parse_worker_started)
+        self.waiting = collections.deque()
+        self.ahead = 2 * count + 1
+
+    @staticmethod
+    def available():
+        try:
+            import multiprocessing
+            return "fork" in multiprocessing.get_all_start_methods()
+        except ImportError:
+            return False
+
+    def submit(self, complete):
+        """Queue a block; returns the results that are due, in order."""
+        self.waiting.append(self.pool.apply_async(rewrite_row_block, (complete,) + self.options))
+        done = []
+        while len(self.waiting) > self.ahead or (self.waiting and self.waiting[0].ready()):
+            done.append(self.waiting.popleft().get())
+        return done
+
+    def drain(self):
+        done = []
+        while self.waiting:
+            done.append(self.waiting.popleft().get())
+        return done
+
+    def close(self):
+        self.pool.terminate()
+        self.pool.join()
 
 
 class CouchDBLayout:
     """Rewrites a reply laid out as Apache CouchDB writes it: one row a line.
 
-    Feed it the reply's bytes in blocks; it yields the dump's bytes,
-    identical to what couchdb-dump.sh writes (carriage returns removed), and
-    checks at the end that the footer came and no row is missing.
+    ``feed`` takes the reply's bytes in blocks and returns the dump's bytes,
+    identical to what couchdb-dump.sh writes (carriage returns removed);
+    ``finish`` checks that the footer came and no row is missing.  With
+    ``workers`` the rewriting runs in that many processes once the reply is
+    large enough to be worth it.
     """
 
-    def __init__(self, total_rows, count_designs=True):
+    PARALLEL_FROM = 8 << 20   # below this, starting workers costs more than it saves
+
+    def __init__(self, total_rows, count_designs=True, compress=False, workers=0):
         self.total_rows = total_rows
         self.count_designs = count_designs   # only --json reports them: it costs a pass
+        self.compress = compress
+        self.workers = workers
+        self.parallel = None
+        self.seen = 0
         self.rows = 0
         self.designs = 0
+        self.carriage_returns = 0
         self.pending = b""
         self.last_line = None
 
     def feed(self, block):
-        data = self.pending + block
+        """Returns the list of pieces of the dump now complete."""
+        data = self.pending + block if self.pending else block
         cut = data.rfind(b"\n")
         if cut < 0:
             self.pending = data
@@ -853,31 +947,51 @@ class CouchDBLayout:
         # Remember the last complete line: the footer must be the last one.
         previous = complete.rfind(b"\n", 0, len(complete) - 1)
         self.last_line = complete[previous + 1:-1].replace(b"\r", b"")
-        done = rewrite_rows_fast(complete)
-        if done is None:
-            out, rows = rewrite_couchdb_block(complete.replace(b"\r", b""))
-            done = [out], rows
-        if self.count_designs and b'{"id":"_design/' in complete:
-            self.designs += complete.count(b'\n{"id":"_design/') + complete.startswith(b'{"id":"_design/')
-        self.rows += done[1]
-        return done[0]
+        self.seen += len(complete)
+        if self.parallel is None and self.workers and self.seen > self.PARALLEL_FROM and ParseWorkers.available():
+            self.parallel = ParseWorkers(self.workers, self.compress, self.count_designs)
+        if self.parallel is not None:
+            return self._account(self.parallel.submit(complete))
+        return self._account([rewrite_row_block(complete, self.compress, self.count_designs)])
+
+    def _account(self, results):
+        pieces = []
+        for data, rows, carriage_returns, designs in results:
+            pieces.append(data)
+            self.rows += rows
+            self.carriage_returns += carriage_returns
+            self.designs += designs
+        return pieces
 
     def finish(self):
+        """The last pieces; raises BackupFailed when the reply is not whole."""
+        pieces = self.close()
         tail = self.pending
-        out = b""
         if tail:
             # A last line without its newline: sed keeps it that way.
-            tail = tail.replace(b"\r", b"")
-            self.last_line = tail
-            out, rows = rewrite_couchdb_block(tail)
+            stripped = tail.replace(b"\r", b"")
+            self.carriage_returns += len(tail) - len(stripped)
+            self.last_line = stripped
+            out, rows = rewrite_couchdb_block(stripped)
             self.rows += rows
             out = fix_closing_braces(out)
+            pieces.append(gzip_member(out) if self.compress else out)
         if self.last_line != FOOTER:
             raise BackupFailed("the reply ended before its end (no ']}' footer): the transfer was cut short")
         if self.rows < self.total_rows:
             raise BackupFailed("the reply holds %d rows but the database has %d documents"
                                % (self.rows, self.total_rows))
-        return out
+        return pieces
+
+    def close(self):
+        """Stop the workers; returns what they still had to hand back."""
+        if self.parallel is None:
+            return []
+        try:
+            return self._account(self.parallel.drain())
+        finally:
+            self.parallel.close()
+            self.parallel = None
 
 
 class JsonRowScanner:
@@ -1087,13 +1201,55 @@ def compact_json(text):
     return _JSON_TOKENS.sub(lambda m: m.group(1) or "", text)
 
 
-class BackupFile:
+class DumpTarget:
+    """Where a backup goes: plain bytes, or gzip members with ``compress``.
+
+    ``write`` takes dump bytes (compressed here, a member a megabyte);
+    ``writelines`` takes pieces already in their final form (the row
+    rewriter compresses its blocks itself, in parallel where it can).
+    """
+
+    MEMBER = 1 << 20
+
+    def __init__(self, raw, compress=False):
+        self.raw = raw
+        self.compress = compress
+        self.plain = []
+        self.plain_size = 0
+
+    def write(self, data):
+        if not self.compress:
+            self.raw.write(data)
+            return
+        self.plain.append(data)
+        self.plain_size += len(data)
+        if self.plain_size >= self.MEMBER:
+            self._flush_plain()
+
+    def writelines(self, pieces):
+        self._flush_plain()
+        write = self.raw.write
+        for piece in pieces:
+            write(piece)
+
+    def _flush_plain(self):
+        if self.plain:
+            self.raw.write(gzip_member(b"".join(self.plain)))
+            self.plain = []
+            self.plain_size = 0
+
+    def finish(self):
+        self._flush_plain()
+        self.raw.flush()
+
+
+class BackupFile(DumpTarget):
     """Writes the dump under a temporary name beside its final one.
 
     ``commit`` renames it into place when the dump is complete; ``discard``
     removes it, so a half-written file never carries the user's file name.
-    With ``compress`` the bytes go through gzip (level 6, like gzip(1)) on
-    their way to disk: no uncompressed copy is ever written.
+    With ``compress`` the bytes are gzip-compressed (level 6, like gzip(1))
+    on their way to disk: no uncompressed copy is ever written.
     """
 
     def __init__(self, path, compress=False):
@@ -1104,25 +1260,10 @@ class BackupFile:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # what curl -o would have created
-        self.raw = os.fdopen(fd, "wb", buffering=1 << 20)
-        self.out = self.raw
-        if compress:
-            name = base[:-3] if base.endswith(".gz") else base
-            self.out = gzip.GzipFile(filename=name, mode="wb", compresslevel=6, fileobj=self.raw)
-        self.size = 0
-
-    def write(self, data):
-        self.out.write(data)
-
-    def writelines(self, pieces):
-        write = self.out.write
-        for piece in pieces:
-            write(piece)
+        super().__init__(os.fdopen(fd, "wb", buffering=1 << 20), compress)
 
     def commit(self):
-        if self.out is not self.raw:
-            self.out.close()
-        self.raw.flush()
+        self.finish()
         # On disk before it takes the user's name: a crash never leaves an
         # empty or partial file that looks like a backup.
         os.fsync(self.raw.fileno())
@@ -1130,11 +1271,6 @@ class BackupFile:
         os.replace(self.temp_path, self.path)
 
     def discard(self):
-        try:
-            if self.out is not self.raw:
-                self.out.close()
-        except Exception:
-            pass
         try:
             self.raw.close()
         except Exception:
@@ -1160,7 +1296,7 @@ def du_kib(size):
     return -(-size // 4096) * 4
 
 
-class StreamTarget:
+class StreamTarget(DumpTarget):
     """Backup to standard output (``-f -``): the dump flows out as it comes.
 
     Nothing can be taken back there, so a failure is told by the exit code
@@ -1168,21 +1304,11 @@ class StreamTarget:
     """
 
     def __init__(self, stream, compress=False):
-        self.raw = stream
-        self.out = gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=stream) if compress else stream
+        super().__init__(stream, compress)
         self.path = "-"
 
-    def write(self, data):
-        self.out.write(data)
-
-    def writelines(self, pieces):
-        for piece in pieces:
-            self.out.write(piece)
-
     def commit(self):
-        if self.out is not self.raw:
-            self.out.close()
-        self.raw.flush()
+        self.finish()
 
     def discard(self):
         try:
@@ -1301,19 +1427,22 @@ class Backup:
 
     def _rewrite_couchdb(self, total, rest, blocks, target, had_cr, size):
         """The fast path: Apache CouchDB's one-row-a-line layout."""
-        layout = CouchDBLayout(total, count_designs=self.opts.json)
-        target.write(BACKUP_HEADER + b"\n")
-        target.writelines(layout.feed(rest))
-        for block in blocks:
-            carriage_returns = block.count(b"\r")
-            had_cr = had_cr or carriage_returns > 0
-            size += len(block) - carriage_returns
-            target.writelines(layout.feed(block))
-            self.progress.update(layout.rows, size, total)
-        target.write(layout.finish())
+        workers = bash_integer(self.opts.threads) or 1
+        layout = CouchDBLayout(total, count_designs=self.opts.json, compress=self.opts.compress,
+                               workers=min(max(workers, 1), self.opts.cores))
+        try:
+            target.write(BACKUP_HEADER + b"\n")
+            target.writelines(layout.feed(rest))
+            for block in blocks:
+                size += len(block)
+                target.writelines(layout.feed(block))
+                self.progress.update(layout.rows, size - layout.carriage_returns, total)
+            target.writelines(layout.finish())
+        finally:
+            layout.close()
         self.summary["documents"] = layout.rows
         self.summary["design_documents"] = layout.designs
-        return had_cr, size
+        return had_cr or layout.carriage_returns > 0, size - layout.carriage_returns
 
     def _rewrite_any(self, head, blocks, target, had_cr):
         """Any other layout, through the streaming JSON scanner."""
@@ -1897,7 +2026,8 @@ class Restore:
             self.put_design_documents(dump, survey)
             out.info("... INFO: Successfully imported %d Design Documents" % len(survey.designs))
         self.summary["design_documents"] = len(survey.designs)
-        text = RestoreText(dump, survey.design_lines, fix_line)
+        footer = None if survey.lines - 1 in survey.design_lines else strip_newline(survey.last)
+        text = RestoreText(dump, survey.design_lines, fix_line, survey.first, footer)
         lines = bash_integer(opts.lines)
         if lines is not None and text_newlines < lines:
             out.info("... INFO: Small dataset. Importing as a single file.")
@@ -2160,54 +2290,55 @@ class RestoreText:
 
     With design documents taken out, the trailing comma of the line the
     script's "Fixing end document" names is removed, as it does.  The text
-    is produced again on every pass, from the file.
+    is produced again on every pass, from the file, as lists of lines (each
+    without its newline) so that the work per line stays in C.
     """
 
-    def __init__(self, dump, design_lines, fix_line):
+    def __init__(self, dump, design_lines, fix_line, header=None, footer=None):
         self.dump = dump
         self.design_lines = design_lines
         self.fix_line = fix_line   # 1-based, in the text without designs
-        self._size = None
-        self.first = None
-        self.last = None
+        self.header = header       # the text's first and last lines, when known
+        self.footer = footer
 
-    def lines(self):
-        number = 0
-        for index, line in enumerate(self.dump.lines()):
-            if index in self.design_lines:
-                continue
-            number += 1
-            if number == self.fix_line:
-                body = strip_newline(line)
-                if body.endswith(b","):
-                    line = body[:-1] + line[len(body):]
-            yield line
+    def line_lists(self):
+        """Yield ``(lines, last line ends with a newline)`` a block at a time."""
+        kept = 0
+        for first, block in self.dump.blocks():
+            lines = block.split(b"\n")
+            newline = not lines[-1]
+            if newline:
+                lines.pop()
+            if self.design_lines:
+                base = first - 1
+                if any(base <= n < base + len(lines) for n in self.design_lines):
+                    lines = [line for i, line in enumerate(lines) if base + i not in self.design_lines]
+            if self.fix_line is not None and kept < self.fix_line <= kept + len(lines):
+                index = self.fix_line - kept - 1
+                if lines[index].endswith(b","):
+                    lines[index] = lines[index][:-1]
+            kept += len(lines)
+            if lines:
+                yield lines, newline
 
     def blocks(self):
-        buffer = []
-        size = 0
-        for line in self.lines():
-            buffer.append(line)
-            size += len(line)
-            if size >= 1 << 20:
-                yield b"".join(buffer)
-                buffer, size = [], 0
-        if buffer:
-            yield b"".join(buffer)
+        for lines, newline in self.line_lists():
+            yield b"\n".join(lines) + (b"\n" if newline else b"")
 
     def size(self):
-        if self._size is None:
-            total = 0
-            first = last = None
-            for line in self.lines():
-                if first is None:
-                    first = strip_newline(line)
-                last = line
-                total += len(line)
-            self._size = total
-            self.first = first if first is not None else b""
-            self.last = strip_newline(last) if last is not None else b""
-        return self._size
+        return sum(sum(map(len, lines)) + len(lines) - (not newline) for lines, newline in self.line_lists())
+
+    def edges(self):
+        """The text's first and last lines (one pass when not known)."""
+        if self.header is None or self.footer is None:
+            header = footer = None
+            for lines, _ in self.line_lists():
+                if header is None:
+                    header = lines[0]
+                footer = lines[-1]
+            self.header = header if header is not None else b""
+            self.footer = footer if footer is not None else b""
+        return self.header, self.footer
 
     def chunks(self, lines_per_chunk):
         """Split into chunks of ``lines_per_chunk`` lines, each made whole.
@@ -2216,34 +2347,37 @@ class RestoreText:
         text's first line gets it prepended; one that does not end with the
         text's last line loses its last trailing comma and gets it appended.
         """
-        self.size()
-        header, footer = self.first, self.last
-        piece = []
-        for line in self.lines():
-            piece.append(line)
-            if len(piece) == lines_per_chunk:
-                yield self._chunk(piece, header, footer)
-                piece = []
-        if piece:
-            yield self._chunk(piece, header, footer)
+        header, footer = self.edges()
+        waiting = []
+        newline = True
+        for lines, newline in self.line_lists():
+            waiting.extend(lines)
+            while len(waiting) > lines_per_chunk:
+                piece = waiting[:lines_per_chunk]
+                del waiting[:lines_per_chunk]
+                yield self._chunk(piece, header, footer, True)
+            # Keep the last full chunk until the end is known: its newline may be missing.
+        while waiting:
+            piece = waiting[:lines_per_chunk]
+            del waiting[:lines_per_chunk]
+            yield self._chunk(piece, header, footer, newline or bool(waiting))
 
     @staticmethod
-    def _chunk(piece, header, footer):
-        had_header = strip_newline(piece[0]) == header
-        last = strip_newline(piece[-1])
-        had_footer = last == footer
-        parts = [] if had_header else [header + b"\n"]
-        if had_footer:
-            parts.extend(piece)
-        else:
-            parts.extend(piece[:-1])
-            ending = piece[-1][len(last):]
-            if last.endswith(b","):
-                last = last[:-1]
-            parts.append(last + ending)
-            parts.append(footer + b"\n")
-        documents = sum(1 for line in piece if line[:1] == b"{") - had_header
-        return Chunk(b"".join(parts), had_header, had_footer, documents)
+    def _chunk(piece, header, footer, newline):
+        had_header = piece[0] == header
+        had_footer = piece[-1] == footer
+        documents = len(piece) - had_header - had_footer - piece.count(b"")
+        if not had_footer and piece[-1].endswith(b","):
+            piece[-1] = piece[-1][:-1]
+        parts = [] if had_header else [header]
+        parts.extend(piece)
+        if not had_footer:
+            parts.append(footer)
+            newline = True
+        body = b"\n".join(parts)
+        if newline:
+            body += b"\n"
+        return Chunk(body, had_header, had_footer, documents)
 
 
 # ---------------------------------------------------------------------------

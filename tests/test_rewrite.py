@@ -60,7 +60,7 @@ def run_layout(body, block=7):
     out = [cd.BACKUP_HEADER + b"\n"]
     for i in range(0, len(rest), block):
         out.extend(layout.feed(rest[i:i + block]))
-    out.append(layout.finish())
+    out.extend(layout.finish())
     return b"".join(out)
 
 
@@ -182,13 +182,15 @@ def test_chunk_suffixes_follow_split():
 
 
 class Lines:
-    """A stand-in dump: the lines it was given, on every pass."""
+    """A stand-in dump: the text it was given, in blocks of two lines."""
 
     def __init__(self, data):
         self.data = data
 
-    def lines(self):
-        return iter(self.data.splitlines(keepends=True))
+    def blocks(self):
+        lines = self.data.splitlines(keepends=True)
+        for i in range(0, len(lines), 2):
+            yield i + 1, b"".join(lines[i:i + 2])
 
 
 def test_chunks_get_header_and_footer_as_split_files_do():
@@ -206,5 +208,12 @@ def test_chunks_get_header_and_footer_as_split_files_do():
 def test_restore_text_drops_designs_and_fixes_the_end_document():
     text = b'H\n{"_id":"_design/x"},\n{"a":1},\n{"b":2},\n]}\n'
     survey_lines = {1}
-    restored = b"".join(cd.RestoreText(Lines(text), survey_lines, 3).lines())
+    restored = b"".join(cd.RestoreText(Lines(text), survey_lines, 3).blocks())
     assert restored == b'H\n{"a":1},\n{"b":2}\n]}\n'
+
+
+def test_chunks_keep_a_missing_final_newline():
+    text = b'H\n{"a":1},\n{"b":2}\n]}'
+    chunks = list(cd.RestoreText(Lines(text), set(), None).chunks(2))
+    assert [c.body for c in chunks] == [b'H\n{"a":1}\n]}\n', b'H\n{"b":2}\n]}']
+    assert [c.documents for c in chunks] == [1, 1]
