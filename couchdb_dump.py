@@ -867,18 +867,20 @@ def _parse_worker_started():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-class ParseWorkers:
-    """Rewrites blocks in worker processes (``-t``), results back in order.
+class Workers:
+    """Runs one function over blocks in worker processes, results in order.
 
-    The main process keeps the network and the file; the workers do the
-    rewriting (and compression), a few blocks ahead, so that memory holds
-    a bounded number of blocks whatever the database size.
+    The main process keeps the network and the files; the workers do the
+    CPU work (rewriting and compressing rows, checking a dump), a few
+    blocks ahead, so that memory holds a bounded number of blocks whatever
+    the database size.  On machines without fork, nothing runs in parallel.
     """
 
-    def __init__(self, count, compress=False, count_designs=False):
+    def __init__(self, count, function, *fixed):
         import collections
         import multiprocessing
-        self.options = (compress, count_designs)
+        self.function = function
+        self.fixed = fixed
         self.pool = multiprocessing.get_context("fork").Pool(count, initializer=_parse_worker_started)
         self.waiting = collections.deque()
         self.ahead = 2 * count + 1
@@ -891,9 +893,9 @@ class ParseWorkers:
         except ImportError:
             return False
 
-    def submit(self, complete):
-        """Queue a block; returns the results that are due, in order."""
-        self.waiting.append(self.pool.apply_async(rewrite_row_block, (complete,) + self.options))
+    def submit(self, *args):
+        """Queue one call; returns the results that are due, in order."""
+        self.waiting.append(self.pool.apply_async(self.function, args + self.fixed))
         done = []
         while len(self.waiting) > self.ahead or (self.waiting and self.waiting[0].ready()):
             done.append(self.waiting.popleft().get())
@@ -948,8 +950,8 @@ class CouchDBLayout:
         previous = complete.rfind(b"\n", 0, len(complete) - 1)
         self.last_line = complete[previous + 1:-1].replace(b"\r", b"")
         self.seen += len(complete)
-        if self.parallel is None and self.workers and self.seen > self.PARALLEL_FROM and ParseWorkers.available():
-            self.parallel = ParseWorkers(self.workers, self.compress, self.count_designs)
+        if self.parallel is None and self.workers and self.seen > self.PARALLEL_FROM and Workers.available():
+            self.parallel = Workers(self.workers, rewrite_row_block, self.compress, self.count_designs)
         if self.parallel is not None:
             return self._account(self.parallel.submit(complete))
         return self._account([rewrite_row_block(complete, self.compress, self.count_designs)])
@@ -1583,9 +1585,9 @@ class DumpFile:
             raise DumpInvalid(line, "the gzip data is truncated or corrupt (%s)" % error)
 
     def blocks(self):
-        """Yield ``(number of the block's first line, block)``: whole lines.
+        """Yield ``(number of the block's first line, block, its newlines)``.
 
-        Only the last block may end without a newline.
+        Blocks hold whole lines; only the last may end without a newline.
         """
         line = 1
         pending = b""
@@ -1606,16 +1608,17 @@ class DumpFile:
                 block = data[:cut]
                 if b"\r" in block:
                     block = block.replace(b"\r\n", b"\n")
-                yield line, block
-                line += block.count(b"\n")
+                newlines = block.count(b"\n")
+                yield line, block, newlines
+                line += newlines
         if pending:
             if pending.endswith(b"\r"):
                 pending = pending[:-1]
-            yield line, pending
+            yield line, pending, 0
 
     def lines(self):
         """Yield every line with its newline (the last may lack one)."""
-        for _, block in self.blocks():
+        for _, block, _ in self.blocks():
             parts = block.split(b"\n")
             last = parts.pop()
             for part in parts:
@@ -1678,6 +1681,74 @@ def design_document_request(line, doc_id):
 _BLANK_LINE = re.compile(r"\n[ \t]*(?=\n)")
 
 
+def check_documents(text, first_line, want_keys=False):
+    """Prove that ``text`` holds whole lines of JSON objects, one a line.
+
+    A pure function, run inline or in a worker.  ``text`` ends where a
+    document line ends, its last comma included or not.  Returns
+    ``(documents, problem, keys)``: ``problem`` is ``(line, why)`` or None;
+    ``keys`` (with ``want_keys``) the --verify keys of its documents and the
+    ids of its design documents.
+    """
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return 0, (first_line + text.count(b"\n", 0, error.start), "bytes that are not UTF-8"), None
+    docs = decoded.strip(" \t\n")
+    if not docs:
+        return 0, None, None
+    if docs.endswith(","):
+        docs = docs[:-1]
+    try:
+        values = json.loads("[" + docs + "]")
+    except ValueError:
+        values = None
+    if values is not None and len(values) != docs.count("\n") + 1:
+        # Blank lines are allowed (an empty database's dump has one).
+        if len(values) != docs.count("\n") + 1 - len(_BLANK_LINE.findall(docs)):
+            values = None
+    if values is None or not all(type(v) is dict for v in values):
+        return 0, find_bad_line(first_line, text), None
+    keys = None
+    if want_keys:
+        index = RevisionIndex()
+        index.add(values)
+        keys = index.keys.tobytes(), index.design_ids
+    return len(values), None, keys
+
+
+def find_bad_line(first_line, text):
+    """Name the first line that breaks a block of documents (the slow path)."""
+    lines = text.split(b"\n")
+    for offset, line in enumerate(lines):
+        body = line.strip(b" \t")
+        if not body:
+            continue
+        last = not any(other.strip(b" \t") for other in lines[offset + 1:])
+        if body.endswith(b","):
+            body = body[:-1]
+        elif not last:
+            return first_line + offset, "a document line without its trailing comma"
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return first_line + offset, "a line that is not valid JSON"
+        if not isinstance(value, dict):
+            return first_line + offset, "a line that is not a JSON object"
+    return first_line, "lines that are not one JSON document each"
+
+
+_NON_BLANK = re.compile(rb"[^ \t\n]")
+
+
+def _last_non_blank(text):
+    """The last byte of ``text`` that is not a blank, or b"" when none is."""
+    index = len(text) - 1
+    while index >= 0 and text[index] in b" \t\n":
+        index -= 1
+    return text[index:index + 1]
+
+
 class DumpSurvey:
     """One streaming pass over the dump, before anything is sent.
 
@@ -1687,14 +1758,20 @@ class DumpSurvey:
     ``check`` it also proves the dump whole, so that a broken one is refused
     before the first request instead of half restored: a header line, one
     JSON object a line with a comma after every one but the last, the
-    ``]}`` footer last, UTF-8 throughout.  It parses each block of lines
-    as one JSON array, which keeps the cost in the C parser.
+    ``]}`` footer last, UTF-8 throughout.  It parses each block of lines as
+    one JSON array, which keeps the cost in the C parser, in worker
+    processes when the dump is large.
     """
 
-    def __init__(self, dump, check=True, on_documents=None):
+    PARALLEL_FROM = 8 << 20
+
+    def __init__(self, dump, check=True, index=None, workers=1):
         self.dump = dump
         self.check = check
-        self.on_documents = on_documents   # called with each block's parsed documents
+        self.index = index       # a RevisionIndex to fill, for --verify
+        self.workers = workers
+        self.parallel = None
+        self.seen = 0
         self.newlines = 0
         self.lines = 0
         self.documents = 0
@@ -1703,21 +1780,25 @@ class DumpSurvey:
         self.last = b""
         self.last_has_newline = True
         self._comma_pending = None   # the last document line seen ended with a comma
-        self._held = None
-        for number, block in dump.blocks():
-            self._survey(number, block)
+        held = None
+        try:
+            for number, block, newlines in dump.blocks():
+                self._survey(number, block, newlines)
+                if check:
+                    if held is not None:
+                        self._check_block(*held, final=False)
+                    held = (number, block)
+            if self.first is None:
+                raise DumpInvalid(1, "the file is empty: it is no dump")
             if check:
-                if self._held is not None:
-                    self._check_block(*self._held, final=False)
-                self._held = (number, block)
-        if self.first is None:
-            raise DumpInvalid(1, "the file is empty: it is no dump")
-        if check:
-            self._check_block(*self._held, final=True)
+                self._check_block(*held, final=True)
+                self._take(self.parallel.drain() if self.parallel else [])
+        finally:
+            if self.parallel is not None:
+                self.parallel.close()
         self.design_lines = {number for number, _ in self.designs}
 
-    def _survey(self, number, block):
-        newlines = block.count(b"\n")
+    def _survey(self, number, block, newlines):
         if self.first is None:
             self.first = strip_newline(block.split(b"\n", 1)[0])
         self.lines += newlines + (0 if block.endswith(b"\n") else 1)
@@ -1748,41 +1829,41 @@ class DumpSurvey:
             body = text.rstrip(b"\n")
             cut = body.rfind(b"\n") + 1
             if body[cut:] != FOOTER:
-                raise DumpInvalid(number + block.count(b"\n", 0, len(block.rstrip(b"\n"))),
-                                  "the dump ends without its ']}' footer: it was cut short")
+                self._fail(number + block.count(b"\n", 0, len(block.rstrip(b"\n"))),
+                           "the dump ends without its ']}' footer: it was cut short")
             text = body[:cut]
-        try:
-            decoded = text.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise DumpInvalid(first_line + text.count(b"\n", 0, error.start), "bytes that are not UTF-8")
-        docs = decoded.strip(" \t\n")
-        if not docs:
+        if not _NON_BLANK.search(text):
             if final and self._comma_pending:
-                raise DumpInvalid(first_line, "the last document is followed by a comma")
+                self._fail(first_line, "the last document is followed by a comma")
             return
         if self._comma_pending is False:
-            raise DumpInvalid(first_line - 1, "a document line without its trailing comma")
-        ends_with_comma = docs.endswith(",")
-        if ends_with_comma:
-            docs = docs[:-1]
-        try:
-            values = json.loads("[" + docs + "]")
-        except ValueError:
-            values = None
-        if values is not None and len(values) != docs.count("\n") + 1:
-            # Blank lines are allowed (an empty database's dump has one).
-            blank = len(_BLANK_LINE.findall(docs))
-            if len(values) != docs.count("\n") + 1 - blank:
-                values = None
-        if values is None or not all(type(v) is dict for v in values):
-            self._find_bad_line(first_line, text)
-        self.documents += len(values)
-        if self.on_documents is not None:
-            self.on_documents(values)
-        self._comma_pending = ends_with_comma
-        if final and ends_with_comma:
-            raise DumpInvalid(first_line + text.rstrip(b"\n").count(b"\n"),
-                              "the last document is followed by a comma")
+            self._fail(first_line - 1, "a document line without its trailing comma")
+        self._comma_pending = _last_non_blank(text) == b","
+        if final and self._comma_pending:
+            self._fail(first_line + text.rstrip(b" \t\n").count(b"\n"), "the last document is followed by a comma")
+        want_keys = self.index is not None
+        self.seen += len(text)
+        if self.parallel is None and self.workers > 1 and self.seen > self.PARALLEL_FROM and Workers.available():
+            self.parallel = Workers(self.workers, check_documents, want_keys)
+        if self.parallel is not None:
+            self._take(self.parallel.submit(text, first_line))
+        else:
+            self._take([check_documents(text, first_line, want_keys)])
+
+    def _take(self, results):
+        for documents, problem, keys in results:
+            if problem is not None:
+                raise DumpInvalid(*problem)
+            self.documents += documents
+            if keys is not None:
+                self.index.keys.frombytes(keys[0])
+                self.index.design_ids.extend(keys[1])
+
+    def _fail(self, line, why):
+        """A problem seen here: the workers' earlier blocks are told first."""
+        if self.parallel is not None:
+            self._take(self.parallel.drain())
+        raise DumpInvalid(line, why)
 
     def _check_header(self, header):
         try:
@@ -1791,27 +1872,6 @@ class DumpSurvey:
             value = None
         if not isinstance(value, dict) or value.get("docs") != []:
             raise DumpInvalid(1, 'the first line is not a dump header like {"new_edits":false,"docs":[')
-
-    @staticmethod
-    def _find_bad_line(first_line, text):
-        """Name the first line that breaks the block (the slow path)."""
-        lines = text.split(b"\n")
-        for offset, line in enumerate(lines):
-            body = line.strip(b" \t")
-            if not body:
-                continue
-            last = offset == len(lines) - 1 or not any(l.strip(b" \t") for l in lines[offset + 1:])
-            if body.endswith(b","):
-                body = body[:-1]
-            elif not last:
-                raise DumpInvalid(first_line + offset, "a document line without its trailing comma")
-            try:
-                value = json.loads(body)
-            except ValueError:
-                raise DumpInvalid(first_line + offset, "a line that is not valid JSON")
-            if not isinstance(value, dict):
-                raise DumpInvalid(first_line + offset, "a line that is not a JSON object")
-        raise DumpInvalid(first_line, "lines that are not one JSON document each")
 
     def remaining_newlines(self):
         """``wc -l`` of the text left once the design documents are out."""
@@ -1943,7 +2003,7 @@ class Restore:
 
     def survey(self, dump, index):
         try:
-            survey = DumpSurvey(dump, on_documents=index.add if index is not None else None)
+            survey = DumpSurvey(dump, index=index, workers=self.opts.cores)
         except DumpInvalid as error:
             self.out.line("... ERROR: %s line %d: %s. Nothing was sent to the server."
                           % (self.opts.file, error.line, error.text))
@@ -2304,7 +2364,7 @@ class RestoreText:
     def line_lists(self):
         """Yield ``(lines, last line ends with a newline)`` a block at a time."""
         kept = 0
-        for first, block in self.dump.blocks():
+        for first, block, _ in self.dump.blocks():
             lines = block.split(b"\n")
             newline = not lines[-1]
             if newline:

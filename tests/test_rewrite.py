@@ -190,7 +190,8 @@ class Lines:
     def blocks(self):
         lines = self.data.splitlines(keepends=True)
         for i in range(0, len(lines), 2):
-            yield i + 1, b"".join(lines[i:i + 2])
+            block = b"".join(lines[i:i + 2])
+            yield i + 1, block, block.count(b"\n")
 
 
 def test_chunks_get_header_and_footer_as_split_files_do():
