@@ -431,9 +431,18 @@ class Messages:
         self.last_error = None   # the text of the last "... ERROR:" line, for --json
         self._lock = threading.Lock()
 
+    @staticmethod
+    def encode(text):
+        """Text as bytes: the user's own bytes back (argv), lone escapes shown."""
+        try:
+            return os.fsencode(text)
+        except UnicodeEncodeError:
+            # A document id may hold a lone "\ud800" escape: show it escaped.
+            return text.encode("utf-8", "backslashreplace")
+
     def raw(self, data):
         if isinstance(data, str):
-            data = os.fsencode(data)
+            data = self.encode(data)
         if data.startswith(self.ERROR):
             self.last_error = data[len(self.ERROR):].split(b"\n", 1)[0].decode("utf-8", "replace")
         with self._lock:
@@ -445,7 +454,7 @@ class Messages:
 
     def line(self, text):
         if isinstance(text, str):
-            text = os.fsencode(text)
+            text = self.encode(text)
         self.raw(text + b"\n")
 
     def info(self, text):
@@ -602,16 +611,20 @@ class Reply:
 
 
 def quote_path_segment(text):
-    """Percent-encode one path segment (a database name or a document id)."""
+    """Percent-encode one path segment (a database name or a document id).
+
+    A lone surrogate (a "\ud800" escape in the dump) is sent as its bytes;
+    the server then answers for it, as it would for any id it refuses.
+    """
     from urllib.parse import quote
-    return quote(text, safe="")
+    return quote(text, safe="", errors="surrogatepass")
 
 
 def quote_database(name):
     # Keep the characters CouchDB names use literally, as curl sends them;
     # encode "/" and anything a URL cannot carry.
     from urllib.parse import quote
-    return quote(name, safe="$()+-_,;=@!*'~")
+    return quote(os.fsencode(name), safe="$()+-_,;=@!*'~")
 
 
 class CouchSession:
@@ -1661,7 +1674,7 @@ def design_document_request(line, doc_id):
     """
     text = strip_newline(line)
     match = _DESIGN_LAYOUT.match(text)
-    if match and match.group(1) == doc_id.encode("utf-8"):
+    if match and match.group(1) == doc_id.encode("utf-8", "surrogatepass"):
         body = b"{" + text[match.end():]
         if body.endswith(b","):
             body = body[:-1]
@@ -1671,7 +1684,10 @@ def design_document_request(line, doc_id):
             doc = json.loads(trimmed)
             doc.pop("_id", None)
             doc.pop("_rev", None)
-            body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            try:
+                body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            except UnicodeEncodeError:   # a lone "\ud800" escape stays an escape
+                body = json.dumps(doc, separators=(",", ":")).encode("ascii")
         except (ValueError, AttributeError):
             body = trimmed
     name = doc_id[len("_design/"):] if doc_id.startswith("_design/") else doc_id
