@@ -216,6 +216,9 @@ def getopts(args, spec=GETOPTS_SPEC):
                 yield "?", arg[1:]
                 index += 1
                 continue
+            if has_eq and not LONG_OPTIONS[name]:
+                yield "=", name
+                return
             if LONG_OPTIONS[name]:
                 if not has_eq:
                     if index + 1 >= len(args):
@@ -277,6 +280,8 @@ def parse_options(argv, environ, out, prog):
             raise Exit(1)
         elif option == ":":
             _usage_error(out, prog, '... ERROR: Option "-%s" requires an argument' % value)
+        elif option == "=":
+            _usage_error(out, prog, '... ERROR: Option "--%s" takes no value' % value)
         elif option == "?":
             _usage_error(out, prog, '... ERROR: Unknown Option "-%s"' % value)
         elif option in ("b", "B"):
@@ -1231,10 +1236,12 @@ class DumpTarget:
         self.compress = compress
         self.plain = []
         self.plain_size = 0
+        self.written = 0
 
     def write(self, data):
         if not self.compress:
             self.raw.write(data)
+            self.written += len(data)
             return
         self.plain.append(data)
         self.plain_size += len(data)
@@ -1246,10 +1253,13 @@ class DumpTarget:
         write = self.raw.write
         for piece in pieces:
             write(piece)
+            self.written += len(piece)
 
     def _flush_plain(self):
         if self.plain:
-            self.raw.write(gzip_member(b"".join(self.plain)))
+            member = gzip_member(b"".join(self.plain))
+            self.raw.write(member)
+            self.written += len(member)
             self.plain = []
             self.plain_size = 0
 
@@ -1327,6 +1337,10 @@ class StreamTarget(DumpTarget):
 
     def discard(self):
         try:
+            if self.compress:
+                # The members already out are whole: end the stream with the
+                # start of one that never ends, so gunzip calls it truncated.
+                self.raw.write(GZIP_MAGIC + b"\x08\x00\x00\x00\x00\x00\x00\x03")
             self.raw.flush()
         except Exception:
             pass
@@ -1380,8 +1394,7 @@ class Backup:
             raise
         finally:
             self.progress.finish()
-        if not to_stdout:
-            self.summary["bytes"] = os.path.getsize(final)
+        self.summary["bytes"] = target.written
 
         if had_cr:
             out.info("... INFO: File may contain Windows carriage returns- converting...")
@@ -2471,7 +2484,7 @@ def main(argv=None, environ=None, stdout=None):
     environ = os.environ if environ is None else environ
     out = Messages(stdout)
     # Known before parsing, so that a refused command line gets its JSON too.
-    want_json = "--json" in argv
+    want_json = any(arg == "--json" or arg.startswith("--json=") for arg in argv)
     json_stream = None
     started = time.monotonic()
     job = None
