@@ -12,6 +12,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -22,12 +23,13 @@ class Request:
     path: str
     headers: dict
     body: bytes
+    time: float = field(default_factory=time.monotonic)   # when its body had arrived
 
 
 @dataclass
 class Fault:
     """What to do instead of answering: see the kinds below."""
-    kind: str                 # "status", "drop", "cut", "hang"
+    kind: str                 # see the module's docstring
     status: int = 500
     body: bytes = b'{"error":"unknown_error","reason":"injected"}\n'
     seconds: float = 0.0
@@ -56,9 +58,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             index = len(stub.requests)
             stub.requests.append(request)
         fault = stub.faults(index, self.command, self.path) if stub.faults else None
+        if fault is not None and fault.kind == "delay":
+            stub.stopping.wait(fault.seconds)
+            fault = None
+        if fault is not None and fault.kind == "drop_after":
+            with stub.lock:
+                stub.answer(request)
         if fault is not None:
             return self._fault(fault)
-        status, payload = stub.answer(request)
+        with stub.lock:
+            status, payload = stub.answer(request)
         self._send(status, payload)
 
     do_GET = do_PUT = do_POST = do_DELETE = _handle
@@ -72,10 +81,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
         self.close_connection = True
 
+    def _chunked_head(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    def _chunk(self, data):
+        self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+        self.wfile.flush()
+
+    def _hang_up(self):
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def _fault(self, fault):
+        stub = self.server.stub
         if fault.kind == "status":
             return self._send(fault.status, fault.body)
-        if fault.kind == "drop":
+        if fault.kind in ("drop", "drop_after"):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
@@ -85,8 +114,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if fault.kind == "chunked_cut":
+            self._chunked_head()
+            if fault.body:
+                self._chunk(fault.body)
+            self.wfile.write(b"%x\r\n" % 1000 + b'{"id":"')
+            self.wfile.flush()
+            return self._hang_up()
+        if fault.kind == "trickle":
+            self._chunked_head()
+            if fault.body:
+                self._chunk(fault.body)
+            stub.stopping.wait(fault.seconds)
+            return self._hang_up()
         if fault.kind == "hang":
-            threading.Event().wait(fault.seconds)
+            stub.stopping.wait(fault.seconds)
             self.close_connection = True
             return
         raise ValueError(fault.kind)
@@ -95,10 +137,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class CouchStub:
     """The stand-in server: `with CouchStub() as stub:` gives `stub.url`."""
 
-    def __init__(self, faults=None, databases=()):
+    def __init__(self, faults=None, databases=(), lose=None):
         self.faults = faults
+        self.lose = lose
         self.requests = []
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
         self.store = Store({name: {} for name in databases})
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
@@ -112,6 +156,7 @@ class CouchStub:
         return self
 
     def __exit__(self, *exc):
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -143,7 +188,8 @@ class CouchStub:
         if request.method == "POST" and parts[1:] == ["_bulk_docs"]:
             payload = json.loads(request.body)
             for doc in payload["docs"]:
-                dbs[db][doc["_id"]] = doc
+                if self.lose is None or not self.lose(doc["_id"]):
+                    dbs[db][doc["_id"]] = doc
             return 201, b"[]\n"
         if request.method == "GET" and parts[1:] == ["_all_docs"]:
             rows = []
