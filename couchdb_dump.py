@@ -1693,8 +1693,10 @@ class DumpFile:
         return gzip.GzipFile(fileobj=raw, mode="rb") if self.compressed else raw
 
     def _read(self, handle, line):
+        # Reads no longer than the longest line allowed: then only a line
+        # that began in an earlier read can be too long, and it is measured.
         try:
-            return handle.read(self.BLOCK)
+            return handle.read(min(self.BLOCK, self.max_line))
         except (EOFError, zlib.error, gzip.BadGzipFile) as error:
             raise DumpInvalid(line, "the gzip data is truncated or corrupt (%s)" % error)
 
@@ -1710,14 +1712,15 @@ class DumpFile:
                 data = self._read(handle, line)
                 if not data:
                     break
+                newline = data.find(b"\n")
+                if len(pending) + (len(data) if newline < 0 else newline) > self.max_line:
+                    raise DumpInvalid(line, "a line longer than %d MB (--max-line-mb)" % (self.max_line >> 20))
                 if pending:
                     data = pending + data
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
+                if newline < 0:
                     pending = data
-                    if len(pending) > self.max_line:
-                        raise DumpInvalid(line, "a line longer than %d MB" % (self.max_line >> 20))
                     continue
+                cut = data.rfind(b"\n") + 1
                 pending = data[cut:]
                 block = data[:cut]
                 if b"\r" in block:
@@ -2065,6 +2068,7 @@ class Restore:
         self.out = out
         self.progress = progress or Progress(False)
         self.refused = 0
+        self.failed_chunk = None
         self.chunks_written = 0
         self.documents_written = 0
         self.bytes_sent = 0
@@ -2246,7 +2250,8 @@ class Restore:
         warning = "... WARN: Import of " + opts.file + " failed - Attempt %d/%s - Retrying..."
         reply = self.attempt(
             lambda: self.session.request("POST", self.db_path + "/_bulk_docs", body, "application/json"),
-            transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed)
+            transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed,
+            accept=self.bulk_accepted)
         self.chunks_written = 1
         self.bytes_sent += body[0]
         self.documents_written += documents - self._note_refusals(reply)
@@ -2257,7 +2262,10 @@ class Restore:
         """-l lines a chunk, each made a complete _bulk_docs body.
 
         With --jobs N, up to N chunks are on their way at once (after every
-        design document); results are still taken in chunk order.
+        design document); results are still taken in chunk order.  When a
+        chunk fails, the ones already on their way are waited for and
+        counted before the run ends, so the count told is what the server
+        holds.
         """
         opts, out = self.opts, self.out
         out.info("... INFO: Block import set to %s lines." % opts.lines)
@@ -2266,7 +2274,7 @@ class Restore:
         if not lines.isdigit() or int(lines) <= 0:
             out.line("... ERROR: Unable to create split files.")
             raise Exit(1)
-        pending = []
+        on_their_way = []
         pool = None
         if opts.jobs > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -2282,36 +2290,47 @@ class Restore:
                                               else "Adding footer to", name))
                 out.info("... INFO: Inserting %s" % name)
                 if pool is None:
-                    self._chunk_done(chunk, self._post_chunk(name, chunk))
+                    self._collect(name, chunk, lambda: self._post_chunk(name, chunk))
                     continue
-                pending.append((chunk, pool.submit(self._post_chunk, name, chunk)))
-                if len(pending) >= opts.jobs:
-                    chunk, future = pending.pop(0)
+                on_their_way.append((name, chunk, pool.submit(self._post_chunk, name, chunk)))
+                if len(on_their_way) >= opts.jobs:
+                    name, chunk, future = on_their_way.pop(0)
+                    self._collect(name, chunk, future.result)
+            while on_their_way:
+                name, chunk, future = on_their_way.pop(0)
+                self._collect(name, chunk, future.result)
+        except (Exit, RestoreStopped):
+            for name, chunk, future in on_their_way:
+                try:
                     self._chunk_done(chunk, future.result())
-            while pending:
-                chunk, future = pending.pop(0)
-                self._chunk_done(chunk, future.result())
+                except (Exit, RestoreStopped):
+                    pass
+            if self.failed_chunk is not None:
+                out.detail("couchdb_dump: the restore stopped at %s: %d of %d documents are in the database"
+                           % (self.failed_chunk, self.documents_written, self.total_documents))
+            raise
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
         out.line("... INFO: Import Cycle Completed.")
 
+    def _collect(self, name, chunk, result):
+        try:
+            reply = result()
+        except Exit:
+            self.failed_chunk = name
+            raise
+        self._chunk_done(chunk, reply)
+
     def _post_chunk(self, name, chunk):
-        out = self.out
-
-        def failed(error):
-            out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name)
-            self._say_progress(name)
-
-        def reported(reply):
-            self._couchdb_reported(reply)
-            self._say_progress(name)
         return self.attempt(
             lambda: self.session.request("POST", self.db_path + "/_bulk_docs", chunk.body, "application/json"),
             transfer_warn="... WARN: Failed to import " + name + " - Attempt %d/%s - Retrying...",
-            transfer_final=failed,
+            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to restore %s - Stopping"
+                                                       % name),
             reply_warn="... WARN: CouchDB Reported and error during import - Attempt %d/%s - Retrying...",
-            reply_final=reported)
+            reply_final=self._couchdb_reported,
+            accept=self.bulk_accepted)
 
     def _chunk_done(self, chunk, reply):
         self.chunks_written += 1
@@ -2387,6 +2406,8 @@ class Restore:
         attempt = 0
         while True:
             attempt += 1
+            if Stop.requested:
+                raise RestoreStopped()
             try:
                 reply = send()
             except TransferFailed as error:
@@ -2415,9 +2436,19 @@ class Restore:
             text = b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
         self.out.line(b"... ERROR: CouchDB Reported: " + text)
 
-    def _say_progress(self, name):
-        self.out.detail("couchdb_dump: the restore stopped at %s: %d of %d documents were written before it"
-                        % (name, self.documents_written, self.total_documents))
+    @staticmethod
+    def bulk_accepted(reply):
+        """A _bulk_docs reply that is CouchDB's: 2xx and a JSON list.
+
+        The script took any reply without an error line for success; a
+        proxy's page or an empty body then passed for a restore.
+        """
+        if not reply.ok:
+            return False
+        try:
+            return isinstance(json.loads(reply.body), list)
+        except ValueError:
+            return False
 
     def _note_refusals(self, reply):
         """Report the documents a successful _bulk_docs still refused; count them."""

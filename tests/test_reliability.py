@@ -360,7 +360,7 @@ def test_failed_chunk_says_on_stderr_which_chunk_and_how_many_documents_were_wri
     lines = [line for line in run.stderr.decode().splitlines()
              if line.startswith("couchdb_dump: the restore stopped at")]
     assert lines == ["couchdb_dump: the restore stopped at dump.json.splitaab: "
-                     "1 of 5 documents were written before it"], run.says()
+                     "1 of 5 documents are in the database"], run.says()
     # ... and that is the truth: the first chunk's one document, no more.
     assert sorted(run.store["db"]) == ["doc000"]
 
@@ -459,8 +459,6 @@ def fail_chunk_holding(doc_id, others_delay):
     return faults_for
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with --jobs the 'restore stopped at' line counts only the chunks "
-                                       "before the failed one, not those already written after it")
 @pooled(lambda: (["-r", *port_args("{PORT}"), "-d", "db", "-f", "dump.json", "-a", "2", "-l", "2", "--jobs", "3"],
                  dict(dump=make_dump(20)[0], faults_for=fail_chunk_holding("doc001", 0.2))))
 def test_failed_chunk_with_jobs_tells_how_many_documents_are_in_the_server(scenario, scenario_runs):
@@ -468,13 +466,10 @@ def test_failed_chunk_with_jobs_tells_how_many_documents_are_in_the_server(scena
     assert run.rc == 1
     line = [l for l in run.stderr.decode().splitlines() if l.startswith("couchdb_dump: the restore stopped at")]
     assert len(line) == 1, run.says()
-    written = int(re.search(r": (\d+) of 20 documents were written", line[0]).group(1))
+    written = int(re.search(r": (\d+) of 20 documents are in the database", line[0]).group(1))
     assert written == len(run.store["db"]), "%s, but the server holds %s" % (line[0], sorted(run.store["db"]))
 
 
-@pytest.mark.xfail(strict=True, reason="bug (inherited from bash): a 2xx _bulk_docs reply that is not CouchDB's "
-                                       "JSON list (a proxy's page, an empty body) is taken as success: exit 0, "
-                                       "nothing stored")
 @pytest.mark.parametrize("body", [b"<html><body>OK</body></html>\n", b""], ids=["html_page", "empty_body"])
 @pytest.mark.parametrize("lines", ["5000", "2"], ids=["single_body", "chunks"])
 def test_2xx_bulk_docs_reply_that_is_no_couchdb_answer_is_not_success(body, lines, tmp_path):
@@ -666,8 +661,6 @@ def big_line(size):
     return b'{"_id":"big","_rev":"1-big","blob":"' + b"a" * size + b'"}'
 
 
-@pytest.mark.xfail(strict=True, reason="bug: --max-line-mb is only enforced when a line does not end within "
-                                       "the 4 MB block after it passes the limit (DumpFile.blocks)")
 @pytest.mark.parametrize("size_mb", [2, 5])
 def test_line_longer_than_max_line_mb_is_refused(size_mb, tmp_path):
     data = dump_of([GOOD[0], big_line(size_mb << 20), GOOD[1]])
@@ -797,8 +790,6 @@ def test_signal_during_retry_wait_stops_without_the_next_attempt(tmp_path):
     assert stopped_message(stdout) == ("SIGTERM", 1, 5)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: SIGTERM while design documents are PUT is noted but never "
-                                       "looked at: every design PUT and the _bulk_docs upload still go out, exit 0")
 def test_signal_while_design_documents_are_restored_stops_after_the_current_request(tmp_path):
     dump, _ = make_dump(3, designs=8)
     (tmp_path / "dump.json").write_bytes(dump)
