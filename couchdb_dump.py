@@ -1082,6 +1082,14 @@ class JsonRowScanner:
     """
 
     _WS = re.compile(r"[ \t\n\r]*")
+    # The states between the items of the reply's object and of its rows:
+    # what may come, what closes the list, the item's state, the state after.
+    _LISTS = {
+        "key_or_end": ('"', "}", "key", "done"),
+        "next_key": (",", "}", "key", "done"),
+        "row_or_end": ("{", "]", "row", "next_key"),
+        "row_sep": (",", "]", "row", "next_key"),
+    }
 
     def __init__(self, documents=True):
         self.documents = documents   # False: yield each row, parsed, instead of its document
@@ -1156,23 +1164,20 @@ class JsonRowScanner:
                 return None
             self.state = "key_or_end"
             return True
-        if state in ("key_or_end", "next_key"):
-            char = self._expect('"}' if state == "key_or_end" else ",}")
+        if state in self._LISTS:
+            expected, closing, item, closed = self._LISTS[state]
+            char = self._expect(expected + closing)
             if char is None:
                 return None
-            if char == "}":
-                self.state = "done"
-                return True
-            if char == ",":
-                self.state = "key"
-                return True
-            self.pos -= 1
-            self.state = "key"
+            if char == closing:
+                self.state = closed
+            else:
+                if char != ",":
+                    self.pos -= 1   # the item's own first character
+                self.state = item
             return True
         if state == "key":
-            if not self._skip_ws():
-                return self._wait()
-            found = self._value()
+            found = self._next_value()
             if found is None:
                 return None
             self.key = found[0]
@@ -1184,9 +1189,7 @@ class JsonRowScanner:
             self.state = "rows_open" if self.key == "rows" else "member"
             return True
         if state == "member":
-            if not self._skip_ws():
-                return self._wait()
-            found = self._value()
+            found = self._next_value()
             if found is None:
                 return None
             if self.key == "total_rows" and isinstance(found[0], int):
@@ -1200,41 +1203,28 @@ class JsonRowScanner:
                 return None
             self.state = "row_or_end"
             return True
-        if state in ("row_or_end", "row_sep"):
-            char = self._expect("{]" if state == "row_or_end" else ",]")
-            if char is None:
-                return None
-            if char == "]":
-                self.state = "next_key"
-                return True
-            if char == ",":
-                self.state = "row"
-                return True
-            self.pos -= 1
-            self.state = "row"
-            return True
         if state == "row":
-            if not self._skip_ws():
-                return self._wait()
-            start = self.pos
-            found = self._value()
+            found = self._next_value()
             if found is None:
                 return None
             self.state = "row_sep"
             self.rows += 1
             if not self.documents:
                 return found[0]
-            return self._document(found[0], start)
+            return self._document(found[0], found[1])
         if state == "done":
             if self._skip_ws():
                 raise BackupFailed("unexpected data after the end of the reply")
             return None
         raise AssertionError(state)
 
-    def _wait(self):
-        if self.eof:
-            raise BackupFailed("the reply ended before its end: the transfer was cut short")
-        return None
+    def _next_value(self):
+        """The value after the white space: (value, start, end), or None to wait."""
+        if not self._skip_ws():
+            if self.eof:
+                raise BackupFailed("the reply ended before its end: the transfer was cut short")
+            return None
+        return self._value()
 
     def _document(self, row, start):
         """The raw text of the row's "doc" member, found member by member."""
@@ -1280,48 +1270,71 @@ def compact_json(text):
 class DumpTarget:
     """Where a backup goes: plain bytes, or gzip members with ``compress``.
 
-    ``write`` takes dump bytes (compressed here, a member a megabyte);
-    ``writelines`` takes pieces already in their final form (the row
-    rewriter compresses its blocks itself, in parallel where it can).
+    ``write`` takes dump bytes; with ``compress`` they are compressed a
+    member a megabyte, in background threads (zlib lets go of the GIL, so
+    compression runs beside the row rewriting), and written in order.
+    ``writelines`` takes pieces already in their final form (worker
+    processes compress their blocks themselves).
     """
 
     MEMBER = 1 << 20
 
-    def __init__(self, raw, compress=False):
+    def __init__(self, raw, compress=False, threads=1):
         self.raw = raw
         self.compress = compress
+        self.threads = max(threads, 1)
         self.plain = []
         self.plain_size = 0
         self.written = 0
+        self.packing = None
 
     def write(self, data):
         if not self.compress:
-            self.raw.write(data)
-            self.written += len(data)
+            self._out(data)
             return
         self.plain.append(data)
         self.plain_size += len(data)
         if self.plain_size >= self.MEMBER:
-            self._flush_plain()
+            self._pack()
 
     def writelines(self, pieces):
-        self._flush_plain()
-        write = self.raw.write
+        self._pack()
+        self._drain(0)
         for piece in pieces:
-            write(piece)
-            self.written += len(piece)
+            self._out(piece)
 
-    def _flush_plain(self):
-        if self.plain:
-            member = gzip_member(b"".join(self.plain))
-            self.raw.write(member)
-            self.written += len(member)
-            self.plain = []
-            self.plain_size = 0
+    def _out(self, data):
+        self.raw.write(data)
+        self.written += len(data)
+
+    def _pack(self):
+        if not self.plain:
+            return
+        if self.packing is None:
+            import collections
+            from concurrent.futures import ThreadPoolExecutor
+            self.pool = ThreadPoolExecutor(max_workers=self.threads)
+            self.packing = collections.deque()
+        self.packing.append(self.pool.submit(gzip_member, b"".join(self.plain)))
+        self.plain = []
+        self.plain_size = 0
+        self._drain(2 * self.threads)
+
+    def _drain(self, keep):
+        """Write the members done, in order, until at most ``keep`` are left."""
+        while self.packing and (len(self.packing) > keep or self.packing[0].done()):
+            self._out(self.packing.popleft().result())
 
     def finish(self):
-        self._flush_plain()
+        self._pack()
+        self._drain(0)
+        self.close()
         self.raw.flush()
+
+    def close(self):
+        if self.packing is not None:
+            self.pool.shutdown(wait=True)
+            self.packing = None
 
 
 class _EarlyWriteback:
@@ -1362,7 +1375,7 @@ class BackupFile(DumpTarget):
     on their way to disk: no uncompressed copy is ever written.
     """
 
-    def __init__(self, path, compress=False):
+    def __init__(self, path, compress=False, threads=1):
         self.path = path
         directory = os.path.dirname(path) or "."
         base = os.path.basename(path)
@@ -1370,7 +1383,7 @@ class BackupFile(DumpTarget):
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # what curl -o would have created
-        super().__init__(_EarlyWriteback(os.fdopen(fd, "wb", buffering=1 << 20)), compress)
+        super().__init__(_EarlyWriteback(os.fdopen(fd, "wb", buffering=1 << 20)), compress, threads)
 
     def commit(self):
         self.finish()
@@ -1382,6 +1395,7 @@ class BackupFile(DumpTarget):
 
     def discard(self):
         try:
+            self.close()
             self.raw.close()
         except Exception:
             pass
@@ -1413,8 +1427,8 @@ class StreamTarget(DumpTarget):
     (a pipeline with ``set -o pipefail`` sees it) and the error line.
     """
 
-    def __init__(self, stream, compress=False):
-        super().__init__(stream, compress)
+    def __init__(self, stream, compress=False, threads=1):
+        super().__init__(stream, compress, threads)
         self.path = "-"
 
     def commit(self):
@@ -1422,6 +1436,7 @@ class StreamTarget(DumpTarget):
 
     def discard(self):
         try:
+            self.close()
             if self.compress:
                 # The members already out are whole: end the stream with the
                 # start of one that never ends, so gunzip calls it truncated.
@@ -1463,10 +1478,11 @@ class Backup:
 
         path = "/" + quote_database(opts.db) + ALL_DOCS_QUERY
         try:
+            threads = max(opts.cores - 1, 1)
             if to_stdout:
-                target = StreamTarget(sys.stdout.buffer, compress=opts.compress)
+                target = StreamTarget(sys.stdout.buffer, opts.compress, threads)
             else:
-                target = BackupFile(final, compress=opts.compress)
+                target = BackupFile(final, opts.compress, threads)
         except OSError as error:
             out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
             out.detail("couchdb_dump: cannot write %s: %s" % (final, error.strerror))
@@ -1544,16 +1560,20 @@ class Backup:
         # processes rewrite rows; with one, the main process does (a single
         # worker only adds the cost of handing blocks over).
         threads = min(bash_integer(self.opts.threads) or 0, self.opts.cores)
-        layout = CouchDBLayout(total, count_designs=self.opts.json, compress=self.opts.compress,
-                               workers=threads if threads >= 2 else 0)
+        workers = threads if threads >= 2 else 0
+        # Worker processes compress their own blocks; otherwise the target
+        # compresses in threads beside this one.
+        layout = CouchDBLayout(total, count_designs=self.opts.json, compress=self.opts.compress and workers > 0,
+                               workers=workers)
+        put = target.writelines if layout.compress else lambda pieces: [target.write(p) for p in pieces]
         try:
             target.write(BACKUP_HEADER + b"\n")
-            target.writelines(layout.feed(rest))
+            put(layout.feed(rest))
             for block in blocks:
                 size += len(block)
-                target.writelines(layout.feed(block))
+                put(layout.feed(block))
                 self.progress.update(layout.rows, size - layout.carriage_returns, total)
-            target.writelines(layout.finish())
+            put(layout.finish())
         finally:
             layout.close()
         self.summary["documents"] = layout.rows
@@ -1653,7 +1673,7 @@ class DumpFile:
     bytes is refused rather than read.
     """
 
-    BLOCK = 1 << 22
+    BLOCK = 1 << 20
 
     def __init__(self, path, max_line=64 << 20, spool=None):
         self.path = path
