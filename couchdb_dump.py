@@ -986,6 +986,40 @@ def _worker_loop(function, fixed, tasks, results):
                 results.put((True, RuntimeError("%s: %s" % (type(error).__name__, error))))
 
 
+class BlockCalls:
+    """Calls one function on each block: inline while the data is small,
+    in ``Workers`` once it is worth starting them (``count`` of 2 or more).
+
+    ``submit`` returns the results that are due, in order; ``drain`` the
+    rest.  Used by the backup's row rewriting and the restore's check.
+    """
+
+    PARALLEL_FROM = 8 << 20   # below this, starting workers costs more than it saves
+
+    def __init__(self, count, function, *fixed):
+        self.count = count
+        self.function = function
+        self.fixed = fixed
+        self.workers = None
+        self.seen = 0
+
+    def submit(self, size, *args):
+        self.seen += size
+        if self.workers is None and self.count > 1 and self.seen > self.PARALLEL_FROM and Workers.available():
+            self.workers = Workers(self.count, self.function, *self.fixed)
+        if self.workers is not None:
+            return self.workers.submit(*args)
+        return [self.function(*(args + self.fixed))]
+
+    def drain(self):
+        return self.workers.drain() if self.workers is not None else []
+
+    def close(self):
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
+
+
 class CouchDBLayout:
     """Rewrites a reply laid out as Apache CouchDB writes it: one row a line.
 
@@ -996,15 +1030,11 @@ class CouchDBLayout:
     large enough to be worth it.
     """
 
-    PARALLEL_FROM = 8 << 20   # below this, starting workers costs more than it saves
-
     def __init__(self, total_rows, count_designs=True, compress=False, workers=0):
         self.total_rows = total_rows
-        self.count_designs = count_designs   # only --json reports them: it costs a pass
         self.compress = compress
-        self.workers = workers
-        self.parallel = None
-        self.seen = 0
+        # only --json reports the design documents: counting them costs a pass
+        self.calls = BlockCalls(workers, rewrite_row_block, compress, count_designs)
         self.rows = 0
         self.designs = 0
         self.carriage_returns = 0
@@ -1023,12 +1053,7 @@ class CouchDBLayout:
         # Remember the last complete line: the footer must be the last one.
         previous = complete.rfind(b"\n", 0, len(complete) - 1)
         self.last_line = complete[previous + 1:-1].replace(b"\r", b"")
-        self.seen += len(complete)
-        if self.parallel is None and self.workers and self.seen > self.PARALLEL_FROM and Workers.available():
-            self.parallel = Workers(self.workers, rewrite_row_block, self.compress, self.count_designs)
-        if self.parallel is not None:
-            return self._account(self.parallel.submit(complete))
-        return self._account([rewrite_row_block(complete, self.compress, self.count_designs)])
+        return self._account(self.calls.submit(len(complete), complete))
 
     def _account(self, results):
         pieces = []
@@ -1061,13 +1086,10 @@ class CouchDBLayout:
 
     def close(self):
         """Stop the workers; returns what they still had to hand back."""
-        if self.parallel is None:
-            return []
         try:
-            return self._account(self.parallel.drain())
+            return self._account(self.calls.drain())
         finally:
-            self.parallel.close()
-            self.parallel = None
+            self.calls.close()
 
 
 class JsonRowScanner:
@@ -1903,15 +1925,11 @@ class DumpSurvey:
     processes when the dump is large.
     """
 
-    PARALLEL_FROM = 8 << 20
-
     def __init__(self, dump, check=True, index=None, workers=1):
         self.dump = dump
         self.check = check
         self.index = index       # a RevisionIndex to fill, for --verify
-        self.workers = workers
-        self.parallel = None
-        self.seen = 0
+        self.calls = BlockCalls(workers, check_documents, index is not None)
         self.newlines = 0
         self.lines = 0
         self.documents = 0
@@ -1932,10 +1950,9 @@ class DumpSurvey:
                 raise DumpInvalid(1, "the file is empty: it is no dump")
             if check:
                 self._check_block(*held, final=True)
-                self._take(self.parallel.drain() if self.parallel else [])
+                self._take(self.calls.drain())
         finally:
-            if self.parallel is not None:
-                self.parallel.close()
+            self.calls.close()
         self.design_lines = {number for number, _ in self.designs}
 
     def _survey(self, number, block, newlines):
@@ -1981,14 +1998,7 @@ class DumpSurvey:
         self._comma_pending = _last_non_blank(text) == b","
         if final and self._comma_pending:
             self._fail(first_line + text.rstrip(b" \t\n").count(b"\n"), "the last document is followed by a comma")
-        want_keys = self.index is not None
-        self.seen += len(text)
-        if self.parallel is None and self.workers > 1 and self.seen > self.PARALLEL_FROM and Workers.available():
-            self.parallel = Workers(self.workers, check_documents, want_keys)
-        if self.parallel is not None:
-            self._take(self.parallel.submit(text, first_line))
-        else:
-            self._take([check_documents(text, first_line, want_keys)])
+        self._take(self.calls.submit(len(text), text, first_line))
 
     def _take(self, results):
         for documents, problem, keys in results:
@@ -2001,8 +2011,7 @@ class DumpSurvey:
 
     def _fail(self, line, why):
         """A problem seen here: the workers' earlier blocks are told first."""
-        if self.parallel is not None:
-            self._take(self.parallel.drain())
+        self._take(self.calls.drain())
         raise DumpInvalid(line, why)
 
     def _check_header(self, header):
