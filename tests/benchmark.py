@@ -232,16 +232,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def body(self):
         """The request body in pieces of up to 1 MiB (Content-Length or chunked)."""
-        read = self.rfile.read
         length = self.headers.get("Content-Length")
         if length is not None:
-            left = int(length)
-            while left:
-                piece = read(min(left, CHUNK))
-                if not piece:
-                    raise ConnectionError("body cut short")
-                left -= len(piece)
-                yield piece
+            yield from self.exactly(int(length))
         elif "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             while True:
                 size = int(self.rfile.readline().split(b";")[0], 16)
@@ -249,13 +242,17 @@ class Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     return
-                while size:
-                    piece = read(min(size, CHUNK))
-                    if not piece:
-                        raise ConnectionError("body cut short")
-                    size -= len(piece)
-                    yield piece
+                yield from self.exactly(size)
                 self.rfile.readline()
+
+    def exactly(self, size):
+        """``size`` bytes of the body, in pieces of up to 1 MiB."""
+        while size:
+            piece = self.rfile.read(min(size, CHUNK))
+            if not piece:
+                raise ConnectionError("body cut short")
+            size -= len(piece)
+            yield piece
 
     def do_GET(self):
         path = self.path.split("?")[0]
