@@ -2304,12 +2304,15 @@ class Restore:
             out.line("... ERROR: Unable to create split files.")
             raise Exit(1)
         on_their_way = []
-        pool = None
-        if opts.jobs > 1:
-            from concurrent.futures import ThreadPoolExecutor
-            pool = ThreadPoolExecutor(max_workers=opts.jobs)
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(max_workers=opts.jobs)
         try:
+            # Each chunk is built while the ones before it are on their way;
+            # its lines are printed once fewer than --jobs are: with one job,
+            # in the script's order, one request after the other.
             for index, chunk in enumerate(text.chunks(int(lines))):
+                while len(on_their_way) >= opts.jobs:
+                    self._collect(*on_their_way.pop(0))
                 if Stop.requested:
                     raise RestoreStopped()
                 name = "%s.split%s" % (text_name, chunk_suffix(index))
@@ -2318,16 +2321,9 @@ class Restore:
                 out.info("... INFO: %s %s" % ("Footer already applied to" if chunk.had_footer
                                               else "Adding footer to", name))
                 out.info("... INFO: Inserting %s" % name)
-                if pool is None:
-                    self._collect(name, chunk, lambda: self._post_chunk(name, chunk))
-                    continue
                 on_their_way.append((name, chunk, pool.submit(self._post_chunk, name, chunk)))
-                if len(on_their_way) >= opts.jobs:
-                    name, chunk, future = on_their_way.pop(0)
-                    self._collect(name, chunk, future.result)
             while on_their_way:
-                name, chunk, future = on_their_way.pop(0)
-                self._collect(name, chunk, future.result)
+                self._collect(*on_their_way.pop(0))
         except (Exit, RestoreStopped):
             for name, chunk, future in on_their_way:
                 try:
@@ -2339,13 +2335,12 @@ class Restore:
                            % (self.failed_chunk, self.documents_written, self.total_documents))
             raise
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+            pool.shutdown(wait=True)
         out.line("... INFO: Import Cycle Completed.")
 
-    def _collect(self, name, chunk, result):
+    def _collect(self, name, chunk, future):
         try:
-            reply = result()
+            reply = future.result()
         except Exit:
             self.failed_chunk = name
             raise
