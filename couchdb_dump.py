@@ -186,10 +186,6 @@ class Options:
         self.url = ""
 
 
-class UsageError(Exception):
-    """A command line the bash script refuses: its message, then the usage."""
-
-
 def getopts(args, spec=GETOPTS_SPEC):
     """Walk ``args`` as bash's getopts does with ``spec``.
 
@@ -760,15 +756,15 @@ def rewrite_row_line(line):
     ``{"id":..,"key":..,"value":{"rev":".."},"doc":{DOC}},`` becomes
     ``{DOC},``.  The document is what follows the row's value: unlike the
     script's greedy ``.*,"doc":``, a document holding ``,"doc":`` survives.
-    Lines that are not rows (the empty line of an empty database) pass
-    unchanged.
+    Other lines (the empty line of an empty database, the footer) only get
+    the script's brace fix, which it applies to every line.
     """
-    if not line.startswith(_ROW_START):
-        return line
-    mark = line.find(_DOC_MARK)
-    if mark < 0:
-        raise BackupFailed("a row of the reply has no document: %r" % line[:80])
-    return fix_closing_braces(line[mark + len(_DOC_MARK):])
+    if line.startswith(_ROW_START):
+        mark = line.find(_DOC_MARK)
+        if mark < 0:
+            raise BackupFailed("a row of the reply has no document: %r" % line[:80])
+        line = line[mark + len(_DOC_MARK):]
+    return fix_closing_braces(line)
 
 
 def fix_closing_braces(line):
@@ -781,29 +777,14 @@ def fix_closing_braces(line):
 
 
 def rewrite_couchdb_block(block):
-    """Rewrite a block of complete row lines (each ending in ``\\n``).
+    """Rewrite a block of whole lines (the last may lack its newline).
 
-    Returns ``(bytes to write, rows seen)``.  Only lines starting with
-    ``{"id":`` are rows; the brace fix is done on the whole block at once,
-    which is safe because a raw newline only ever ends a line.
+    Returns ``(bytes to write, rows seen)``.  The line-by-line way, for
+    whatever ``rewrite_rows_fast`` does not take.
     """
     lines = block.split(b"\n")
-    rows = 0
-    out = []
-    append = out.append
-    find = bytes.find
-    mark_len = len(_DOC_MARK)
-    for line in lines:
-        if line.startswith(_ROW_START):
-            mark = find(line, _DOC_MARK)
-            if mark < 0:
-                raise BackupFailed("a row of the reply has no document: %r" % line[:80])
-            append(line[mark + mark_len:])
-            rows += 1
-        else:
-            append(line)
-    data = b"\n".join(out)
-    return data.replace(b"}},\n", b"},\n").replace(b"}}\n", b"}\n"), rows
+    rows = sum(1 for line in lines if line.startswith(_ROW_START))
+    return b"\n".join([rewrite_row_line(line) for line in lines]), rows
 
 
 # A row's end and the next row's start, up to its document: the whole
@@ -1075,7 +1056,6 @@ class CouchDBLayout:
             self.last_line = stripped
             out, rows = rewrite_couchdb_block(stripped)
             self.rows += rows
-            out = fix_closing_braces(out)
             pieces.append(gzip_member(out) if self.compress else out)
         if self.last_line != FOOTER:
             raise BackupFailed("the reply ended before its end (no ']}' footer): the transfer was cut short")
