@@ -859,6 +859,8 @@ def rewrite_row_block(complete, compress=False, count_designs=False):
     return data, rows, carriage_returns, designs
 
 
+# -- worker processes, for the rewriting here and the restore's check --------
+
 def _parse_worker_started():
     # Ctrl-C reaches the whole process group: only the main process decides.
     import signal
@@ -2007,6 +2009,125 @@ class DumpSurvey:
         return self.newlines - sum(1 for n, _ in self.designs if n != self.lines - 1 or self.last_has_newline)
 
 
+def chunk_suffix(index):
+    """split -a 3 names: aaa, aab, ... zzz; past that one letter more."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    width = 3
+    while index >= 26 ** width:
+        index -= 26 ** width
+        width += 1
+    suffix = ""
+    for _ in range(width):
+        index, digit = divmod(index, 26)
+        suffix = letters[digit] + suffix
+    return suffix
+
+
+class Chunk:
+    """One _bulk_docs body and what the script would say about its edges."""
+
+    def __init__(self, body, had_header, had_footer, documents):
+        self.body = body
+        self.had_header = had_header
+        self.had_footer = had_footer
+        self.documents = documents
+
+
+class RestoreText:
+    """The text the script uploads: the dump less its design documents.
+
+    With design documents taken out, the trailing comma of the line the
+    script's "Fixing end document" names is removed, as it does.  The text
+    is produced again on every pass, from the file, as lists of lines (each
+    without its newline) so that the work per line stays in C.
+    """
+
+    def __init__(self, dump, design_lines, fix_line, header=None, footer=None):
+        self.dump = dump
+        self.design_lines = design_lines
+        self.fix_line = fix_line   # 1-based, in the text without designs
+        self.header = header       # the text's first and last lines, when known
+        self.footer = footer
+
+    def line_lists(self):
+        """Yield ``(lines, last line ends with a newline)`` a block at a time."""
+        kept = 0
+        for first, block, _ in self.dump.blocks():
+            lines = block.split(b"\n")
+            newline = not lines[-1]
+            if newline:
+                lines.pop()
+            if self.design_lines:
+                base = first - 1
+                if any(base <= n < base + len(lines) for n in self.design_lines):
+                    lines = [line for i, line in enumerate(lines) if base + i not in self.design_lines]
+            if self.fix_line is not None and kept < self.fix_line <= kept + len(lines):
+                index = self.fix_line - kept - 1
+                if lines[index].endswith(b","):
+                    lines[index] = lines[index][:-1]
+            kept += len(lines)
+            if lines:
+                yield lines, newline
+
+    def blocks(self):
+        for lines, newline in self.line_lists():
+            yield b"\n".join(lines) + (b"\n" if newline else b"")
+
+    def size(self):
+        return sum(sum(map(len, lines)) + len(lines) - (not newline) for lines, newline in self.line_lists())
+
+    def edges(self):
+        """The text's first and last lines (one pass when not known)."""
+        if self.header is None or self.footer is None:
+            header = footer = None
+            for lines, _ in self.line_lists():
+                if header is None:
+                    header = lines[0]
+                footer = lines[-1]
+            self.header = header if header is not None else b""
+            self.footer = footer if footer is not None else b""
+        return self.header, self.footer
+
+    def chunks(self, lines_per_chunk):
+        """Split into chunks of ``lines_per_chunk`` lines, each made whole.
+
+        As the script does with split: a chunk that does not start with the
+        text's first line gets it prepended; one that does not end with the
+        text's last line loses its last trailing comma and gets it appended.
+        """
+        header, footer = self.edges()
+        waiting = []
+        newline = True
+        for lines, newline in self.line_lists():
+            waiting.extend(lines)
+            while len(waiting) > lines_per_chunk:
+                piece = waiting[:lines_per_chunk]
+                del waiting[:lines_per_chunk]
+                yield self._chunk(piece, header, footer, True)
+            # Keep the last full chunk until the end is known: its newline may be missing.
+        while waiting:
+            piece = waiting[:lines_per_chunk]
+            del waiting[:lines_per_chunk]
+            yield self._chunk(piece, header, footer, newline or bool(waiting))
+
+    @staticmethod
+    def _chunk(piece, header, footer, newline):
+        had_header = piece[0] == header
+        had_footer = piece[-1] == footer
+        documents = len(piece) - had_header - had_footer - piece.count(b"")
+        if not had_footer and piece[-1].endswith(b","):
+            piece[-1] = piece[-1][:-1]
+        parts = [] if had_header else [header]
+        parts.extend(piece)
+        if not had_footer:
+            parts.append(footer)
+            newline = True
+        body = b"\n".join(parts)
+        if newline:
+            body += b"\n"
+        return Chunk(body, had_header, had_footer, documents)
+
+
 class RestoreStopped(Exception):
     """A signal asked the restore to stop; the current request has ended."""
 
@@ -2471,125 +2592,6 @@ class Restore:
                     answer.get("error"), answer.get("reason", "")))
         self.refused += refused
         return refused
-
-
-def chunk_suffix(index):
-    """split -a 3 names: aaa, aab, ... zzz; past that one letter more."""
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    width = 3
-    while index >= 26 ** width:
-        index -= 26 ** width
-        width += 1
-    suffix = ""
-    for _ in range(width):
-        index, digit = divmod(index, 26)
-        suffix = letters[digit] + suffix
-    return suffix
-
-
-class Chunk:
-    """One _bulk_docs body and what the script would say about its edges."""
-
-    def __init__(self, body, had_header, had_footer, documents):
-        self.body = body
-        self.had_header = had_header
-        self.had_footer = had_footer
-        self.documents = documents
-
-
-class RestoreText:
-    """The text the script uploads: the dump less its design documents.
-
-    With design documents taken out, the trailing comma of the line the
-    script's "Fixing end document" names is removed, as it does.  The text
-    is produced again on every pass, from the file, as lists of lines (each
-    without its newline) so that the work per line stays in C.
-    """
-
-    def __init__(self, dump, design_lines, fix_line, header=None, footer=None):
-        self.dump = dump
-        self.design_lines = design_lines
-        self.fix_line = fix_line   # 1-based, in the text without designs
-        self.header = header       # the text's first and last lines, when known
-        self.footer = footer
-
-    def line_lists(self):
-        """Yield ``(lines, last line ends with a newline)`` a block at a time."""
-        kept = 0
-        for first, block, _ in self.dump.blocks():
-            lines = block.split(b"\n")
-            newline = not lines[-1]
-            if newline:
-                lines.pop()
-            if self.design_lines:
-                base = first - 1
-                if any(base <= n < base + len(lines) for n in self.design_lines):
-                    lines = [line for i, line in enumerate(lines) if base + i not in self.design_lines]
-            if self.fix_line is not None and kept < self.fix_line <= kept + len(lines):
-                index = self.fix_line - kept - 1
-                if lines[index].endswith(b","):
-                    lines[index] = lines[index][:-1]
-            kept += len(lines)
-            if lines:
-                yield lines, newline
-
-    def blocks(self):
-        for lines, newline in self.line_lists():
-            yield b"\n".join(lines) + (b"\n" if newline else b"")
-
-    def size(self):
-        return sum(sum(map(len, lines)) + len(lines) - (not newline) for lines, newline in self.line_lists())
-
-    def edges(self):
-        """The text's first and last lines (one pass when not known)."""
-        if self.header is None or self.footer is None:
-            header = footer = None
-            for lines, _ in self.line_lists():
-                if header is None:
-                    header = lines[0]
-                footer = lines[-1]
-            self.header = header if header is not None else b""
-            self.footer = footer if footer is not None else b""
-        return self.header, self.footer
-
-    def chunks(self, lines_per_chunk):
-        """Split into chunks of ``lines_per_chunk`` lines, each made whole.
-
-        As the script does with split: a chunk that does not start with the
-        text's first line gets it prepended; one that does not end with the
-        text's last line loses its last trailing comma and gets it appended.
-        """
-        header, footer = self.edges()
-        waiting = []
-        newline = True
-        for lines, newline in self.line_lists():
-            waiting.extend(lines)
-            while len(waiting) > lines_per_chunk:
-                piece = waiting[:lines_per_chunk]
-                del waiting[:lines_per_chunk]
-                yield self._chunk(piece, header, footer, True)
-            # Keep the last full chunk until the end is known: its newline may be missing.
-        while waiting:
-            piece = waiting[:lines_per_chunk]
-            del waiting[:lines_per_chunk]
-            yield self._chunk(piece, header, footer, newline or bool(waiting))
-
-    @staticmethod
-    def _chunk(piece, header, footer, newline):
-        had_header = piece[0] == header
-        had_footer = piece[-1] == footer
-        documents = len(piece) - had_header - had_footer - piece.count(b"")
-        if not had_footer and piece[-1].endswith(b","):
-            piece[-1] = piece[-1][:-1]
-        parts = [] if had_header else [header]
-        parts.extend(piece)
-        if not had_footer:
-            parts.append(footer)
-            newline = True
-        body = b"\n".join(parts)
-        if newline:
-            body += b"\n"
-        return Chunk(body, had_header, had_footer, documents)
 
 
 # ---------------------------------------------------------------------------
