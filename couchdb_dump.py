@@ -628,16 +628,39 @@ def quote_database(name):
     return quote(os.fsencode(name), safe="$()+-_,;=@!*'~")
 
 
+def proxy_for(scheme, host, environ):
+    """The proxy curl would take for this server, from the same variables.
+
+    As curl: ``http_proxy`` (lower case only) for http, ``https_proxy`` or
+    ``HTTPS_PROXY`` for https, else ``all_proxy``/``ALL_PROXY``; none when
+    ``no_proxy``/``NO_PROXY`` names the host, a domain of it, or ``*``.
+    """
+    bypass = environ.get("no_proxy", environ.get("NO_PROXY", ""))
+    host = host.strip("[]").lower()
+    for entry in bypass.split(","):
+        entry = entry.strip().lower().lstrip(".")
+        if entry == "*" or entry and (host == entry or host.endswith("." + entry)):
+            return None
+    names = ("http_proxy",) if scheme == "http" else ("https_proxy", "HTTPS_PROXY")
+    for name in names + ("all_proxy", "ALL_PROXY"):
+        value = environ.get(name, "").strip()
+        if value:
+            return value if "://" in value else "http://" + value
+    return None
+
+
 class CouchSession:
     """Talks HTTP to the server named by the bash-style URL.
 
     Credentials travel only in the Authorization header (Basic, as curl -u
     sends them), never in a request's URL, and never appear in a message.
     TLS certificates are not verified, as with the script's ``curl -k``.
+    The proxy variables curl reads are read the same way (``proxy_for``).
     """
 
-    def __init__(self, url, user="", password="", timeout=300.0):
+    def __init__(self, url, user="", password="", timeout=300.0, environ=None):
         self.url = url
+        self.environ = os.environ if environ is None else environ
         self.timeout = timeout
         self._pool = None
         self._origin = None
@@ -673,12 +696,24 @@ class CouchSession:
             credentials = unquote_to_bytes(name) + b":" + unquote_to_bytes(secret)
         if credentials is not None:
             self.headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
-        timeout = urllib3.Timeout(connect=self.timeout, read=self.timeout)
+        options = {"retries": False, "timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout)}
         if scheme == "https":
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-            self._pool = urllib3.PoolManager(cert_reqs="CERT_NONE", retries=False, timeout=timeout)
-        else:
-            self._pool = urllib3.PoolManager(retries=False, timeout=timeout)
+            options["cert_reqs"] = "CERT_NONE"
+        proxy = proxy_for(scheme, parsed.host, self.environ)
+        if proxy is None:
+            self._pool = urllib3.PoolManager(**options)
+            return
+        try:
+            proxy_auth = urllib3.util.parse_url(proxy).auth
+            headers = {}
+            if proxy_auth:
+                name, _, secret = proxy_auth.partition(":")
+                headers["Proxy-Authorization"] = "Basic " + base64.b64encode(
+                    unquote_to_bytes(name) + b":" + unquote_to_bytes(secret)).decode("ascii")
+            self._pool = urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
+        except Exception:
+            raise TransferFailed("the proxy named in the environment is not a valid URL")
 
     def _target(self, path):
         return self._origin + self._prefix + path
@@ -2643,7 +2678,7 @@ def main(argv=None, environ=None, stdout=None):
             json_stream = sys.stderr.buffer
         progress = Progress(opts.progress and not opts.quiet)
         tune_memory()
-        session = CouchSession(opts.url, opts.user, opts.password, opts.timeout)
+        session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ)
         job = (Backup if opts.backup else Restore)(opts, session, out, progress)
         job.run()
         code = 0

@@ -175,3 +175,21 @@ def test_refused_documents_are_named_and_fail_the_restore(tmp_path):
     assert b"Successfully" not in result.stdout
     # Every chunk was still sent: the refusals do not stop the rest.
     assert [r.method for r in stub.requests] == ["GET", "POST", "POST"]
+
+
+def test_proxy_variables_are_read_as_curl_reads_them(tmp_path):
+    """curl in the script honoured http_proxy and no_proxy: so does the port."""
+    from compat_replay import closed_port
+    target = closed_port()
+    with CouchStub(databases=["db"]) as proxy:
+        args = ["-b", "-H", "127.0.0.1", "-P", str(target), "-d", "db", "-f", "out.json"]
+        result = run(args, tmp_path, env={"http_proxy": proxy.url})
+        # Through the proxy: the request names the server in full.
+        assert [r.path for r in proxy.requests] == [
+            "http://127.0.0.1:%d/db/_all_docs?include_docs=true&attachments=true" % target]
+        assert result.returncode == 1
+        result = run(args, tmp_path, env={"http_proxy": proxy.url, "no_proxy": "localhost,127.0.0.1"})
+        assert len(proxy.requests) == 1, "no_proxy names the host: straight to it"
+        assert result.stdout.endswith(b"... ERROR: Curl encountered an issue whilst dumping the database.\n")
+        result = run(args, tmp_path, env={"HTTP_PROXY": proxy.url})
+        assert len(proxy.requests) == 1, "curl reads no upper-case HTTP_PROXY"
