@@ -731,7 +731,7 @@ class CouchSession:
             return self._pool.urlopen(
                 method, self._target(path), body=body, headers=headers,
                 redirect=False, retries=False, preload_content=False,
-                decode_content=False, enforce_content_length=True)
+                decode_content=True, enforce_content_length=True)
         except Exception as error:  # urllib3 wraps every socket failure
             raise TransferFailed(_describe(error))
 
