@@ -1792,6 +1792,17 @@ class DumpFile:
                 pending = pending[:-1]
             yield line, pending, 0
 
+    def numbered_lines(self, numbers):
+        """Yield ``(number, line)`` for the lines whose number (from 0) is in
+        ``numbers``; only the blocks that hold one are split."""
+        for first, block, newlines in self.blocks():
+            base = first - 1
+            if not any(base <= n <= base + newlines for n in numbers):
+                continue
+            for offset, line in enumerate(block.split(b"\n")):
+                if base + offset in numbers:
+                    yield base + offset, line + b"\n"
+
     def lines(self):
         """Yield every line with its newline (the last may lack one)."""
         for _, block, _ in self.blocks():
@@ -2399,9 +2410,7 @@ class Restore:
         wanted = dict(survey.designs)
         design_name = opts.file + "-design"
         count = 0
-        for number, line in enumerate(dump.lines()):
-            if number not in wanted:
-                continue
+        for number, line in dump.numbered_lines(wanted):
             path, body = design_document_request(line, wanted[number])
             name = "%s.%d" % (design_name, count)
             self.attempt(
