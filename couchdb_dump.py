@@ -1759,10 +1759,12 @@ class DumpFile:
         except (EOFError, zlib.error, gzip.BadGzipFile) as error:
             raise DumpInvalid(line, "the gzip data is truncated or corrupt (%s)" % error)
 
-    def blocks(self):
+    def blocks(self, numbered=True):
         """Yield ``(number of the block's first line, block, its newlines)``.
 
         Blocks hold whole lines; only the last may end without a newline.
+        Without ``numbered`` the lines are not counted (a pass over the
+        data saved) and the numbers are None.
         """
         line = 1
         pending = b""
@@ -1784,6 +1786,9 @@ class DumpFile:
                 block = data[:cut]
                 if b"\r" in block:
                     block = block.replace(b"\r\n", b"\n")
+                if not numbered:
+                    yield None, block, None
+                    continue
                 newlines = block.count(b"\n")
                 yield line, block, newlines
                 line += newlines
@@ -2111,7 +2116,7 @@ class RestoreText:
     def line_lists(self):
         """Yield ``(lines, last line ends with a newline)`` a block at a time."""
         kept = 0
-        for first, block, _ in self.dump.blocks():
+        for first, block, _ in self.dump.blocks(numbered=bool(self.design_lines)):
             lines = block.split(b"\n")
             newline = not lines[-1]
             if newline:

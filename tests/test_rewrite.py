@@ -187,7 +187,7 @@ class Lines:
     def __init__(self, data):
         self.data = data
 
-    def blocks(self):
+    def blocks(self, numbered=True):
         lines = self.data.splitlines(keepends=True)
         for i in range(0, len(lines), 2):
             block = b"".join(lines[i:i + 2])
