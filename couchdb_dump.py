@@ -1466,10 +1466,6 @@ class StreamTarget(DumpTarget):
     (a pipeline with ``set -o pipefail`` sees it) and the error line.
     """
 
-    def __init__(self, stream, compress=False, threads=1):
-        super().__init__(stream, compress, threads)
-        self.path = "-"
-
     def commit(self):
         self.finish()
 
@@ -1895,22 +1891,19 @@ def check_documents(text, first_line, want_keys=False):
     if docs.endswith(","):
         docs = docs[:-1]
     # Only --verify needs the documents themselves.  Otherwise each object
-    # is turned into the same marker as soon as it is read (a type object,
-    # which no JSON value can be): the whole grammar is still checked, at
+    # is turned into the class ``list`` as soon as it is read (hook=type; no
+    # JSON value can be a class): the whole grammar is still checked, at
     # half the cost of building the dictionaries.
-    obj = dict if want_keys else _OBJECT
     try:
-        if want_keys:
-            values = json.loads("[" + docs + "]")
-        else:
-            values = json.loads("[" + docs + "]", object_pairs_hook=_object_marker)
+        values = json.loads("[" + docs + "]", object_pairs_hook=None if want_keys else type)
     except ValueError:
         values = None
     if values is not None and len(values) != docs.count("\n") + 1:
         # Blank lines are allowed (an empty database's dump has one).
         if len(values) != docs.count("\n") + 1 - len(_BLANK_LINE.findall(docs)):
             values = None
-    if values is None or not all((type(v) if want_keys else v) is obj for v in values):
+    if values is None or not (all(type(v) is dict for v in values) if want_keys
+                              else all(v is list for v in values)):
         return 0, find_bad_line(first_line, text), None
     keys = None
     if want_keys:
@@ -1918,11 +1911,6 @@ def check_documents(text, first_line, want_keys=False):
         index.add(values)
         keys = index.keys.tobytes(), index.design_ids
     return len(values), None, keys
-
-
-# object_pairs_hook=type gives every JSON object as the class ``list``.
-_object_marker = type
-_OBJECT = list
 
 
 def find_bad_line(first_line, text):
@@ -1973,7 +1961,6 @@ class DumpSurvey:
 
     def __init__(self, dump, check=True, index=None, workers=1):
         self.dump = dump
-        self.check = check
         self.index = index       # a RevisionIndex to fill, for --verify
         self.calls = BlockCalls(workers, check_documents, index is not None)
         self.newlines = 0
@@ -2230,18 +2217,21 @@ class RevisionIndex:
         self.keys = array("Q", sorted(self.keys))
         self.found = bytearray(len(self.keys))
 
-    def mark(self, doc_id, rev):
+    def _position(self, doc_id, rev):
+        """Where the pair stands in the sorted keys, or -1 when the dump lacks it."""
         from bisect import bisect_left
         key = self.key(doc_id, rev)
         index = bisect_left(self.keys, key)
-        if index < len(self.keys) and self.keys[index] == key:
+        return index if index < len(self.keys) and self.keys[index] == key else -1
+
+    def mark(self, doc_id, rev):
+        index = self._position(doc_id, rev)
+        if index >= 0:
             self.found[index] = 1
 
     def has(self, doc_id, rev):
-        from bisect import bisect_left
-        key = self.key(doc_id, rev)
-        index = bisect_left(self.keys, key)
-        return index < len(self.keys) and self.keys[index] == key and self.found[index]
+        index = self._position(doc_id, rev)
+        return index >= 0 and bool(self.found[index])
 
     def missing(self):
         return self.found.count(0)
@@ -2550,9 +2540,10 @@ class Restore:
             for row in scanner.finish():
                 take(row)
             response.release_conn()
-        except (TransferFailed, BackupFailed, Exception) as error:
-            out.line("... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, _describe(error)
-                     if not isinstance(error, (TransferFailed, BackupFailed)) else error))
+        except Exception as error:
+            # Our own errors say what went wrong; any other is named by its type only.
+            why = error if isinstance(error, (TransferFailed, BackupFailed)) else _describe(error)
+            out.line("... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, why))
             raise Exit(1)
         missing = index.missing() + len(wanted_designs - present_designs)
         total = len(index.keys) + len(wanted_designs)
