@@ -614,7 +614,7 @@ class Reply:
 def quote_path_segment(text):
     """Percent-encode one path segment (a database name or a document id).
 
-    A lone surrogate (a "\ud800" escape in the dump) is sent as its bytes;
+    A lone surrogate (a "\\ud800" escape in the dump) is sent as its bytes;
     the server then answers for it, as it would for any id it refuses.
     """
     from urllib.parse import quote
