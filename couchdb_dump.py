@@ -21,6 +21,7 @@ code; the classes below can be used on their own.
 
 import base64
 import codecs
+import difflib
 import gzip
 import json
 import os
@@ -57,6 +58,7 @@ GETOPTS_SPEC = ":h?H:d:f:u:p:P:l:t:a:c?q?z?T?V?b?B?r?R?"
 LONG_OPTIONS = {
     # name: takes a value
     "help": False,
+    "version": False,
     "timeout": True,
     "verify": False,
     "jobs": True,
@@ -106,7 +108,8 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 \t--timeout SECONDS   Give up on a server that stops answering for that long [Default: 300]
 \t--max-line-mb N     Restore: refuse a dump line longer than N MB [Default: 64]
 \t-f -                Backup to standard output, or restore from standard input (gzip too).
-\t--help              Display this text.
+\t--help              Display this text [exit 0; -h exits 1, as the script].
+\t--version           Display version information [exit 0; -V exits 1, as the script].
 
 """
 
@@ -247,6 +250,19 @@ def getopts(args, spec=GETOPTS_SPEC):
     yield "end", index
 
 
+def program_name(argv0=None):
+    """The name the usage shows: as the caller spelled it, like bash's ``$0``.
+
+    Under ``python -m couchdb_dump`` argv[0] is the module's full path in
+    site-packages, which nobody typed: show the command instead.
+    """
+    if __name__ == "__main__" and __spec__ is not None:
+        return "python -m %s" % __spec__.name
+    if argv0 is None:
+        argv0 = sys.argv[0] if sys.argv else ""
+    return argv0 or PROGRAM
+
+
 def usage_text(prog):
     return USAGE_TEXT.format(prog=prog)
 
@@ -268,17 +284,22 @@ def parse_options(argv, environ, out, prog):
         elif option == "h":
             out.raw(usage_text(prog))
             raise Exit(1)
+        elif option in ("V", "--version"):
+            out.raw(VERSION_TEXT.format(program=PROGRAM, version=__version__, bash_version=BASH_VERSION))
+            # bash's -V exits 1; the long spellings are ours and follow the convention.
+            raise Exit(0 if option == "--version" else 1)
         elif option == "--help":
             out.raw(usage_text(prog) + EXTENSIONS_TEXT)
-            raise Exit(1)
-        elif option == "V":
-            out.raw(VERSION_TEXT.format(program=PROGRAM, version=__version__, bash_version=BASH_VERSION))
-            raise Exit(1)
+            raise Exit(0)
         elif option == ":":
+            if value.startswith("-"):
+                _long_option_error(out, '... ERROR: Option "-%s" requires an argument' % value)
             _usage_error(out, prog, '... ERROR: Option "-%s" requires an argument' % value)
         elif option == "=":
-            _usage_error(out, prog, '... ERROR: Option "--%s" takes no value' % value)
+            _long_option_error(out, '... ERROR: Option "--%s" takes no value' % value)
         elif option == "?":
+            if value.startswith("-"):
+                _long_option_error(out, '... ERROR: Unknown Option "-%s"' % value, value[1:].partition("=")[0])
             _usage_error(out, prog, '... ERROR: Unknown Option "-%s"' % value)
         elif option in ("b", "B"):
             opts.backup = True
@@ -313,15 +334,15 @@ def parse_options(argv, environ, out, prog):
         elif option == "--timeout":
             seconds = _positive_number(value)
             if seconds is None:
-                _usage_error(out, prog, '... ERROR: Option "--timeout" takes a number of seconds, not "%s"' % value)
+                _long_option_error(out, '... ERROR: Option "--timeout" takes a number of seconds, not "%s"' % value)
             opts.timeout = seconds
         elif option == "--jobs":
             if not value.isdigit() or not value.isascii() or int(value) < 1:
-                _usage_error(out, prog, '... ERROR: Option "--jobs" takes a whole number from 1, not "%s"' % value)
+                _long_option_error(out, '... ERROR: Option "--jobs" takes a whole number from 1, not "%s"' % value)
             opts.jobs = int(value)
         elif option == "--max-line-mb":
             if not value.isdigit() or not value.isascii() or int(value) < 1:
-                _usage_error(out, prog, '... ERROR: Option "--max-line-mb" takes a whole number from 1, not "%s"'
+                _long_option_error(out, '... ERROR: Option "--max-line-mb" takes a whole number from 1, not "%s"'
                              % value)
             opts.max_line = int(value) << 20
         elif option == "--verify":
@@ -389,6 +410,15 @@ def parse_options(argv, environ, out, prog):
 def _usage_error(out, prog, message):
     out.line(message)
     out.raw(usage_text(prog))
+    raise Exit(1)
+
+
+def _long_option_error(out, message, name=None):
+    """A long option is ours: the short usage would not help; point to --help."""
+    guess = difflib.get_close_matches(name, LONG_OPTIONS, n=1) if name else []
+    if guess:
+        message += " (did you mean --%s?)" % guess[0]
+    out.line(message + " - see --help for the long options")
     raise Exit(1)
 
 
@@ -2677,7 +2707,7 @@ def main(argv=None, environ=None, stdout=None):
     ``stdout`` is a binary stream for the messages (standard output when
     None).  SIGINT and SIGTERM are taken as ``Stop`` says while it runs.
     """
-    prog = sys.argv[0] if sys.argv and sys.argv[0] else PROGRAM
+    prog = program_name()
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
     out = Messages(stdout)

@@ -194,9 +194,45 @@ def test_version_names_the_port_and_bash_version():
     assert code == 1 and "couchdb_dump.py" in text and "1.1.10" in text
 
 
-def test_long_help_adds_the_extensions():
+def test_long_help_adds_the_extensions_and_exits_0():
     code, text = parse(["--help"])
-    assert code == 1 and text.startswith("\nUsage: prog") and "--timeout" in text
+    assert code == 0 and text.startswith("\nUsage: prog") and "--timeout" in text
+
+
+def test_short_help_keeps_bash_exit_1():
+    code, text = parse(["-h"])
+    assert code == 1 and text.startswith("\nUsage: prog") and "--timeout" not in text
+
+
+def test_long_version_exits_0_with_the_text_of_short_version():
+    assert parse(["--version"]) == (0, parse(["-V"])[1])
+    assert parse(["-V"])[0] == 1
+
+
+def test_mistyped_long_option_points_to_help_instead_of_the_usage():
+    code, text = parse(BASE + ["--jsn"])
+    assert code == 1
+    assert text == '... ERROR: Unknown Option "--jsn" (did you mean --json?) - see --help for the long options\n'
+
+
+def test_unknown_long_option_without_a_near_name():
+    code, text = parse(BASE + ["--zzzzzz=1"])
+    assert (code, text) == (1, '... ERROR: Unknown Option "--zzzzzz=1" - see --help for the long options\n')
+
+
+@pytest.mark.parametrize("argv, message", [
+    (BASE + ["--timeout"], 'Option "--timeout" requires an argument'),
+    (BASE + ["--json=1"], 'Option "--json" takes no value'),
+    (BASE + ["--jobs", "x"], 'Option "--jobs" takes a whole number from 1, not "x"'),
+])
+def test_long_option_errors_point_to_help(argv, message):
+    code, text = parse(argv)
+    assert (code, text) == (1, "... ERROR: %s - see --help for the long options\n" % message)
+
+
+def test_unknown_short_option_still_prints_bash_usage():
+    code, text = parse(BASE + ["-x"])
+    assert code == 1 and text.startswith('... ERROR: Unknown Option "-x"\n\nUsage: prog')
 
 
 def test_timeout_must_be_a_positive_number():
