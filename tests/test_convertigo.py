@@ -592,6 +592,7 @@ def test_installed_as_couchdb_dump_sh_it_runs_by_its_shebang(tmp_path):
     """A Docker image that had the bash script at /usr/local/bin/couchdb-dump.sh
     can put this file there instead: its first line is '#!/usr/bin/env python3'."""
     assert PROGRAM.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert os.access(PROGRAM, os.X_OK)   # git stores it 100755, as the README says
     script = tmp_path / "bin" / "couchdb-dump.sh"
     script.parent.mkdir()
     shutil.copy(PROGRAM, script)
