@@ -170,7 +170,10 @@ class Options:
         self.password = ""
         self.port = "5984"
         self.lines = "5000"
+        self.chunk_lines = 5000      # -l as split takes it; None: split would refuse it
+        self.single_below = 5000     # -l as bash's test compares it; None: no integer
         self.threads = None
+        self.thread_count = None     # -t as bash's test reads it; None: no integer
         self.attempts_text = "3"
         self.attempts = 3
         self.create = False
@@ -394,6 +397,11 @@ def parse_options(argv, environ, out, prog):
     # holds, so it would retry for ever); the port counts to the number.
     opts.attempts = max(int(opts.attempts_text), 1)
 
+    # Numbers once, here; the text stays for the messages that print it back.
+    opts.single_below = bash_integer(opts.lines)
+    opts.chunk_lines = chunk_lines(opts.lines)
+    opts.thread_count = bash_integer(opts.threads)
+
     opts.url = build_url(opts.host, opts.port)
 
     if not opts.user:
@@ -405,6 +413,14 @@ def parse_options(argv, environ, out, prog):
     if opts.password and not opts.user:
         _usage_error(out, prog, "... ERROR: Username cannot be blank, if password is specified.")
     return opts
+
+
+def chunk_lines(text):
+    """-l as split(1) takes it: a whole number of lines from 1, else None."""
+    text = text.strip()
+    if not text.isdigit() or not text.isascii() or int(text) <= 0:
+        return None
+    return int(text)
 
 
 def _usage_error(out, prog, message):
@@ -1567,7 +1583,7 @@ class Backup:
             out.info("... INFO: Completed successfully.")
         out.info("... INFO: Amending file to make it suitable for Import.")
         out.info("... INFO: Stage 1 - Document filtering")
-        threads = bash_integer(opts.threads)
+        threads = opts.thread_count
         if du_kib(size) >= 256000 and threads is not None and threads > 1:
             out.info("... INFO: Multi-Threaded Parsing Enabled.")
         out.info("... INFO: Stage 2 - Duplicate curly brace removal")
@@ -1624,7 +1640,7 @@ class Backup:
         # -t is bash's "threads used for parsing": from 2 on, that many worker
         # processes rewrite rows; with one, the main process does (a single
         # worker only adds the cost of handing blocks over).
-        threads = min(bash_integer(self.opts.threads) or 0, self.opts.cores)
+        threads = min(self.opts.thread_count or 0, self.opts.cores)
         workers = threads if threads >= 2 else 0
         # Worker processes compress their own blocks; otherwise the target
         # compresses in threads beside this one.
@@ -2303,6 +2319,7 @@ class Restore:
         survey = self.survey(dump, index)
         self.total_documents = survey.documents
         self.summary["bytes"] = dump.size
+        self.plan(survey)
         out.info("... INFO: Checking for database")
         self.check_database()
         Stop.graceful = True
@@ -2350,6 +2367,27 @@ class Restore:
             index.seal()
         return survey
 
+    def plan(self, survey):
+        """Decide, before any request, how the text will be sent.
+
+        Whatever can be known in advance to fail is known here: the script
+        found out that split refuses -l only after it had deleted, created
+        and written design documents.  ``refuse_plan`` ends the run before
+        the first request that would change the server.
+        """
+        opts = self.opts
+        self.text_newlines = survey.remaining_newlines() if survey.designs else survey.newlines
+        self.single = opts.single_below is not None and self.text_newlines < opts.single_below
+        self.plan_fails = not self.single and opts.chunk_lines is None
+
+    def refuse_plan(self):
+        """Before a write: end the run now if the plan cannot be carried out."""
+        if self.plan_fails:
+            self.out.line("... ERROR: Unable to create split files.")
+            self.out.detail('couchdb_dump: -l "%s" is not a number of lines from 1; nothing was changed on the server'
+                            % self.opts.lines)
+            raise Exit(1)
+
     def check_database(self):
         opts, out = self.opts, self.out
         reply = self.attempt(
@@ -2368,6 +2406,7 @@ class Restore:
             return
         exists = b'"' + os.fsencode(opts.db) + b'"' in listing
         if exists and opts.recreate:
+            self.refuse_plan()
             self.delete_database()
             exists = False
         if exists:
@@ -2376,6 +2415,7 @@ class Restore:
             out.line("... ERROR: corresponding database %s not yet created - Stopping" % opts.db)
             out.info("... HINT: you could add the -c flag to create the database automatically")
             raise Exit(1)
+        self.refuse_plan()
         self.create_database()
 
     def delete_database(self):
@@ -2383,7 +2423,7 @@ class Restore:
         out.info("... INFO: Deleting database %s (--recreate)" % opts.db)
         self.attempt(
             lambda: self.session.request("DELETE", self.db_path),
-            transfer_warn="... WARN: Curl failed to delete the database " + opts.db + " - Attempt %d/%s. Retrying...",
+            transfer_warn=("... WARN: Curl failed to delete the database %s - Attempt %d/%s. Retrying...", opts.db),
             transfer_final=lambda error: out.line("... ERROR: Curl failed to delete the database %s - Stopping"
                                                   % opts.db),
             reply_warn="... WARN: CouchDB Reported an error during db deletion - Attempt %d/%s - Retrying...",
@@ -2397,7 +2437,7 @@ class Restore:
             out.line(".. ERROR: See above for any errors")
         self.attempt(
             lambda: self.session.request("PUT", self.db_path),
-            transfer_warn="... WARN: Curl failed to create the database " + opts.db + " - Attempt %d/%s. Retrying...",
+            transfer_warn=("... WARN: Curl failed to create the database %s - Attempt %d/%s. Retrying...", opts.db),
             transfer_final=failed,
             reply_warn="... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying...",
             reply_final=self._couchdb_reported)
@@ -2409,22 +2449,20 @@ class Restore:
             out.info("... INFO: No Design Documents found for import.")
             text_name = opts.file
             fix_line = None
-            text_newlines = survey.newlines
         else:
             out.info("... INFO: Duplicating original file for alteration")
             out.info("... INFO: Stripping _design elements from regular documents")
             out.info("... INFO: Fixing end document")
             text_name = opts.file + "-nodesign"
-            text_newlines = survey.remaining_newlines()
-            fix_line = text_newlines - 1  # sed "${line}s/,$//", counted from 1
+            fix_line = self.text_newlines - 1  # sed "${line}s/,$//", counted from 1
             out.info("... INFO: Inserting Design documents")
+            self.refuse_plan()
             self.put_design_documents(dump, survey)
             out.info("... INFO: Successfully imported %d Design Documents" % len(survey.designs))
         self.summary["design_documents"] = len(survey.designs)
         footer = None if survey.lines - 1 in survey.design_lines else strip_newline(survey.last)
         text = RestoreText(dump, survey.design_lines, fix_line, survey.first, footer)
-        lines = bash_integer(opts.lines)
-        if lines is not None and text_newlines < lines:
+        if self.single:
             out.info("... INFO: Small dataset. Importing as a single file.")
             self.upload_whole(text, survey.documents - len(survey.designs))
         else:
@@ -2440,7 +2478,7 @@ class Restore:
             name = "%s.%d" % (design_name, count)
             self.attempt(
                 lambda: self.session.request("PUT", self.db_path + path, body, "application/json"),
-                transfer_warn="... WARN: Import of " + name + " failed - Attempt %d/%s. Retrying...",
+                transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s. Retrying...", name),
                 transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
                 reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
                 reply_final=self._couchdb_reported)
@@ -2459,7 +2497,7 @@ class Restore:
                 out.raw(b"... ERROR: Error message was:   " + failure.body)
             else:
                 out.line("... ERROR: Error message was:   the connection failed (%s)" % failure)
-        warning = "... WARN: Import of " + opts.file + " failed - Attempt %d/%s - Retrying..."
+        warning = ("... WARN: Import of %s failed - Attempt %d/%s - Retrying...", opts.file)
         reply = self.attempt(
             lambda: self.session.request("POST", self.db_path + "/_bulk_docs", body, "application/json"),
             transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed,
@@ -2482,10 +2520,7 @@ class Restore:
         opts, out = self.opts, self.out
         out.info("... INFO: Block import set to %s lines." % opts.lines)
         out.info("... INFO: Generating files to import")
-        lines = opts.lines.strip()
-        if not lines.isdigit() or int(lines) <= 0:
-            out.line("... ERROR: Unable to create split files.")
-            raise Exit(1)
+        self.refuse_plan()
         on_their_way = []
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(max_workers=opts.jobs)
@@ -2493,7 +2528,7 @@ class Restore:
             # Each chunk is built while the ones before it are on their way;
             # its lines are printed once fewer than --jobs are: with one job,
             # in the script's order, one request after the other.
-            for index, chunk in enumerate(text.chunks(int(lines))):
+            for index, chunk in enumerate(text.chunks(opts.chunk_lines)):
                 while len(on_their_way) >= opts.jobs:
                     self._collect(*on_their_way.pop(0))
                 if Stop.requested:
@@ -2532,7 +2567,7 @@ class Restore:
     def _post_chunk(self, name, chunk):
         return self.attempt(
             lambda: self.session.request("POST", self.db_path + "/_bulk_docs", chunk.body, "application/json"),
-            transfer_warn="... WARN: Failed to import " + name + " - Attempt %d/%s - Retrying...",
+            transfer_warn=("... WARN: Failed to import %s - Attempt %d/%s - Retrying...", name),
             transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to restore %s - Stopping"
                                                        % name),
             reply_warn="... WARN: CouchDB Reported and error during import - Attempt %d/%s - Retrying...",
@@ -2623,19 +2658,27 @@ class Restore:
                 if attempt >= opts.attempts:
                     transfer_final(error)
                     raise Exit(1)
-                out.line(transfer_warn % (attempt, opts.attempts_text))
+                self._warn(transfer_warn, attempt)
             else:
                 if accept(reply):
                     return reply
                 if attempt >= opts.attempts:
                     reply_final(reply)
                     raise Exit(1)
-                out.line(reply_warn % (attempt, opts.attempts_text))
+                self._warn(reply_warn, attempt)
             if Stop.requested:
                 raise RestoreStopped()
             time.sleep(1)
             if Stop.requested:
                 raise RestoreStopped()
+
+    def _warn(self, warning, attempt):
+        """A retry's WARN line: a template, or (template, user text...).
+
+        The user's text is a value, never part of the template: a file
+        named dump%1.json must not break the line."""
+        template, values = (warning, ()) if isinstance(warning, str) else (warning[0], tuple(warning[1:]))
+        self.out.line(template % (values + (attempt, self.opts.attempts_text)))
 
     def _couchdb_reported(self, reply):
         if reply.is_couchdb_error or not reply.body.strip():

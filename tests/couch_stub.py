@@ -1,7 +1,7 @@
 """A small in-process CouchDB stand-in for tests that need a server on demand.
 
 It keeps databases and documents in memory and answers the few endpoints the
-port uses (`GET /_all_dbs`, `PUT /db`, `PUT /db/_design/x`,
+port uses (`GET /_all_dbs`, `PUT /db`, `DELETE /db`, `PUT /db/_design/x`,
 `POST /db/_bulk_docs`, `GET /db/_all_docs`) the way Apache CouchDB lays them
 out.  Every request is recorded.  A test can replace the answer to any
 request with `faults`: a callable taking the request's index, method and path
@@ -171,6 +171,9 @@ class CouchStub:
         if not parts or parts[0] not in dbs and not (request.method == "PUT" and len(parts) == 1):
             return 404, b'{"error":"not_found","reason":"Database does not exist."}\n'
         db = parts[0]
+        if request.method == "DELETE" and len(parts) == 1:
+            del dbs[db]
+            return 200, b'{"ok":true}\n'
         if request.method == "PUT" and len(parts) == 1:
             if db in dbs:
                 return 412, b'{"error":"file_exists","reason":"The database could not be created, the file already exists."}\n'

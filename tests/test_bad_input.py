@@ -1,0 +1,192 @@
+"""Bad input never destroys, fakes or crashes (issue #9).
+
+One test per reproduction of the issue, plus the class each belongs to:
+every option and the whole plan checked before the first request that
+changes the server, every reply checked for its shape, user text never part
+of a format template, --json's line last and alone, a TLS handshake that
+gets no answer, -H forms, and the Python versions the file must run on.
+
+The port runs in-process (``couchdb_dump.main``) against tests/couch_stub.py
+where it can, which keeps these tests fast.
+"""
+
+import contextlib
+import io
+import json
+import os
+import sys
+
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+sys.path.insert(0, REPO)
+sys.path.insert(0, TESTS)
+import couchdb_dump as cd  # noqa: E402
+from couch_stub import CouchStub, Fault  # noqa: E402
+
+HEADER = b'{"new_edits":false,"docs":['
+FOOTER = b"]}"
+WRITES = ("PUT", "POST", "DELETE")
+
+
+class Result:
+    def __init__(self, code, stdout, stderr, requests=(), store=None):
+        self.code = code
+        self.stdout = stdout
+        self.stderr = stderr
+        self.requests = list(requests)
+        self.store = store or {}
+
+    def lines(self):
+        return self.stdout.decode("utf-8", "replace").splitlines()
+
+    def errors(self):
+        return [line for line in self.lines() if line.startswith("... ERROR:")]
+
+    def writes(self):
+        return [(r.method, r.path) for r in self.requests if r.method in WRITES]
+
+    def says(self):
+        return "rc=%s\nstdout:\n%s\nstderr:\n%s" % (self.code, self.stdout.decode("utf-8", "replace"),
+                                                    self.stderr[-3000:])
+
+
+def main(argv, environ=None):
+    """Run the port in this process; returns (exit code, stdout bytes, stderr text)."""
+    out = io.BytesIO()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cd.main(list(argv), dict(environ or {}), stdout=out)
+    return code, out.getvalue(), err.getvalue()
+
+
+def against(stub, argv, environ=None):
+    """Run the port against ``stub`` ({PORT} in argv is its port)."""
+    argv = [a.replace("{PORT}", str(stub.port)) for a in argv]
+    code, stdout, stderr = main(argv, environ)
+    store = {db: dict(docs) for db, docs in stub.store.databases.items()}
+    return Result(code, stdout, stderr, stub.requests, store)
+
+
+def dump_of(docs):
+    """A dump file's bytes for a list of documents (dicts)."""
+    lines = [json.dumps(doc, separators=(",", ":")).encode() for doc in docs]
+    body = [line + b"," for line in lines[:-1]] + lines[-1:]
+    return b"\n".join([HEADER] + body + [FOOTER]) + b"\n"
+
+
+def documents(count, designs=0):
+    docs = [{"_id": "_design/d%d" % i, "_rev": "1-d%d" % i, "views": {}} for i in range(designs)]
+    return docs + [{"_id": "doc%03d" % i, "_rev": "1-%03d" % i, "value": i} for i in range(count)]
+
+
+def stored(docs):
+    return {doc["_id"]: dict(doc) for doc in docs}
+
+
+def restore_args(path, db="shop"):
+    return ["-r", "-H", "127.0.0.1", "-P", "{PORT}", "-d", db, "-f", str(path)]
+
+
+# -- 1. A typo in -l wipes the database ------------------------------------------
+
+BAD_LINES = ["0", "-5", "abc", "", " ", "1.5", "+"]
+
+
+@pytest.mark.parametrize("lines", BAD_LINES)
+@pytest.mark.parametrize("designs", [0, 1], ids=["no_design", "design"])
+def test_invalid_l_with_recreate_fails_before_the_database_is_deleted(lines, designs, tmp_path):
+    path = tmp_path / "dump.json"
+    path.write_bytes(dump_of(documents(3, designs)))
+    with CouchStub(databases=("shop",)) as stub:
+        stub.store.databases["shop"] = stored(documents(7, 1))
+        before = json.dumps(stub.store.databases, sort_keys=True)
+        run = against(stub, restore_args(path) + ["-q", "--recreate", "-l", lines])
+    assert run.code == 1, run.says()
+    assert run.errors() == ["... ERROR: Unable to create split files."], run.says()
+    assert run.writes() == [], run.says()
+    assert json.dumps(run.store, sort_keys=True) == before
+    assert "nothing was changed on the server" in run.stderr
+
+
+@pytest.mark.parametrize("lines", BAD_LINES)
+def test_invalid_l_with_c_creates_no_database_and_puts_no_design_document(lines, tmp_path):
+    path = tmp_path / "dump.json"
+    path.write_bytes(dump_of(documents(3, 2)))
+    with CouchStub() as stub:
+        run = against(stub, restore_args(path) + ["-c", "-l", lines])
+    assert run.code == 1, run.says()
+    assert run.errors() == ["... ERROR: Unable to create split files."], run.says()
+    assert run.writes() == [], run.says()
+    assert run.store == {}
+
+
+def test_invalid_l_into_an_existing_database_fails_as_the_script_does(tmp_path):
+    """No write would precede the failure: bash's lines and requests, unchanged."""
+    path = tmp_path / "dump.json"
+    path.write_bytes(dump_of(documents(3)))
+    with CouchStub(databases=("shop",)) as stub:
+        run = against(stub, restore_args(path) + ["-l", "0"])
+    assert run.code == 1
+    assert run.lines() == [
+        "... INFO: Checking for database",
+        "... INFO: Checking for Design documents",
+        "... INFO: No Design Documents found for import.",
+        "... INFO: Block import set to 0 lines.",
+        "... INFO: Generating files to import",
+        "... ERROR: Unable to create split files.",
+    ]
+    assert [(r.method, r.path) for r in run.requests] == [("GET", "/_all_dbs")]
+
+
+@pytest.mark.parametrize("lines", ["+5", " 9999", "5000"])
+def test_l_that_only_bashs_test_reads_still_restores_a_small_dump(lines, tmp_path):
+    """-l "+5": test(1) reads it, so a dump smaller than that goes in one body."""
+    path = tmp_path / "dump.json"
+    path.write_bytes(dump_of(documents(2)))
+    with CouchStub(databases=("shop",)) as stub:
+        run = against(stub, restore_args(path) + ["-q", "-l", lines])
+    assert run.code == 0, run.says()
+    assert sorted(run.store["shop"]) == ["doc000", "doc001"]
+
+
+# -- 4. % in a file name crashes the retry ----------------------------------------
+
+def once(match, fault):
+    """A stub ``faults`` callable: ``fault`` for the first matching request only."""
+    seen = []
+
+    def faults(index, method, path):
+        if match(method, path) and not seen:
+            seen.append(index)
+            return fault
+        return None
+    return faults
+
+
+@pytest.mark.parametrize("name", ["dump%1.json", "dump%s%d%%.json", "plain.json"])
+@pytest.mark.parametrize("lines", ["5000", "2"], ids=["single_body", "chunks"])
+def test_percent_in_the_file_name_is_retried_after_a_500_and_succeeds(name, lines, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(dump_of(documents(3, 1)))
+    error = Fault("status", 500, b'{"error":"unknown_error","reason":"badarg"}\n')
+    with CouchStub(databases=("shop",), faults=once(lambda m, p: m == "POST", error)) as stub:
+        run = against(stub, restore_args(path) + ["-l", lines])
+    assert run.code == 0, run.says()
+    warnings = [line for line in run.lines() if line.startswith("... WARN:")]
+    assert len(warnings) == 1 and "Attempt 1/3" in warnings[0], run.says()
+    assert sorted(run.store["shop"]) == ["_design/d0", "doc000", "doc001", "doc002"]
+
+
+@pytest.mark.parametrize("db", ["sh%sop", "sh%dop"])
+def test_percent_in_the_database_name_is_a_value_in_every_retry_line(db, tmp_path):
+    path = tmp_path / "dump%d.json"
+    path.write_bytes(dump_of(documents(2, 1)))
+    drop = Fault("drop")
+    with CouchStub(faults=once(lambda m, p: m == "PUT", drop)) as stub:
+        run = against(stub, restore_args(path, db) + ["-c"])
+        run2 = against(stub, restore_args(path, db) + ["--recreate"])
+    assert run.code == 0, run.says()
+    assert "... WARN: Curl failed to create the database %s - Attempt 1/3. Retrying..." % db in run.lines()
+    assert run2.code == 0, run2.says()
