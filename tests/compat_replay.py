@@ -14,7 +14,6 @@ import functools
 import gzip
 import http.server
 import json
-import os
 import re
 import shutil
 import socket
@@ -24,6 +23,8 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from helpers import clean_environment
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "compat"
 
@@ -322,7 +323,7 @@ def run_case(case_dir, program, tmp_path, *, before=None, args=None, env=None) -
         if any("{CLOSED_PORT}" in arg for arg in case["args"]):
             values["{CLOSED_PORT}"] = str(closed_port())
         args = [_substitute(arg, values) for arg in case["args"]]
-        env = {k: v for k, v in os.environ.items() if k not in ("COUCHDB_USER", "COUCHDB_PASS")}
+        env = clean_environment()
         env.update({k: _substitute(v, values) for k, v in case["env"].items()})
 
         started = datetime.datetime.now()

@@ -16,26 +16,17 @@ import sys
 sys.dont_write_bytecode = True  # leave no __pycache__ in the repository
 
 import base64
-import json
 import os
 import shlex
 import subprocess
 import tempfile
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pouchdb_server  # noqa: E402
+from helpers import http  # noqa: E402
 
-PORT_SCRIPT = Path(__file__).resolve().parent.parent / "couchdb_dump.py"
-
-
-def http(method, url, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as reply:
-        return json.loads(reply.read())
+from helpers import PROGRAM as PORT_SCRIPT  # noqa: E402
 
 
 def fill_sample(db):

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from compat_replay import FIXTURES, case_dirs, compare, load_case, run_case
+from helpers import PROGRAM, REPO
 
-REPO = Path(__file__).resolve().parent.parent
-PROGRAM = REPO / "couchdb_dump.py"
 SHARED_COMPAT = REPO.parent / "shared" / "compat"
 
 

@@ -29,9 +29,8 @@ from pathlib import Path
 import pytest
 
 from couch_stub import CouchStub, Fault
+from helpers import HEADER, PROGRAM, REPO, clean_environment, http
 
-REPO = Path(__file__).resolve().parent.parent
-PROGRAM = REPO / "couchdb_dump.py"
 sys.path.insert(0, str(REPO))
 import couchdb_dump  # noqa: E402
 
@@ -41,9 +40,7 @@ ERROR_PREFIX = "... ERROR: "
 # -- helpers -------------------------------------------------------------------
 
 def environment():
-    env = {k: v for k, v in os.environ.items() if k not in ("COUCHDB_USER", "COUCHDB_PASS")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+    return clean_environment({"PYTHONDONTWRITEBYTECODE": "1"})
 
 
 def run(*args, cwd, input=None, module=False):
@@ -63,13 +60,6 @@ def error_text(stream):
     lines = [line for line in stream.decode("utf-8").splitlines() if line.startswith(ERROR_PREFIX)]
     assert len(lines) == 1, lines
     return lines[0][len(ERROR_PREFIX):]
-
-
-def http(method, url, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as reply:
-        return json.loads(reply.read())
 
 
 def new_db(what):
@@ -110,7 +100,7 @@ def host(url):
     return ["-H", url]
 
 
-DUMP = (b'{"new_edits":false,"docs":[\n'
+DUMP = (HEADER + b'\n'
         b'{"_id":"org.couchdb.user:new","_rev":"1-aaa","name":"new","type":"user","roles":[]}\n'
         b']}\n')
 

@@ -8,19 +8,16 @@ test_compat.py; these cover the ones the issue lists without a recording.
 
 import base64
 import gzip
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from compat_replay import FIXTURES, load_case, run_case
 from couch_stub import CouchStub
+from helpers import HEADER, PROGRAM, clean_environment
 
-REPO = Path(__file__).resolve().parent.parent
-PROGRAM = REPO / "couchdb_dump.py"
 
 
 def expected_stdout(case):
@@ -41,8 +38,7 @@ def sent(result):
 
 
 def run(args, cwd, env=None):
-    environment = {k: v for k, v in os.environ.items() if k not in ("COUCHDB_USER", "COUCHDB_PASS")}
-    environment.update(env or {})
+    environment = clean_environment(env)
     return subprocess.run([sys.executable, str(PROGRAM), *args], cwd=cwd, env=environment,
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
 
@@ -110,7 +106,7 @@ def test_credentials_in_the_url_go_to_the_header_not_the_request(tmp_path):
 
 
 def test_design_document_id_cannot_escape_the_target_database(tmp_path):
-    dump = (b'{"new_edits":false,"docs":[\n'
+    dump = (HEADER + b'\n'
             b'{"_id":"_design/../_users/x","_rev":"1-a","views":{}},\n'
             b'{"_id":"d","_rev":"1-b","x":1}\n]}\n')
     (tmp_path / "dump.json").write_bytes(dump)
@@ -128,7 +124,7 @@ def test_database_name_with_slash_is_encoded(tmp_path):
         result = run(["-b", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "a/b", "-f", "out.json"], tmp_path)
     assert result.returncode == 0, result.stdout
     assert stub.requests[0].path == "/a%2Fb/_all_docs?include_docs=true&attachments=true"
-    assert (tmp_path / "out.json").read_bytes() == b'{"new_edits":false,"docs":[\n{"_id":"x","_rev":"1-a"}\n]}\n'
+    assert (tmp_path / "out.json").read_bytes() == HEADER + b'\n{"_id":"x","_rev":"1-a"}\n]}\n'
 
 
 def test_compressed_backup_refuses_to_overwrite_an_existing_gz(tmp_path):
@@ -148,7 +144,7 @@ def test_compressed_backup_never_writes_an_uncompressed_copy(tmp_path):
     assert result.returncode == 0
     assert sorted(os.listdir(tmp_path)) == ["out.json.gz"]
     assert gzip.decompress((tmp_path / "out.json.gz").read_bytes()) == \
-        '{"new_edits":false,"docs":[\n{"_id":"x","_rev":"1-a","v":"é"}\n]}\n'.encode()
+        HEADER + '\n{"_id":"x","_rev":"1-a","v":"é"}\n]}\n'.encode()
 
 
 def test_backup_into_a_missing_directory_fails_cleanly(tmp_path):
@@ -160,7 +156,7 @@ def test_backup_into_a_missing_directory_fails_cleanly(tmp_path):
 
 
 def test_refused_documents_are_named_and_fail_the_restore(tmp_path):
-    dump = b'{"new_edits":false,"docs":[\n{"_id":"a","_rev":"1-a"},\n{"_id":"b","_rev":"1-b"}\n]}\n'
+    dump = HEADER + b'\n{"_id":"a","_rev":"1-a"},\n{"_id":"b","_rev":"1-b"}\n]}\n'
     (tmp_path / "dump.json").write_bytes(dump)
 
     def refuse(index, method, path):

@@ -32,11 +32,8 @@ from pathlib import Path
 import pytest
 
 from couch_stub import CouchStub, Fault
+from helpers import FOOTER, HEADER, PROGRAM, clean_environment
 
-REPO = Path(__file__).resolve().parent.parent
-PROGRAM = REPO / "couchdb_dump.py"
-HEADER = b'{"new_edits":false,"docs":['
-FOOTER = b"]}"
 
 # CouchDB's own error bodies for the statuses the matrix injects.
 COUCH_ERRORS = {
@@ -48,12 +45,6 @@ COUCH_ERRORS = {
 
 
 # -- helpers ------------------------------------------------------------------
-
-def environment(extra=None):
-    env = {k: v for k, v in os.environ.items() if k not in ("COUCHDB_USER", "COUCHDB_PASS")}
-    env.update(extra or {})
-    return env
-
 
 def port_args(port):
     return ["-H", "127.0.0.1", "-P", str(port)]
@@ -132,7 +123,7 @@ def execute(cwd, args, dump=None, databases=("db",), faults=None, lose=None, env
         port = closed_port() if refused else stub.port
         argv = [a.replace("{PORT}", str(port)) for a in args]
         started = time.monotonic()
-        result = subprocess.run([sys.executable, str(PROGRAM), *argv], cwd=cwd, env=environment(env),
+        result = subprocess.run([sys.executable, str(PROGRAM), *argv], cwd=cwd, env=clean_environment(env),
                                 stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
         ended = time.monotonic()
         seconds = ended - started
@@ -570,7 +561,7 @@ def restore_bad(tmp_path, data, name="dump.json", extra=()):
         path.write_bytes(data)
     with CouchStub(databases=["db"]) as stub:
         result = subprocess.run([sys.executable, str(PROGRAM), "-r", *port_args(stub.port), "-d", "db",
-                                 "-f", name, *extra], cwd=tmp_path, env=environment(),
+                                 "-f", name, *extra], cwd=tmp_path, env=clean_environment(),
                                 stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
     return result, stub
 
@@ -691,7 +682,7 @@ def test_dump_with_a_three_megabyte_document_restores_whole(tmp_path):
     (tmp_path / "dump.json").write_bytes(dump)
     with CouchStub(databases=["db"]) as stub:
         result = subprocess.run([sys.executable, str(PROGRAM), "-r", *port_args(stub.port), "-d", "db",
-                                 "-f", "dump.json", "-l", "2", "--verify"], cwd=tmp_path, env=environment(),
+                                 "-f", "dump.json", "-l", "2", "--verify"], cwd=tmp_path, env=clean_environment(),
                                 stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
     assert result.returncode == 0, result.stdout
     assert sorted(stub.store.databases["db"]) == sorted(ids)
@@ -701,7 +692,7 @@ def test_dump_with_a_three_megabyte_document_restores_whole(tmp_path):
 # -- interruptions -------------------------------------------------------------------
 
 def start(cwd, args, env=None):
-    return subprocess.Popen([sys.executable, str(PROGRAM), *args], cwd=cwd, env=environment(env),
+    return subprocess.Popen([sys.executable, str(PROGRAM), *args], cwd=cwd, env=clean_environment(env),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -882,7 +873,7 @@ def verify_run(tmp_path, lose=None, faults=None, databases=("db",), extra=(), be
         for doc in before or ():
             stub.store.databases["db"][doc["_id"]] = doc
         result = subprocess.run([sys.executable, str(PROGRAM), "-r", *port_args(stub.port), "-d", "db",
-                                 "-f", "dump.json", "--verify", *extra], cwd=tmp_path, env=environment(),
+                                 "-f", "dump.json", "--verify", *extra], cwd=tmp_path, env=clean_environment(),
                                 stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
     return result, stub, ids
 

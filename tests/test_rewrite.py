@@ -71,7 +71,7 @@ def test_layout_is_the_same_whatever_the_block_size():
     expected = run_layout(couchdb_reply(DOCS), block=1 << 20)
     for size in (1, 2, 3, 17, 64):
         assert run_layout(couchdb_reply(DOCS), block=size) == expected
-    assert expected.startswith(b'{"new_edits":false,"docs":[\n{"_id":"d0"')
+    assert expected.startswith(cd.BACKUP_HEADER + b'\n{"_id":"d0"')
     assert expected.endswith(b'"v":{"w":[4]}}\n]}\n')
 
 
@@ -195,9 +195,9 @@ class Lines:
 
 
 def test_chunks_get_header_and_footer_as_split_files_do():
-    text = b'{"new_edits":false,"docs":[\n{"a":1},\n{"b":2},\n{"c":3},\n{"d":4}\n]}\n'
+    text = cd.BACKUP_HEADER + b'\n{"a":1},\n{"b":2},\n{"c":3},\n{"d":4}\n]}\n'
     chunks = list(cd.RestoreText(Lines(text), set(), None).chunks(2))
-    head, foot = b'{"new_edits":false,"docs":[\n', b"]}\n"
+    head, foot = cd.BACKUP_HEADER + b"\n", b"]}\n"
     assert [c.body for c in chunks] == [
         head + b'{"a":1}\n' + foot,
         head + b'{"b":2},\n{"c":3}\n' + foot,

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from compat_replay import FIXTURES, load_case
+from helpers import PROGRAM, http
 
-REPO = Path(__file__).resolve().parent.parent
-PROGRAM = REPO / "couchdb_dump.py"
-HEADER = '{"new_edits":false,"docs":['
-FOOTER = "]}"
+HEADER = helpers.HEADER.decode("ascii")
+FOOTER = helpers.FOOTER.decode("ascii")
 
 
 # -- helpers ------------------------------------------------------------------
@@ -42,18 +42,6 @@ def unique(name):
 
 def db_url(server, db):
     return server + "/" + urllib.parse.quote(db, safe="")
-
-
-def http(method, url, body=None):
-    """One request; returns the parsed JSON reply, raises on HTTP errors."""
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Content-Type": "application/json", "Accept": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=300) as reply:
-            return json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        raise AssertionError("%s %s -> HTTP %d %s" % (method, url, error.code, error.read()[:300]))
 
 
 def fill(server, db, docs):

@@ -1,0 +1,43 @@
+"""What several test files share, defined once: where the program is, the
+environment it runs in, one HTTP call to a test server, the dump's header.
+
+Plain Python 3.8: the suite runs there too.
+"""
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROGRAM = REPO / "couchdb_dump.py"
+
+# The first and last lines of every dump (bytes, as the files hold them).
+HEADER = b'{"new_edits":false,"docs":['
+FOOTER = b"]}"
+
+# The program reads credentials from these: a developer's own must not leak into a test.
+CREDENTIAL_VARIABLES = ("COUCHDB_USER", "COUCHDB_PASS")
+
+
+def clean_environment(extra=None):
+    """This process's environment without COUCHDB_USER/COUCHDB_PASS, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES}
+    env.update(extra or {})
+    return env
+
+
+def http(method, url, body=None, timeout=300):
+    """One JSON request to a test server; returns the parsed reply.
+
+    An HTTP error fails the test with the method, URL, status and body.
+    """
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        raise AssertionError("%s %s -> HTTP %d %s" % (method, url, error.code, error.read()[:300]))
