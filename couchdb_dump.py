@@ -16,21 +16,46 @@ The file reads in the order the data flows:
              ->  main
 
 It is importable: ``main(argv)`` runs the command line and returns the exit
-code; the classes below can be used on their own.
+code; the classes below can be used on their own (``__all__`` names them):
+``parse_options`` reads a command line into ``Options``; ``CouchSession``
+talks to the server; ``Backup`` and ``Restore`` run a mode;
+``rewrite_row_line``, ``JsonRowScanner``, ``DumpFile``, ``DumpSurvey`` and
+``RestoreText`` are the pipelines' pieces; every failure the program reports
+in words is a ``Failure``.
 """
 
 import base64
 import codecs
+import collections
 import difflib
 import gzip
 import json
 import os
+import queue
 import re
+import signal
 import sys
 import tempfile
 import threading
 import time
 import zlib
+from array import array
+from bisect import bisect_left
+from urllib.parse import quote, unquote_to_bytes
+
+# Imported where they are used, to keep start-up lean (a usage error, -h or a
+# small restore pays for none of them): urllib3 (~40 ms, and its absence is
+# reported as an error of the run), multiprocessing (~18 ms, large dumps
+# only), concurrent.futures (~12 ms), hashlib (~12 ms, --verify only),
+# traceback (a bug report only) and ctypes (may be missing; Linux only).
+
+__all__ = [
+    "main", "parse_options", "Options", "Messages", "Progress", "Stop", "Interrupted", "Exit",
+    "Failure", "TransferFailed", "BackupFailed", "DumpInvalid",
+    "CouchSession", "Reply", "Backup", "Restore",
+    "rewrite_row_line", "JsonRowScanner", "DumpFile", "DumpSurvey", "RestoreText", "RevisionIndex",
+    "is_design_id", "__version__",
+]
 
 __version__ = "1.0.0"
 BASH_VERSION = "1.1.10"
@@ -43,6 +68,15 @@ class Exit(Exception):
     def __init__(self, code):
         super().__init__(code)
         self.code = code
+
+
+class Failure(Exception):
+    """A failure the program reports in words: its text says what went wrong.
+
+    The root of ``TransferFailed`` (the HTTP exchange), ``BackupFailed``
+    (the server's reply) and ``DumpInvalid`` (the dump file): a caller of
+    the library catches this one to catch them all.
+    """
 
 
 # ---------------------------------------------------------------------------
@@ -571,67 +605,11 @@ class Progress:
             self.drawn = False
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM: ends the run with 128 + the signal's number."""
-
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.signum = signum
-        self.code = 128 + signum
-
-
-class Stop:
-    """How a signal is taken: at once, or (restore) after the current request.
-
-    While ``graceful`` is set, the first signal is only noted in
-    ``requested``; the restore looks at it between requests.  A second
-    signal, or any signal outside, interrupts at once.
-    """
-
-    graceful = False
-    requested = None
-
-    @classmethod
-    def handler(cls, signum, frame):
-        if cls.graceful and cls.requested is None:
-            cls.requested = signum
-            return
-        raise Interrupted(signum)
-
-    @classmethod
-    def install(cls):
-        """Take SIGINT and SIGTERM; returns the handlers to give back."""
-        import signal
-        cls.graceful = False
-        cls.requested = None
-        previous = {}
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[signum] = signal.signal(signum, cls.handler)
-            except (ValueError, OSError):   # not the main thread: leave them be
-                pass
-        return previous
-
-    @classmethod
-    def restore(cls, previous):
-        import signal
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def signal_name(signum):
-    import signal
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "signal %d" % signum
-
-
 # ---------------------------------------------------------------------------
 # HTTP session
 # ---------------------------------------------------------------------------
 
-class TransferFailed(Exception):
+class TransferFailed(Failure):
     """The exchange did not complete: what made curl exit non-zero in bash."""
 
 
@@ -663,14 +641,12 @@ def quote_path_segment(text):
     A lone surrogate (a "\\ud800" escape in the dump) is sent as its bytes;
     the server then answers for it, as it would for any id it refuses.
     """
-    from urllib.parse import quote
     return quote(text, safe="", errors="surrogatepass")
 
 
 def quote_database(name):
     # Keep the characters CouchDB names use literally, as curl sends them;
     # encode "/" and anything a URL cannot carry.
-    from urllib.parse import quote
     return quote(os.fsencode(name), safe="$()+-_,;=@!*'~")
 
 
@@ -719,7 +695,6 @@ class CouchSession:
         if self._pool is not None:
             return
         import urllib3
-        from urllib.parse import unquote_to_bytes
         try:
             parsed = urllib3.util.parse_url(self.url)
         except Exception:
@@ -816,135 +791,73 @@ def _describe(error):
 
 
 # ---------------------------------------------------------------------------
-# Backup pipeline: stream rows -> rewrite lines -> write file
+# Shared by both pipelines: stopping on a signal, design document ids,
+# worker processes, reading _all_docs rows
 # ---------------------------------------------------------------------------
 
-BACKUP_HEADER = b'{"new_edits":false,"docs":['
-FOOTER = b"]}"
-ALL_DOCS_QUERY = "/_all_docs?include_docs=true&attachments=true"
-_ROW_START = b'{"id":'
-_DOC_MARK = b'"},"doc":'   # the end of a row's value {"rev":"..."} and its "doc" key
-_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: ends the run with 128 + the signal's number."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+        self.code = 128 + signum
 
 
-class BackupFailed(Exception):
-    """The reply cannot give a complete dump; the text says why."""
+class Stop:
+    """How a signal is taken: at once, or (restore) after the current request.
 
-
-def rewrite_row_line(line):
-    """One CouchDB ``_all_docs`` row line -> the dump line of its document.
-
-    ``{"id":..,"key":..,"value":{"rev":".."},"doc":{DOC}},`` becomes
-    ``{DOC},``.  The document is what follows the row's value: unlike the
-    script's greedy ``.*,"doc":``, a document holding ``,"doc":`` survives.
-    Other lines (the empty line of an empty database, the footer) only get
-    the script's brace fix, which it applies to every line.
+    One instance a run: ``main`` installs it and hands it to the job.  While
+    ``graceful`` is set, the first signal is only noted in ``requested``;
+    the restore looks at it between requests.  A second signal, or any
+    signal outside, interrupts at once.
     """
-    if line.startswith(_ROW_START):
-        mark = line.find(_DOC_MARK)
-        if mark < 0:
-            raise BackupFailed("a row of the reply has no document: %r" % line[:80])
-        line = line[mark + len(_DOC_MARK):]
-    return fix_closing_braces(line)
+
+    def __init__(self):
+        self.graceful = False
+        self.requested = None
+        self._previous = {}
+
+    def handler(self, signum, frame):
+        if self.graceful and self.requested is None:
+            self.requested = signum
+            return
+        raise Interrupted(signum)
+
+    def install(self):
+        """Take SIGINT and SIGTERM until ``uninstall``."""
+        self.graceful = False
+        self.requested = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self.handler)
+            except (ValueError, OSError):   # not the main thread: leave them be
+                pass
+
+    def uninstall(self):
+        """Give SIGINT and SIGTERM back to the handlers they had."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
-def fix_closing_braces(line):
-    """The script's stages 2 and 4: drop the row's closing brace at line end."""
-    if line.endswith(b"}},"):
-        return line[:-2] + b","
-    if line.endswith(b"}}"):
-        return line[:-1]
-    return line
+def signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
 
 
-def rewrite_couchdb_block(block):
-    """Rewrite a block of whole lines (the last may lack its newline).
-
-    Returns ``(bytes to write, rows seen)``.  The line-by-line way, for
-    whatever ``rewrite_rows_fast`` does not take.
-    """
-    lines = block.split(b"\n")
-    rows = sum(1 for line in lines if line.startswith(_ROW_START))
-    return b"\n".join([rewrite_row_line(line) for line in lines]), rows
+DESIGN_PREFIX = "_design/"
 
 
-# A row's end and the next row's start, up to its document: the whole
-# rewrite between two rows is replacing this by ",\n".  Ids with quotes or
-# backslashes take the line-by-line way.
-_ROW_JOIN = {
-    True: re.compile(rb'\},\r\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
-    False: re.compile(rb'\},\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
-}
+def is_design_id(doc_id):
+    """Whether a document id names a design document: the one rule for it."""
+    return isinstance(doc_id, str) and doc_id.startswith(DESIGN_PREFIX)
 
-
-def rewrite_rows_fast(block):
-    """Rewrite a block of whole row lines in one regular-expression pass.
-
-    For the common case only: every line a row followed by a comma, line
-    ends all LF or all CRLF.  Returns ``(pieces to write, rows)``, or None
-    when the block is anything else; ``rewrite_couchdb_block`` then does it
-    line by line.  Both give the same bytes.  It avoids copying the block:
-    at a million rows, every pass over the data counts.
-    """
-    crlf = block.endswith(b"\r\n")
-    if not crlf and b"\r" in block:
-        return None
-    ending = b"}},\r\n" if crlf else b"}},\n"
-    if not block.endswith(ending) or not block.startswith(_ROW_START):
-        return None
-    mark = block.find(_DOC_MARK, 0, block.find(b"\n"))
-    if mark < 0:
-        return None
-    out, joined = _ROW_JOIN[crlf].subn(b",\n", memoryview(block)[mark + len(_DOC_MARK):])
-    # Every row start was joined to the row before, and no line end is left
-    # but the last one: then every line was a row.
-    if block.count(b'\n{"id":') != joined:
-        return None
-    body = len(out) - len(ending)
-    if out.find(b"\r" if crlf else b"\n", 0, body) >= 0:
-        return None
-    return b"".join((memoryview(out)[:body], b"},\n")), joined + 1
-
-
-def gzip_member(data, level=6):
-    """``data`` as one complete gzip member (RFC 1952).
-
-    A compressed backup is a series of members, one a block: gzip, zcat and
-    Python read them as one stream, and blocks compress independently, in
-    parallel where there are workers.
-    """
-    packer = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return packer.compress(data) + packer.flush()
-
-
-def rewrite_row_block(complete, compress=False, count_designs=False):
-    """Everything one block of whole reply lines needs, as a pure function.
-
-    Runs inline or in a parse worker.  Returns ``(dump bytes, rows,
-    carriage returns removed, design rows)``; the bytes are a gzip member
-    when ``compress``.
-    """
-    done = rewrite_rows_fast(complete)
-    if done is not None:
-        data, rows = done
-        carriage_returns = rows if complete.endswith(b"\r\n") else 0
-    else:
-        stripped = complete.replace(b"\r", b"")
-        carriage_returns = len(complete) - len(stripped)
-        data, rows = rewrite_couchdb_block(stripped)
-    designs = 0
-    if count_designs and b'{"id":"_design/' in complete:
-        designs = complete.count(b'\n{"id":"_design/') + complete.startswith(b'{"id":"_design/')
-    if compress:
-        data = gzip_member(data)
-    return data, rows, carriage_returns, designs
-
-
-# -- worker processes, for the rewriting here and the restore's check --------
 
 def _parse_worker_started():
     # Ctrl-C reaches the whole process group: only the main process decides.
-    import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -1003,7 +916,6 @@ class Workers:
         return done
 
     def _next(self):
-        import queue
         index = self.received % self.count
         while True:
             try:
@@ -1029,9 +941,9 @@ class Workers:
             if process.is_alive():
                 process.terminate()
                 process.join()
-        for queue in self.tasks + self.results:
-            queue.close()
-            queue.cancel_join_thread()   # what a stopped worker never read is dropped
+        for channel in self.tasks + self.results:
+            channel.close()
+            channel.cancel_join_thread()   # what a stopped worker never read is dropped
 
 
 def _worker_loop(function, fixed, tasks, results):
@@ -1084,75 +996,8 @@ class BlockCalls:
             self.workers = None
 
 
-class CouchDBLayout:
-    """Rewrites a reply laid out as Apache CouchDB writes it: one row a line.
-
-    ``feed`` takes the reply's bytes in blocks and returns the dump's bytes,
-    identical to what couchdb-dump.sh writes (carriage returns removed);
-    ``finish`` checks that the footer came and no row is missing.  With
-    ``workers`` the rewriting runs in that many processes once the reply is
-    large enough to be worth it.
-    """
-
-    def __init__(self, total_rows, count_designs=True, compress=False, workers=0):
-        self.total_rows = total_rows
-        self.compress = compress
-        # only --json reports the design documents: counting them costs a pass
-        self.calls = BlockCalls(workers, rewrite_row_block, compress, count_designs)
-        self.rows = 0
-        self.designs = 0
-        self.carriage_returns = 0
-        self.pending = b""
-        self.last_line = None
-
-    def feed(self, block):
-        """Returns the list of pieces of the dump now complete."""
-        data = self.pending + block if self.pending else block
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self.pending = data
-            return []
-        self.pending = data[cut + 1:]
-        complete = data[:cut + 1]
-        # Remember the last complete line: the footer must be the last one.
-        previous = complete.rfind(b"\n", 0, len(complete) - 1)
-        self.last_line = complete[previous + 1:-1].replace(b"\r", b"")
-        return self._account(self.calls.submit(len(complete), complete))
-
-    def _account(self, results):
-        pieces = []
-        for data, rows, carriage_returns, designs in results:
-            pieces.append(data)
-            self.rows += rows
-            self.carriage_returns += carriage_returns
-            self.designs += designs
-        return pieces
-
-    def finish(self):
-        """The last pieces; raises BackupFailed when the reply is not whole."""
-        pieces = self.close()
-        tail = self.pending
-        if tail:
-            # A last line without its newline: sed keeps it that way.
-            stripped = tail.replace(b"\r", b"")
-            self.carriage_returns += len(tail) - len(stripped)
-            self.last_line = stripped
-            out, rows = rewrite_couchdb_block(stripped)
-            self.rows += rows
-            pieces.append(gzip_member(out) if self.compress else out)
-        if self.last_line != FOOTER:
-            raise BackupFailed("the reply ended before its end (no ']}' footer): the transfer was cut short")
-        if self.rows < self.total_rows:
-            raise BackupFailed("the reply holds %d rows but the database has %d documents"
-                               % (self.rows, self.total_rows))
-        return pieces
-
-    def close(self):
-        """Stop the workers; returns what they still had to hand back."""
-        try:
-            return self._account(self.calls.drain())
-        finally:
-            self.calls.close()
+class BackupFailed(Failure):
+    """The reply cannot give a complete dump; the text says why."""
 
 
 class JsonRowScanner:
@@ -1315,7 +1160,7 @@ class JsonRowScanner:
         """The raw text of the row's "doc" member, found member by member."""
         if not isinstance(row, dict) or not isinstance(row.get("doc"), dict):
             raise BackupFailed("a row of the reply has no document: %s" % json.dumps(row)[:80])
-        if str(row["doc"].get("_id", "")).startswith("_design/"):
+        if is_design_id(row["doc"].get("_id")):
             self.designs += 1
         text = self.buffer
         pos = start + 1
@@ -1350,6 +1195,199 @@ _JSON_TOKENS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.S)
 def compact_json(text):
     """Drop the white space between JSON tokens, keeping every token's text."""
     return _JSON_TOKENS.sub(lambda m: m.group(1) or "", text)
+
+
+# ---------------------------------------------------------------------------
+# Backup pipeline: stream rows -> rewrite lines -> write file
+# ---------------------------------------------------------------------------
+
+BACKUP_HEADER = b'{"new_edits":false,"docs":['
+FOOTER = b"]}"
+ALL_DOCS_QUERY = "/_all_docs?include_docs=true&attachments=true"
+_ROW_START = b'{"id":'
+_DOC_MARK = b'"},"doc":'   # the end of a row's value {"rev":"..."} and its "doc" key
+_DESIGN_ROW_START = _ROW_START + b'"' + DESIGN_PREFIX.encode()   # is_design_id, on the reply's bytes
+_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
+
+
+def rewrite_row_line(line):
+    """One CouchDB ``_all_docs`` row line -> the dump line of its document.
+
+    ``{"id":..,"key":..,"value":{"rev":".."},"doc":{DOC}},`` becomes
+    ``{DOC},``.  The document is what follows the row's value: unlike the
+    script's greedy ``.*,"doc":``, a document holding ``,"doc":`` survives.
+    Other lines (the empty line of an empty database, the footer) only get
+    the script's brace fix, which it applies to every line.
+    """
+    if line.startswith(_ROW_START):
+        mark = line.find(_DOC_MARK)
+        if mark < 0:
+            raise BackupFailed("a row of the reply has no document: %r" % line[:80])
+        line = line[mark + len(_DOC_MARK):]
+    return fix_closing_braces(line)
+
+
+def fix_closing_braces(line):
+    """The script's stages 2 and 4: drop the row's closing brace at line end."""
+    if line.endswith(b"}},"):
+        return line[:-2] + b","
+    if line.endswith(b"}}"):
+        return line[:-1]
+    return line
+
+
+def rewrite_couchdb_block(block):
+    """Rewrite a block of whole lines (the last may lack its newline).
+
+    Returns ``(bytes to write, rows seen)``.  The line-by-line way, for
+    whatever ``rewrite_rows_fast`` does not take.
+    """
+    lines = block.split(b"\n")
+    rows = sum(1 for line in lines if line.startswith(_ROW_START))
+    return b"\n".join([rewrite_row_line(line) for line in lines]), rows
+
+
+# A row's end and the next row's start, up to its document: the whole
+# rewrite between two rows is replacing this by ",\n".  Ids with quotes or
+# backslashes take the line-by-line way.
+_ROW_JOIN = {
+    True: re.compile(rb'\},\r\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
+    False: re.compile(rb'\},\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
+}
+
+
+def rewrite_rows_fast(block):
+    """Rewrite a block of whole row lines in one regular-expression pass.
+
+    For the common case only: every line a row followed by a comma, line
+    ends all LF or all CRLF.  Returns ``(pieces to write, rows)``, or None
+    when the block is anything else; ``rewrite_couchdb_block`` then does it
+    line by line.  Both give the same bytes.  It avoids copying the block:
+    at a million rows, every pass over the data counts.
+    """
+    crlf = block.endswith(b"\r\n")
+    if not crlf and b"\r" in block:
+        return None
+    ending = b"}},\r\n" if crlf else b"}},\n"
+    if not block.endswith(ending) or not block.startswith(_ROW_START):
+        return None
+    mark = block.find(_DOC_MARK, 0, block.find(b"\n"))
+    if mark < 0:
+        return None
+    out, joined = _ROW_JOIN[crlf].subn(b",\n", memoryview(block)[mark + len(_DOC_MARK):])
+    # Every row start was joined to the row before, and no line end is left
+    # but the last one: then every line was a row.
+    if block.count(b'\n{"id":') != joined:
+        return None
+    body = len(out) - len(ending)
+    if out.find(b"\r" if crlf else b"\n", 0, body) >= 0:
+        return None
+    return b"".join((memoryview(out)[:body], b"},\n")), joined + 1
+
+
+def gzip_member(data, level=6):
+    """``data`` as one complete gzip member (RFC 1952).
+
+    A compressed backup is a series of members, one a block: gzip, zcat and
+    Python read them as one stream, and blocks compress independently, in
+    parallel where there are workers.
+    """
+    packer = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return packer.compress(data) + packer.flush()
+
+
+def rewrite_row_block(complete, compress=False, count_designs=False):
+    """Everything one block of whole reply lines needs, as a pure function.
+
+    Runs inline or in a parse worker.  Returns ``(dump bytes, rows,
+    carriage returns removed, design rows)``; the bytes are a gzip member
+    when ``compress``.
+    """
+    done = rewrite_rows_fast(complete)
+    if done is not None:
+        data, rows = done
+        carriage_returns = rows if complete.endswith(b"\r\n") else 0
+    else:
+        stripped = complete.replace(b"\r", b"")
+        carriage_returns = len(complete) - len(stripped)
+        data, rows = rewrite_couchdb_block(stripped)
+    designs = 0
+    if count_designs and _DESIGN_ROW_START in complete:
+        designs = complete.count(b"\n" + _DESIGN_ROW_START) + complete.startswith(_DESIGN_ROW_START)
+    if compress:
+        data = gzip_member(data)
+    return data, rows, carriage_returns, designs
+
+
+class CouchDBLayout:
+    """Rewrites a reply laid out as Apache CouchDB writes it: one row a line.
+
+    ``feed`` takes the reply's bytes in blocks and returns the dump's bytes,
+    identical to what couchdb-dump.sh writes (carriage returns removed);
+    ``finish`` checks that the footer came and no row is missing.  With
+    ``workers`` the rewriting runs in that many processes once the reply is
+    large enough to be worth it.
+    """
+
+    def __init__(self, total_rows, count_designs=True, compress=False, workers=0):
+        self.total_rows = total_rows
+        self.compress = compress
+        # only --json reports the design documents: counting them costs a pass
+        self.calls = BlockCalls(workers, rewrite_row_block, compress, count_designs)
+        self.rows = 0
+        self.designs = 0
+        self.carriage_returns = 0
+        self.pending = b""
+        self.last_line = None
+
+    def feed(self, block):
+        """Returns the list of pieces of the dump now complete."""
+        data = self.pending + block if self.pending else block
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self.pending = data
+            return []
+        self.pending = data[cut + 1:]
+        complete = data[:cut + 1]
+        # Remember the last complete line: the footer must be the last one.
+        previous = complete.rfind(b"\n", 0, len(complete) - 1)
+        self.last_line = complete[previous + 1:-1].replace(b"\r", b"")
+        return self._account(self.calls.submit(len(complete), complete))
+
+    def _account(self, results):
+        pieces = []
+        for data, rows, carriage_returns, designs in results:
+            pieces.append(data)
+            self.rows += rows
+            self.carriage_returns += carriage_returns
+            self.designs += designs
+        return pieces
+
+    def finish(self):
+        """The last pieces; raises BackupFailed when the reply is not whole."""
+        pieces = self.close()
+        tail = self.pending
+        if tail:
+            # A last line without its newline: sed keeps it that way.
+            stripped = tail.replace(b"\r", b"")
+            self.carriage_returns += len(tail) - len(stripped)
+            self.last_line = stripped
+            out, rows = rewrite_couchdb_block(stripped)
+            self.rows += rows
+            pieces.append(gzip_member(out) if self.compress else out)
+        if self.last_line != FOOTER:
+            raise BackupFailed("the reply ended before its end (no ']}' footer): the transfer was cut short")
+        if self.rows < self.total_rows:
+            raise BackupFailed("the reply holds %d rows but the database has %d documents"
+                               % (self.rows, self.total_rows))
+        return pieces
+
+    def close(self):
+        """Stop the workers; returns what they still had to hand back."""
+        try:
+            return self._account(self.calls.drain())
+        finally:
+            self.calls.close()
 
 
 class DumpTarget:
@@ -1396,7 +1434,6 @@ class DumpTarget:
         if not self.plain:
             return
         if self.packing is None:
-            import collections
             from concurrent.futures import ThreadPoolExecutor
             self.pool = ThreadPoolExecutor(max_workers=self.threads)
             self.packing = collections.deque()
@@ -1715,7 +1752,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 _DESIGN_LAYOUT = re.compile(rb'\A\{"_id":"((?:[^"\\]|\\.)*)","_rev":"[0-9]*-[0-9a-zA-Z_\-]*",')
 
 
-class DumpInvalid(Exception):
+class DumpInvalid(Failure):
     """The dump cannot be restored as it is; says where and why."""
 
     def __init__(self, line, text):
@@ -1880,7 +1917,7 @@ def design_document_id(line):
         if line.startswith(b'{"_id":"_design'):
             return line.split(b'"')[3].decode("utf-8", "replace")
         return None
-    if isinstance(doc, dict) and isinstance(doc.get("_id"), str) and doc["_id"].startswith("_design/"):
+    if isinstance(doc, dict) and is_design_id(doc.get("_id")):
         return doc["_id"]
     return None
 
@@ -1911,8 +1948,8 @@ def design_document_request(line, doc_id):
                 body = json.dumps(doc, separators=(",", ":")).encode("ascii")
         except (ValueError, AttributeError):
             body = trimmed
-    name = doc_id[len("_design/"):] if doc_id.startswith("_design/") else doc_id
-    return "/_design/" + quote_path_segment(name), body + b"\n"
+    name = doc_id[len(DESIGN_PREFIX):] if is_design_id(doc_id) else doc_id
+    return "/" + DESIGN_PREFIX + quote_path_segment(name), body + b"\n"
 
 
 _BLANK_LINE = re.compile(r"\n[ \t]*(?=\n)")
@@ -2238,7 +2275,6 @@ class RevisionIndex:
     """
 
     def __init__(self):
-        from array import array
         self.keys = array("Q")
         self.design_ids = []
         self.found = None
@@ -2253,19 +2289,17 @@ class RevisionIndex:
         key = self.key
         for doc in docs:
             doc_id = doc.get("_id")
-            if isinstance(doc_id, str) and doc_id.startswith("_design/"):
+            if is_design_id(doc_id):
                 self.design_ids.append(doc_id)
             else:
                 self.keys.append(key(doc_id, doc.get("_rev")))
 
     def seal(self):
-        from array import array
         self.keys = array("Q", sorted(self.keys))
         self.found = bytearray(len(self.keys))
 
     def _position(self, doc_id, rev):
         """Where the pair stands in the sorted keys, or -1 when the dump lacks it."""
-        from bisect import bisect_left
         key = self.key(doc_id, rev)
         index = bisect_left(self.keys, key)
         return index if index < len(self.keys) and self.keys[index] == key else -1
@@ -2292,11 +2326,12 @@ class Restore:
     Every request is retried ``-a`` times, 1 s apart, as the script does.
     """
 
-    def __init__(self, opts, session, out, progress=None):
+    def __init__(self, opts, session, out, progress=None, stop=None):
         self.opts = opts
         self.session = session
         self.out = out
         self.progress = progress or Progress(False)
+        self.stop = stop or Stop()
         self.refused = 0
         self.failed_chunk = None
         self.chunks_written = 0
@@ -2322,16 +2357,16 @@ class Restore:
         self.plan(survey)
         out.info("... INFO: Checking for database")
         self.check_database()
-        Stop.graceful = True
+        self.stop.graceful = True
         try:
             self.restore_documents(dump, survey)
         except RestoreStopped:
             out.line("... ERROR: Stopped by %s: %d of %d documents were written (%d chunks); the restore is incomplete."
-                     % (signal_name(Stop.requested), self.documents_written, self.total_documents,
+                     % (signal_name(self.stop.requested), self.documents_written, self.total_documents,
                         self.chunks_written))
-            raise Exit(128 + Stop.requested)
+            raise Exit(Interrupted(self.stop.requested).code)
         finally:
-            Stop.graceful = False
+            self.stop.graceful = False
             self.progress.finish()
             self.summary["documents"] = self.documents_written
         if self.refused:
@@ -2531,7 +2566,7 @@ class Restore:
             for index, chunk in enumerate(text.chunks(opts.chunk_lines)):
                 while len(on_their_way) >= opts.jobs:
                     self._collect(*on_their_way.pop(0))
-                if Stop.requested:
+                if self.stop.requested:
                     raise RestoreStopped()
                 name = "%s.split%s" % (text_name, chunk_suffix(index))
                 out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header
@@ -2607,7 +2642,7 @@ class Restore:
             response.release_conn()
         except Exception as error:
             # Our own errors say what went wrong; any other is named by its type only.
-            why = error if isinstance(error, (TransferFailed, BackupFailed)) else _describe(error)
+            why = error if isinstance(error, Failure) else _describe(error)
             out.line("... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, why))
             raise Exit(1)
         missing = index.missing() + len(wanted_designs - present_designs)
@@ -2628,7 +2663,7 @@ class Restore:
                 doc = json.loads(body)
             except ValueError:
                 continue
-            if not isinstance(doc, dict) or str(doc.get("_id", "")).startswith("_design/"):
+            if not isinstance(doc, dict) or is_design_id(doc.get("_id")):
                 continue
             if not index.has(doc.get("_id"), doc.get("_rev")):
                 out.line("... ERROR:   missing: %s at revision %s" % (
@@ -2649,7 +2684,7 @@ class Restore:
         attempt = 0
         while True:
             attempt += 1
-            if Stop.requested:
+            if self.stop.requested:
                 raise RestoreStopped()
             try:
                 reply = send()
@@ -2666,10 +2701,10 @@ class Restore:
                     reply_final(reply)
                     raise Exit(1)
                 self._warn(reply_warn, attempt)
-            if Stop.requested:
+            if self.stop.requested:
                 raise RestoreStopped()
             time.sleep(1)
-            if Stop.requested:
+            if self.stop.requested:
                 raise RestoreStopped()
 
     def _warn(self, warning, attempt):
@@ -2760,7 +2795,8 @@ def main(argv=None, environ=None, stdout=None):
     started = time.monotonic()
     job = None
     opts = None
-    previous = Stop.install()
+    stop = Stop()
+    stop.install()
     try:
         opts = parse_options(argv, environ, out, prog)
         if opts.backup and opts.file == "-" and stdout is None:
@@ -2770,23 +2806,24 @@ def main(argv=None, environ=None, stdout=None):
         progress = Progress(opts.progress and not opts.quiet)
         tune_memory()
         session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ)
-        job = (Backup if opts.backup else Restore)(opts, session, out, progress)
+        job = Backup(opts, session, out, progress) if opts.backup else Restore(opts, session, out, progress, stop)
         job.run()
         code = 0
     except Exit as done:
         code = done.code
-    except (Interrupted, KeyboardInterrupt) as stop:
-        signum = getattr(stop, "signum", 2)
+    except (Interrupted, KeyboardInterrupt) as signalled:
+        if not isinstance(signalled, Interrupted):
+            signalled = Interrupted(signal.SIGINT)
         what = "no backup was written" if opts is not None and opts.backup else "the run is incomplete"
-        out.line("... ERROR: Interrupted by %s: %s." % (signal_name(signum), what))
-        code = 128 + signum
+        out.line("... ERROR: Interrupted by %s: %s." % (signal_name(signalled.signum), what))
+        code = signalled.code
     except Exception as error:  # a bug of ours: say so without any secret
         import traceback
         out.line("... ERROR: Unexpected failure (%s); please report it." % _describe(error))
         traceback.print_exc(file=sys.stderr)
         code = 1
     finally:
-        Stop.restore(previous)
+        stop.uninstall()
     if want_json:
         summary = dict(job.summary) if job is not None else {}
         if not summary and opts is not None:
