@@ -1,0 +1,65 @@
+"""What issue #10 pins: behaviour that makes the port fast on a real CouchDB.
+
+Not timed (speed and memory are tests/benchmark.py's business): these tests
+pin the behaviour the speed rests on.  The chunk size a restore uses with
+--jobs, and backups that come out the same bytes however the server cuts
+its reply into HTTP chunks and however long a document is.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from couch_stub import CouchStub
+
+REPO = Path(__file__).resolve().parent.parent
+PROGRAM = REPO / "couchdb_dump.py"
+
+
+def run(args, cwd):
+    environment = {k: v for k, v in os.environ.items() if k not in ("COUCHDB_USER", "COUCHDB_PASS")}
+    return subprocess.run([sys.executable, str(PROGRAM), *args], cwd=cwd, env=environment,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+
+
+def write_dump(path, count):
+    lines = [b'{"_id":"d%05d","_rev":"1-a","n":%d}' % (i, i) for i in range(count)]
+    path.write_bytes(b'{"new_edits":false,"docs":[\n' + b",\n".join(lines) + b"\n]}\n")
+
+
+def documents_per_bulk_request(stub):
+    """The documents of each _bulk_docs body, in the order of their first document."""
+    bodies = [json.loads(r.body)["docs"] for r in stub.requests if r.path.endswith("/_bulk_docs")]
+    return [len(docs) for docs in sorted(bodies, key=lambda docs: docs[0]["_id"])]
+
+
+# -l counts the dump's lines, as split does: the first chunk holds the
+# header line, the last one the footer.
+@pytest.mark.parametrize("options, sizes", [
+    (["--jobs", "3"], [499, 500, 500, 500, 201]),
+    (["--jobs", "1"], [499, 500, 500, 500, 201]),
+    (["--jobs", "3", "-l", "2000"], [1999, 201]),
+    (["-l", "2000", "--jobs", "3"], [1999, 201]),
+    ([], [2200]),              # the script's 5,000: one body for fewer lines
+])
+def test_jobs_without_l_restores_in_chunks_of_500_documents(tmp_path, options, sizes):
+    write_dump(tmp_path / "dump.json", 2200)
+    with CouchStub(databases=["db"]) as stub:
+        result = run(["-r", "-q", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "dump.json"] + options,
+                     tmp_path)
+        assert result.returncode == 0, result.stdout
+        assert documents_per_bulk_request(stub) == sizes
+        assert len(stub.store.databases["db"]) == 2200
+
+
+def test_jobs_without_l_says_the_block_size_it_uses(tmp_path):
+    write_dump(tmp_path / "dump.json", 1200)
+    with CouchStub(databases=["db"]) as stub:
+        result = run(["-r", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "dump.json", "--jobs", "2"],
+                     tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert b"... INFO: Block import set to 500 lines.\n" in result.stdout
