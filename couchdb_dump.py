@@ -779,6 +779,23 @@ class CouchSession:
         return Reply(response.status, data)
 
 
+def read_blocks(response, size=1 << 20):
+    """Yield a reply's body in blocks of ``size`` bytes, whatever its HTTP chunking.
+
+    urllib3's ``stream`` yields each HTTP chunk of a chunked reply as it
+    comes, and CouchDB flushes one every ~1,490 bytes: the work per block
+    would then be set by the server.  ``read(size)`` goes through
+    http.client, which joins the chunks until ``size`` bytes are there (the
+    last block may be shorter), with urllib3 1.26 as with 2.x; a
+    compressed reply is still decoded by urllib3.
+    """
+    while True:
+        block = response.read(size)
+        if not block:
+            return
+        yield block
+
+
 class _Body:
     """A request body read from a file-like source in blocks, length known."""
 
@@ -1649,7 +1666,7 @@ class Backup:
         except TransferFailed as error:
             self._curl_failed(error)
         try:
-            blocks = response.stream(self.BLOCK)
+            blocks = read_blocks(response, self.BLOCK)
             head = b""
             # The first line decides: a CouchDB error, or which layout.
             for block in blocks:
@@ -2645,7 +2662,7 @@ class Restore:
                     present_designs.add(row["id"])
                 else:
                     index.mark(row.get("id"), value.get("rev"))
-            for block in response.stream(1 << 20):
+            for block in read_blocks(response):
                 for row in scanner.feed(block):
                     take(row)
             for row in scanner.finish():

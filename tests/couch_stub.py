@@ -5,7 +5,9 @@ port uses (`GET /_all_dbs`, `PUT /db`, `DELETE /db`, `PUT /db/_design/x`,
 `POST /db/_bulk_docs`, `GET /db/_all_docs`) the way Apache CouchDB lays them
 out.  Every request is recorded.  A test can replace the answer to any
 request with `faults`: a callable taking the request's index, method and path
-and returning None (answer normally) or one of the actions of `Fault`.
+and returning None (answer normally) or one of the actions of `Fault`.  With
+`chunking`, `_all_docs` replies go out chunked as it cuts them (see
+`couchdb_chunks`).
 """
 
 import http.server
@@ -68,6 +70,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._fault(fault)
         with stub.lock:
             status, payload = stub.answer(request)
+        if stub.chunking is not None and request.method == "GET" and "/_all_docs" in request.path:
+            self._chunked_head(status)
+            for piece in stub.chunking(payload):
+                self._chunk(piece)
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self._send(status, payload)
 
     do_GET = do_PUT = do_POST = do_DELETE = _handle
@@ -81,8 +89,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
         self.close_connection = True
 
-    def _chunked_head(self):
-        self.send_response(200)
+    def _chunked_head(self, status=200):
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Connection", "close")
@@ -134,11 +142,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         raise ValueError(fault.kind)
 
 
+def couchdb_chunks(body, limit=1490):
+    """Cut a reply as Apache CouchDB 3.x does (``[chttpd] chunked_response_buffer``):
+    a chunk is flushed before its buffer would pass ``limit`` bytes, and a
+    line (a row with its separator) is never split by that decision, so a
+    row longer than ``limit`` goes out as a chunk of its own."""
+    chunks, buffer = [], b""
+    for line in body.splitlines(keepends=True):
+        if buffer and len(buffer) + len(line) > limit:
+            chunks.append(buffer)
+            buffer = b""
+        buffer += line
+    if buffer:
+        chunks.append(buffer)
+    return chunks
+
+
+def sized_chunks(size):
+    """Chunks of ``size`` bytes, cut anywhere (a proxy's or a 1 MiB server's)."""
+    return lambda body: [body[i:i + size] for i in range(0, len(body), size)]
+
+
 class CouchStub:
     """The stand-in server: `with CouchStub() as stub:` gives `stub.url`."""
 
-    def __init__(self, faults=None, databases=(), lose=None):
+    def __init__(self, faults=None, databases=(), lose=None, chunking=None):
         self.faults = faults
+        self.chunking = chunking   # body -> HTTP chunks of _all_docs replies (else Content-Length)
         self.lose = lose
         self.requests = []
         self.lock = threading.Lock()

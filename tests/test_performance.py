@@ -6,6 +6,7 @@ pin the behaviour the speed rests on.  The chunk size a restore uses with
 its reply into HTTP chunks and however long a document is.
 """
 
+import gzip
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from couch_stub import CouchStub
+from couch_stub import CouchStub, couchdb_chunks, sized_chunks
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAM = REPO / "couchdb_dump.py"
@@ -63,3 +64,40 @@ def test_jobs_without_l_says_the_block_size_it_uses(tmp_path):
                      tmp_path)
     assert result.returncode == 0, result.stdout
     assert b"... INFO: Block import set to 500 lines.\n" in result.stdout
+
+
+def fill(stub, count):
+    """Documents of many sizes (some longer than a CouchDB chunk), design documents, non-ASCII text."""
+    docs = stub.store.databases["db"]
+    for i in range(count):
+        doc_id = "_design/d%d" % i if i % 997 == 0 else "doc%06d" % i
+        docs[doc_id] = {"_id": doc_id, "_rev": "1-%032x" % i, "n": i, "text": "é☕ \"q\" \\ " * (i % 300),
+                        "nested": {"list": list(range(i % 7))}}
+
+
+def backup(stub, tmp_path, name, *options):
+    result = run(["-b", "-q", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", name] + list(options),
+                 tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return (tmp_path / (name + (".gz" if "-z" in options else ""))).read_bytes()
+
+
+@pytest.mark.parametrize("options", [[], ["-z"], ["-t", "2"], ["-z", "-t", "2"]])
+def test_backup_is_the_same_bytes_whatever_the_http_chunking(tmp_path, options):
+    files = {}
+    for name, chunking in [("couchdb", couchdb_chunks), ("mib", sized_chunks(1 << 20)),
+                           ("odd", sized_chunks(4093)), ("whole", None)]:
+        with CouchStub(databases=["db"], chunking=chunking) as stub:
+            fill(stub, 12000)
+            files[name] = backup(stub, tmp_path, name + ".json", *options)
+    text = gzip.decompress(files["mib"]) if "-z" in options else files["mib"]
+    assert len(text) > 9 << 20 and text.count(b"\n") == 12002   # past BlockCalls.PARALLEL_FROM: -t 2 forks
+    assert files["couchdb"] == files["mib"] == files["odd"] == files["whole"]
+
+
+def test_couchdb_chunks_are_cut_as_couchdb_cuts_them():
+    body = b'{"total_rows":3,"offset":0,"rows":[\r\n' + b"x" * 700 + b",\r\n" + b"y" * 3000 + b",\r\n" \
+        + b"z" * 10 + b"\r\n]}\n"
+    chunks = couchdb_chunks(body)
+    assert b"".join(chunks) == body
+    assert [len(c) for c in chunks] == [37 + 703, 3003, 12 + 3]
