@@ -682,6 +682,20 @@ def proxy_for(scheme, host, environ):
     return None
 
 
+def require_urllib3(out):
+    """urllib3 is the one dependency: without it, one line that says how to get it.
+
+    bash checks for curl at the same point, after the options.  The import
+    stays here, not at the top, so that -h, -V and --help work without it.
+    """
+    try:
+        import urllib3  # noqa: F401
+    except ImportError:
+        out.line("... ERROR: This script requires 'urllib3' to be present: pip install urllib3"
+                 " (Debian/Ubuntu: apt install python3-urllib3).")
+        raise Exit(1)
+
+
 class CouchSession:
     """Talks HTTP to the server named by the bash-style URL.
 
@@ -2827,6 +2841,7 @@ def main(argv=None, environ=None, stdout=None):
     stop.install()
     try:
         opts = parse_options(argv, environ, out, prog)
+        require_urllib3(out)
         if opts.backup and opts.file == "-" and stdout is None:
             # The dump owns standard output: every message goes to stderr.
             out.stream = sys.stderr.buffer

@@ -107,7 +107,13 @@ def main():
             ("-r", *host, "-d", "restored", "-f", "sample.json", "-c"),
             ("-r", *host, "-d", "restored_from_gz", "-f", "sample-z.json.gz", "-c"),
         ]
-        failed = [" ".join(step) for step in steps if run_port(work, *step) != 0]
+        for step in steps:
+            code = run_port(work, *step)
+            if code != 0:
+                # Each step needs the one before: stop here, on the port's own message.
+                print("\nFAILED: the port exited with %d on: %s (its message is above)." % (code, " ".join(step)))
+                return 1
+        failed = []
         print("\nFiles written:")
         for name in sorted(os.listdir(work)):
             print("  %-18s %8d bytes" % (name, os.path.getsize(os.path.join(work, name))))
@@ -132,4 +138,10 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (OSError, RuntimeError, ValueError) as error:   # urllib's errors are OSErrors
+        print("\nFAILED: %s: %s" % (type(error).__name__, error), file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
