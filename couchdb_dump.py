@@ -521,6 +521,7 @@ class Messages:
         self.stream = stream if stream is not None else sys.stdout.buffer
         self.quiet = quiet
         self.last_error = None   # the text of the last "... ERROR:" line, for --json
+        self.progress = None     # the Progress line to clear before a line and draw again after it
         self._lock = threading.Lock()
 
     @staticmethod
@@ -538,11 +539,21 @@ class Messages:
         if data.startswith(self.ERROR):
             self.last_error = data[len(self.ERROR):].split(b"\n", 1)[0].decode("utf-8", "replace")
         with self._lock:
+            self._hide_progress()
             try:
                 self.stream.write(data)
                 self.stream.flush()
             except (BrokenPipeError, ValueError):
                 pass
+            self._show_progress()
+
+    def _hide_progress(self):
+        if self.progress is not None:
+            self.progress.hide()
+
+    def _show_progress(self):
+        if self.progress is not None:
+            self.progress.show()
 
     def line(self, text):
         if isinstance(text, str):
@@ -553,26 +564,32 @@ class Messages:
         if not self.quiet:
             self.line(text)
 
-    @staticmethod
-    def detail(text):
+    def detail(self, text):
         """An explanation bash never printed: it goes to standard error."""
-        try:
-            sys.stderr.write(text + "\n")
-            sys.stderr.flush()
-        except (BrokenPipeError, ValueError):
-            pass
+        with self._lock:
+            self._hide_progress()
+            try:
+                sys.stderr.write(text + "\n")
+                sys.stderr.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+            self._show_progress()
 
 
 class Progress:
     """Documents and bytes done, on standard error, while a run goes on.
 
     Redrawn in place on a terminal; one line every few seconds otherwise, so
-    that logs stay readable.  Silent with -q or --no-progress.
+    that logs stay readable.  Silent with -q or --no-progress.  ``what``
+    says which bytes are counted: the backup file's ("written"), or the
+    request bodies' ("sent").  The last figures are drawn again at the end,
+    so that a finished run does not stay at the last throttled update.
     """
 
-    def __init__(self, enabled, stream=None):
+    def __init__(self, enabled, stream=None, what=""):
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
+        self.what = what
         try:
             self.tty = self.stream.isatty()
         except (AttributeError, ValueError):
@@ -580,40 +597,87 @@ class Progress:
         self.interval = 0.5 if self.tty else 5.0
         self.started = time.monotonic()
         self.last = self.started
-        self.drawn = False
+        self.drawn = False       # a line stands on the terminal, not ended by a newline
+        self.shown = False       # at least one update was written
+        self.figures = None      # the last update's (documents, size, total)
+        self._lock = threading.RLock()
+
+    def restart(self, when=None):
+        """Count the rate from ``when`` (now by default): the first byte of the work."""
+        self.started = self.last = time.monotonic() if when is None else when
 
     def update(self, documents, size, total=None, force=False):
         if not self.enabled:
             return
+        self.figures = (documents, size, total)
         now = time.monotonic()
         if not force and now - self.last < self.interval:
             return
         self.last = now
+        self._write(self._text(now, documents, size, total))
+
+    def _text(self, now, documents, size, total, final=False):
         elapsed = max(now - self.started, 1e-6)
         rate = documents / elapsed
-        text = "%d documents, %.1f MB, %d documents/s" % (documents, size / 1e6, rate)
+        text = "%d documents, %.1f MB%s, %d documents/s" % (
+            documents, size / 1e6, " " + self.what if self.what else "", rate)
         if total:
             share = min(documents / total, 1.0)
-            left = (total - documents) / rate if rate > 0 else 0
-            text += ", %d%%, %d s left" % (share * 100, left)
-        try:
-            if self.tty:
-                self.stream.write("\r" + text + "\x1b[K")
-                self.drawn = True
-            else:
-                self.stream.write("progress: " + text + "\n")
-            self.stream.flush()
-        except (BrokenPipeError, ValueError):
-            pass
+            text += ", %d%%" % (share * 100)
+            if not final:
+                text += ", %d s left" % ((total - documents) / rate if rate > 0 else 0)
+        if final:
+            text += ", %.0f s" % elapsed
+        return text
 
-    def finish(self):
-        if self.drawn:
+    def _write(self, text):
+        with self._lock:
             try:
-                self.stream.write("\n")
+                if self.tty:
+                    self.stream.write("\r" + text + "\x1b[K")
+                    self.drawn = True
+                else:
+                    self.stream.write("progress: " + text + "\n")
                 self.stream.flush()
+                self.shown = True
             except (BrokenPipeError, ValueError):
                 pass
+
+    def resize(self, size):
+        """Correct the byte count of the last figures (the file, once complete)."""
+        if self.figures is not None:
+            self.figures = (self.figures[0], size, self.figures[2])
+
+    def hide(self):
+        """Clear the line on the terminal before another line is printed there."""
+        with self._lock:
+            if self.drawn:
+                try:
+                    self.stream.write("\r\x1b[K")
+                    self.stream.flush()
+                except (BrokenPipeError, ValueError):
+                    pass
+
+    def show(self):
+        """Draw the line again after ``hide``, with the last figures."""
+        with self._lock:
+            if self.drawn and self.figures is not None:
+                self._write(self._text(time.monotonic(), *self.figures))
+
+    def finish(self):
+        """The last figures, once more and final (a terminal's line ends here)."""
+        with self._lock:
+            if self.enabled and self.shown and self.figures is not None:
+                self._write(self._text(time.monotonic(), *self.figures, final=True))
+            if self.drawn:
+                try:
+                    self.stream.write("\n")
+                    self.stream.flush()
+                except (BrokenPipeError, ValueError):
+                    pass
             self.drawn = False
+            self.shown = False
+            self.figures = None
 
 
 # ---------------------------------------------------------------------------
@@ -1650,6 +1714,7 @@ class Backup:
         try:
             had_cr, size = self._transfer(path, target)
             target.commit()
+            self.progress.resize(target.written)   # -z: the last members are written at the commit
         except BaseException:
             target.discard()
             raise
@@ -1732,8 +1797,9 @@ class Backup:
             for block in blocks:
                 size += len(block)
                 put(layout.feed(block))
-                self.progress.update(layout.rows, size - layout.carriage_returns, total)
+                self.progress.update(layout.rows, target.written, total)
             put(layout.finish())
+            self.progress.update(layout.rows, target.written, total)
         finally:
             layout.close()
         self.summary["documents"] = layout.rows
@@ -1753,10 +1819,11 @@ class Backup:
             size += len(block) - block.count(b"\r")
             for doc in scanner.feed(block):
                 writer.add(doc)
-            self.progress.update(scanner.rows, size, scanner.total_rows)
+            self.progress.update(scanner.rows, target.written, scanner.total_rows)
         for doc in scanner.finish():
             writer.add(doc)
         writer.finish()
+        self.progress.update(scanner.rows, target.written, scanner.total_rows)
         self.summary["documents"] = scanner.rows
         self.summary["design_documents"] = scanner.designs
         return had_cr, size
@@ -2846,7 +2913,8 @@ def main(argv=None, environ=None, stdout=None):
             # The dump owns standard output: every message goes to stderr.
             out.stream = sys.stderr.buffer
             json_stream = sys.stderr.buffer
-        progress = Progress(opts.progress and not opts.quiet)
+        progress = Progress(opts.progress and not opts.quiet, what="written" if opts.backup else "sent")
+        out.progress = progress
         tune_memory()
         session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ)
         job = Backup(opts, session, out, progress) if opts.backup else Restore(opts, session, out, progress, stop)

@@ -498,20 +498,121 @@ def test_progress_writes_a_line_every_5_seconds_when_not_a_terminal(monkeypatch)
         "progress: 1000 documents, 0.0 MB, 100 documents/s",
         "progress: 1500 documents, 0.0 MB, 100 documents/s",
         "progress: 2000 documents, 0.0 MB, 100 documents/s",
+        "progress: 2000 documents, 0.0 MB, 100 documents/s, 20 s",   # the final figures
     ]
     assert "\r" not in text and text.endswith("\n")
 
 
+def test_a_short_run_without_any_progress_line_gets_no_final_one(monkeypatch):
+    assert drive(monkeypatch, io.StringIO(), seconds=4) == ""
+
+
 def test_progress_line_gives_the_share_and_time_left_when_the_total_is_known(monkeypatch):
     text = drive(monkeypatch, io.StringIO(), seconds=6, total=2000)
-    assert text == "progress: 500 documents, 0.0 MB, 100 documents/s, 25%, 15 s left\n"
+    assert text == ("progress: 500 documents, 0.0 MB, 100 documents/s, 25%, 15 s left\n"
+                    "progress: 500 documents, 0.0 MB, 100 documents/s, 25%, 5 s\n")
 
 
 def test_progress_is_redrawn_in_place_on_a_terminal(monkeypatch):
     text = drive(monkeypatch, Terminal(), seconds=3)
-    # Every half second at most: updates at 1 s and 2 s, then the final newline.
+    # Every half second at most: updates at 1 s and 2 s, the final figures, then the newline.
     assert text == ("\r100 documents, 0.0 MB, 100 documents/s\x1b[K"
-                    "\r200 documents, 0.0 MB, 100 documents/s\x1b[K\n")
+                    "\r200 documents, 0.0 MB, 100 documents/s\x1b[K"
+                    "\r200 documents, 0.0 MB, 100 documents/s, 2 s\x1b[K\n")
+
+
+def test_finished_run_is_redrawn_at_100_percent_not_at_its_last_throttled_update(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(couchdb_dump.time, "monotonic", clock)
+    stream = Terminal()
+    progress = couchdb_dump.Progress(True, stream, what="written")
+    for step in range(1, 101):
+        clock.now = 1000.0 + step * 0.2   # updates every 0.2 s, drawn every 0.5 s at most
+        progress.update(step * 10, step * 100000, 1000)
+    last_throttled = stream.getvalue().rsplit("\r", 1)[1]
+    assert "100%" not in last_throttled
+    progress.finish()
+    final = stream.getvalue().rsplit("\r", 1)[1]
+    assert final == "1000 documents, 10.0 MB written, 50 documents/s, 100%, 20 s\x1b[K\n"
+
+
+def test_messages_clear_the_progress_line_and_draw_it_again(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(couchdb_dump.time, "monotonic", clock)
+    terminal = Terminal()
+
+    class Shared(io.BytesIO):   # stdout on the same terminal as the progress line
+        def write(self, data):
+            terminal.write(data.decode())
+            return len(data)
+
+    out = couchdb_dump.Messages(Shared())
+    out.progress = couchdb_dump.Progress(True, terminal, what="sent")
+    clock.now += 1
+    out.progress.update(10, 2e6, 20)
+    out.info("... INFO: Imported x Successfully.")
+    assert terminal.getvalue() == (
+        "\r10 documents, 2.0 MB sent, 10 documents/s, 50%, 1 s left\x1b[K"
+        "\r\x1b[K... INFO: Imported x Successfully.\n"
+        "\r10 documents, 2.0 MB sent, 10 documents/s, 50%, 1 s left\x1b[K")
+
+
+def run_in_terminal(args, cwd, seconds=120):
+    """Run the port with stdout and stderr on one pseudo-terminal; returns (exit code, what it showed)."""
+    import pty
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, str(PROGRAM), *args], cwd=cwd, env=environment(),
+                               stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(master, 65536)
+        except OSError:   # EIO: the last writer closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    os.close(master)
+    return process.wait(timeout=seconds), shown
+
+
+def test_progress_line_and_messages_do_not_glue_in_a_terminal(tmp_path):
+    """A restore in a terminal: each chunk's INFO line starts on a cleared
+    line (never after '... s left'), the progress line comes back after it,
+    and the last one drawn is the run's end, at 100%."""
+    docs = [b'{"_id":"d%02d","_rev":"1-a","v":%d}' % (i, i) for i in range(12)]
+    dump = b"\n".join([b'{"new_edits":false,"docs":['] + [d + b"," for d in docs[:-1]] + docs[-1:] + [b"]}"])
+    (tmp_path / "dump.json").write_bytes(dump + b"\n")
+    slow = lambda index, method, path: Fault("delay", seconds=0.25) if path.endswith("_bulk_docs") else None
+    with CouchStub(databases=["db"], faults=slow) as stub:
+        code, shown = run_in_terminal(["-r", "-H", stub.url, "-d", "db", "-f", "dump.json", "-l", "2"], tmp_path)
+    text = shown.decode("utf-8", "replace")
+    assert code == 0, text
+    assert "documents/s" in text   # the progress line was drawn
+    for line in ("... INFO: Successfully Imported 6 Files", "... INFO: Import Cycle Completed."):
+        assert line in text, text
+    for index in (i for i in range(len(text)) if text.startswith("...", i)):
+        assert index == 0 or text[:index].endswith(("\r\x1b[K", "\n")), repr(text[max(index - 80, 0):index + 40])
+    final = text.rsplit("documents/s", 1)[0].rsplit("\r", 1)[1]
+    assert final.startswith("12 documents, ") and " MB sent, " in final
+    assert text.rsplit("documents/s", 1)[1].startswith(", 100%, ")
+
+
+def test_backup_progress_counts_the_file_not_the_reply(tmp_path):
+    """The reply wraps every document in a row (id, key, value): the MB shown
+    are the file's, which is less than half of the reply here."""
+    slow = lambda index, method, path: Fault("delay", seconds=0.6) if "_all_docs" in path else None
+    with CouchStub(databases=["db"], faults=slow) as stub:
+        stub.store.databases["db"].update({"d%05d" % i: {"_id": "d%05d" % i, "_rev": "1-a"} for i in range(20000)})
+        code, shown = run_in_terminal(["-b", "-H", stub.url, "-d", "db", "-f", "b.json"], tmp_path)
+    text = shown.decode("utf-8", "replace")
+    assert code == 0, text
+    size = (tmp_path / "b.json").stat().st_size
+    final = text.rsplit("documents/s", 1)[0].rsplit("\r", 1)[1]
+    assert final.startswith("20000 documents, %.1f MB written, " % (size / 1e6)), text
+    assert text.rsplit("documents/s", 1)[1].startswith(", 100%, ")
 
 
 @pytest.mark.parametrize("stream", [io.StringIO, Terminal])
@@ -525,9 +626,9 @@ def test_quiet_and_no_progress_turn_the_progress_line_off(monkeypatch, tmp_path,
     made = []
 
     class Recorder(couchdb_dump.Progress):
-        def __init__(self, enabled, stream=None):
+        def __init__(self, enabled, stream=None, **named):
             made.append(enabled)
-            super().__init__(enabled, io.StringIO())
+            super().__init__(enabled, io.StringIO(), **named)
 
     monkeypatch.setattr(couchdb_dump, "Progress", Recorder)
     with CouchStub(databases=["db"]) as stub:
