@@ -113,8 +113,6 @@ def test_readme_test_command_works_with_an_externally_managed_python(tmp_path):
     Debian's: it makes .venv, installs there (from PyPI: about 15 s) and runs
     pytest from it.  A few test files stand for the whole suite."""
     python = externally_managed_python(tmp_path / "debian-like")
-    refused = subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True, timeout=60)
-    assert refused.returncode != 0   # no pip, as Debian without python3-pip
     clone = tmp_path / "clone"
     shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(".git", ".venv", "node_modules", "__pycache__",
                                                                 "*.egg-info", ".pytest_cache"))
