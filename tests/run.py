@@ -22,7 +22,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.dont_write_bytecode = True   # leave no __pycache__ in the checkout
+
+from helpers import REPO  # noqa: E402  (tests/ is this script's directory, first on sys.path)
+
 VENV = REPO / ".venv"
 NAME = "tests/run.py"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-PROGRAM = REPO / "couchdb_dump.py"
+from helpers import PROGRAM, REPO, clean_environment
+
 RUN = REPO / "tests" / "run.py"
 
 NO_NETWORK = ("Temporary failure in name resolution", "NewConnectionError", "Network is unreachable",
@@ -29,13 +29,17 @@ NO_NETWORK = ("Temporary failure in name resolution", "NewConnectionError", "Net
 def load_run_module():
     spec = importlib.util.spec_from_file_location("tests_run", RUN)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    keep = sys.dont_write_bytecode   # run.py turns bytecode off for its own process
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = keep
     return module
 
 
 def environment():
-    env = {k: v for k, v in os.environ.items() if k not in ("COUCHDB_USER", "COUCHDB_PASS", "PYTHONPATH")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env = clean_environment({"PYTHONDONTWRITEBYTECODE": "1"})
+    env.pop("PYTHONPATH", None)
     return env
 
 
