@@ -506,6 +506,26 @@ def build_url(host, port):
 # Messages
 # ---------------------------------------------------------------------------
 
+# Lines couchdb-dump.sh prints about work of its own that the port does not
+# do that way: after the download the script converts carriage returns and
+# rewrites the file in sed stages, then gzips it; to restore, it copies the
+# dump to strip the design documents and splits it into files.  The port
+# streams instead and writes no such file.  Callers and the golden cases
+# read stdout line by line, so these lines are printed all the same, when
+# the script prints them, and only from here: no reader should take them
+# for a description of this code.
+SCRIPT_STEPS = {
+    "carriage_returns": ("File may contain Windows carriage returns- converting...", "Completed successfully."),
+    "amend": ("Amending file to make it suitable for Import.", "Stage 1 - Document filtering"),
+    "multi_threaded": ("Multi-Threaded Parsing Enabled.",),
+    "stages": ("Stage 2 - Duplicate curly brace removal", "Stage 3 - Header Correction",
+               "Stage 4 - Final document line correction"),
+    "compress": ("Stage 5 - File compression",),
+    "strip_designs": ("Duplicating original file for alteration",
+                      "Stripping _design elements from regular documents", "Fixing end document"),
+    "split": ("Generating files to import",),
+}
+
 class Messages:
     """The lines the bash script prints, on its standard output.
 
@@ -563,6 +583,11 @@ class Messages:
     def info(self, text):
         if not self.quiet:
             self.line(text)
+
+    def script_steps(self, step):
+        """The INFO lines the script prints for one of its ``SCRIPT_STEPS``."""
+        for text in SCRIPT_STEPS[step]:
+            self.info("... INFO: " + text)
 
     def detail(self, text):
         """An explanation bash never printed: it goes to standard error."""
@@ -1723,18 +1748,14 @@ class Backup:
         self.summary["bytes"] = target.written
 
         if had_cr:
-            out.info("... INFO: File may contain Windows carriage returns- converting...")
-            out.info("... INFO: Completed successfully.")
-        out.info("... INFO: Amending file to make it suitable for Import.")
-        out.info("... INFO: Stage 1 - Document filtering")
+            out.script_steps("carriage_returns")
+        out.script_steps("amend")
         threads = opts.thread_count
         if du_kib(size) >= 256000 and threads is not None and threads > 1:
-            out.info("... INFO: Multi-Threaded Parsing Enabled.")
-        out.info("... INFO: Stage 2 - Duplicate curly brace removal")
-        out.info("... INFO: Stage 3 - Header Correction")
-        out.info("... INFO: Stage 4 - Final document line correction")
+            out.script_steps("multi_threaded")
+        out.script_steps("stages")
         if opts.compress:
-            out.info("... INFO: Stage 5 - File compression")
+            out.script_steps("compress")
         out.info("... INFO: Export completed successfully. File available at: %s" % final)
 
     def _transfer(self, path, target):
@@ -2426,13 +2447,358 @@ class RevisionIndex:
         return self.found.count(0)
 
 
+class Retry:
+    """Sends one request up to -a times, 1 s apart, as the script retries.
+
+    A failed transfer (curl's non-zero exit) and an error reply each have
+    their WARN line, printed with the attempt number; after the last
+    attempt the ``*_final`` callable prints the script's ERROR lines and the
+    run ends.  A WARN line is a template, or ``(template, user text...)``:
+    the user's text is a value, never part of the template.  A signal noted
+    by ``Stop`` ends the loop between two requests (``RestoreStopped``).
+
+    Two places to extend: ``before_request(method, path)`` runs before every
+    request (a delay between requests), and ``held_back(reply)`` may wait
+    and return True to send the request again without using an attempt
+    (a server pushing back with 429/503 and Retry-After).
+    """
+
+    PAUSE = 1.0   # seconds between attempts: the script's sleep 1
+
+    def __init__(self, session, out, opts, stop):
+        self.session = session
+        self.out = out
+        self.attempts = opts.attempts
+        self.attempts_text = opts.attempts_text
+        self.stop = stop
+        self.before_request = None
+
+    def request(self, method, path, body=None, content_type=None, *, transfer_warn, transfer_final,
+                reply_warn=None, reply_final=None, accept=None):
+        """The reply ``accept`` takes (a 2xx without an error by default), or ``Exit(1)``."""
+        accept = accept or (lambda reply: reply.ok)
+        reply_final = reply_final or self.couchdb_reported
+        attempt = 0
+        while True:
+            self.check_stop()
+            if self.before_request is not None:
+                self.before_request(method, path)
+            try:
+                reply = self.session.request(method, path, body, content_type)
+            except TransferFailed as error:
+                attempt += 1
+                self.out.detail("couchdb_dump: %s" % error)
+                self._failed(attempt, error, transfer_warn, transfer_final)
+            else:
+                if accept(reply):
+                    return reply
+                if self.held_back(reply):
+                    continue
+                attempt += 1
+                self._failed(attempt, reply, reply_warn, reply_final)
+            self.check_stop()
+            time.sleep(self.PAUSE)
+
+    def held_back(self, reply):
+        """Whether the server asked to wait and the wait is over (never, here)."""
+        return False
+
+    def check_stop(self):
+        if self.stop.requested:
+            raise RestoreStopped()
+
+    def _failed(self, attempt, failure, warning, final):
+        """After a failed attempt: the WARN line, or after the last the ERROR lines and Exit."""
+        if attempt >= self.attempts:
+            final(failure)
+            raise Exit(1)
+        template, values = (warning, ()) if isinstance(warning, str) else (warning[0], tuple(warning[1:]))
+        self.out.line(template % (values + (attempt, self.attempts_text)))
+
+    def couchdb_reported(self, reply):
+        """The script's last word on an error reply: its first line, or the status."""
+        if reply.is_couchdb_error or not reply.body.strip():
+            text = reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
+        else:
+            text = b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
+        self.out.line(b"... ERROR: CouchDB Reported: " + text)
+
+    @staticmethod
+    def bulk_accepted(reply):
+        """A _bulk_docs reply that is CouchDB's: 2xx and a JSON list.
+
+        The script took any reply without an error line for success; a
+        proxy's page or an empty body then passed for a restore.
+        """
+        if not reply.ok:
+            return False
+        try:
+            return isinstance(json.loads(reply.body), list)
+        except ValueError:
+            return False
+
+
+def report_refusals(out, reply):
+    """Report the documents an accepted _bulk_docs reply still refused; returns their number."""
+    try:
+        answers = json.loads(reply.body)
+    except ValueError:
+        return 0
+    if not isinstance(answers, list):
+        return 0
+    refused = 0
+    for answer in answers:
+        if isinstance(answer, dict) and "error" in answer:
+            refused += 1
+            out.line("... ERROR: Document %s was refused: %s: %s" % (
+                json.dumps(answer.get("id"), ensure_ascii=False), answer.get("error"), answer.get("reason", "")))
+    return refused
+
+
+class TargetDatabase:
+    """The database a restore writes to, made ready as the script does.
+
+    It asks for the list of databases; a database that is missing is
+    created with -c, one that exists is deleted and created again with
+    --recreate.  ``before_change`` runs before the first request that would
+    change the server, so a plan known to fail stops the run before it.
+    """
+
+    def __init__(self, opts, out, retry, path):
+        self.opts = opts
+        self.out = out
+        self.retry = retry
+        self.path = path
+
+    def prepare(self, before_change):
+        opts, out = self.opts, self.out
+        reply = self.retry.request(
+            "GET", "/_all_dbs", accept=lambda reply: True,
+            transfer_warn="... WARN: Curl failed to get the list of databases - Attempt %d/%s. Retrying...",
+            transfer_final=lambda error: out.line("... ERROR: Curl failed to get the list of databases - Stopping"))
+        listing = reply.body.rstrip(b"\n")
+        if not (listing.startswith(b"[") and listing.endswith(b"]")):
+            out.line("... WARN: Curl failed to get the list of databases - Continuing")
+            if not listing:
+                out.line("... WARN: Curl just returned: ")
+            if opts.recreate:
+                out.line("... ERROR: --recreate needs the list of databases - Stopping")
+                raise Exit(1)
+            return
+        exists = b'"' + os.fsencode(opts.db) + b'"' in listing
+        if exists and opts.recreate:
+            before_change()
+            self.delete()
+            exists = False
+        if exists:
+            return
+        if not opts.create:
+            out.line("... ERROR: corresponding database %s not yet created - Stopping" % opts.db)
+            out.info("... HINT: you could add the -c flag to create the database automatically")
+            raise Exit(1)
+        before_change()
+        self.create()
+
+    def delete(self):
+        opts, out = self.opts, self.out
+        out.info("... INFO: Deleting database %s (--recreate)" % opts.db)
+        self.retry.request(
+            "DELETE", self.path,
+            transfer_warn=("... WARN: Curl failed to delete the database %s - Attempt %d/%s. Retrying...", opts.db),
+            transfer_final=lambda error: out.line("... ERROR: Curl failed to delete the database %s - Stopping"
+                                                  % opts.db),
+            reply_warn="... WARN: CouchDB Reported an error during db deletion - Attempt %d/%s - Retrying...")
+
+    def create(self):
+        opts, out = self.opts, self.out
+
+        def failed(error):
+            out.line("... ERROR: Curl failed to create the database %s - Stopping" % opts.db)
+            out.line(".. ERROR: See above for any errors")
+        self.retry.request(
+            "PUT", self.path,
+            transfer_warn=("... WARN: Curl failed to create the database %s - Attempt %d/%s. Retrying...", opts.db),
+            transfer_final=failed,
+            reply_warn="... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying...")
+
+
+def verify_restore(session, out, opts, path, dump, index):
+    """--verify: every document of the dump is in the database, same revision.
+
+    Reads the database's ``_all_docs`` once and marks what it finds in
+    ``index``; then names each document missing or at another revision
+    (the dump is read again to name them) and ends the run with 1.
+    """
+    out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
+    try:
+        response = session.open("GET", path + "/_all_docs")
+        scanner = JsonRowScanner(documents=False)
+        present_designs = set()
+        wanted_designs = set(index.design_ids)
+
+        def take(row):
+            value = row.get("value") or {}
+            if row.get("id") in wanted_designs:
+                present_designs.add(row["id"])
+            else:
+                index.mark(row.get("id"), value.get("rev"))
+        for block in read_blocks(response):
+            for row in scanner.feed(block):
+                take(row)
+        for row in scanner.finish():
+            take(row)
+        response.release_conn()
+    except Exception as error:
+        # Our own errors say what went wrong; any other is named by its type only.
+        why = error if isinstance(error, Failure) else _describe(error)
+        out.line("... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, why))
+        raise Exit(1)
+    missing = index.missing() + len(wanted_designs - present_designs)
+    total = len(index.keys) + len(wanted_designs)
+    if not missing:
+        out.info("... INFO: Verified: all %d documents of the dump are in %s with their revisions"
+                 " (%d design documents by id)." % (total, opts.db, len(wanted_designs)))
+        return
+    out.line("... ERROR: Verify: %d of %d documents of the dump are missing from %s or at another revision:"
+             % (missing, total, opts.db))
+    for doc_id in sorted(wanted_designs - present_designs):
+        out.line("... ERROR:   missing: %s" % json.dumps(doc_id, ensure_ascii=False))
+    for line in dump.lines():
+        body = strip_newline(line).rstrip(b",")
+        if not body.startswith(b"{") or body == BACKUP_HEADER:
+            continue
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict) or is_design_id(doc.get("_id")):
+            continue
+        if not index.has(doc.get("_id"), doc.get("_rev")):
+            out.line("... ERROR:   missing: %s at revision %s" % (
+                json.dumps(doc.get("_id"), ensure_ascii=False), doc.get("_rev")))
+    raise Exit(1)
+
+
+class ChunkUpload:
+    """The text in chunks of -l lines, each made a complete _bulk_docs body.
+
+    With --jobs N, up to N chunks are on their way at once (after every
+    design document); results are still taken in chunk order.  When a chunk
+    fails, the ones already on their way are waited for and counted before
+    the run ends, so the count told is what the server holds.
+    """
+
+    def __init__(self, restore):
+        self.opts = restore.opts
+        self.out = restore.out
+        self.retry = restore.retry
+        self.counts = restore.counts
+        self.progress = restore.progress
+        self.path = restore.db_path + "/_bulk_docs"
+        self.refuse_plan = restore.refuse_plan
+
+    def send(self, text, text_name):
+        opts, out, counts = self.opts, self.out, self.counts
+        out.info("... INFO: Block import set to %s lines." % opts.lines)
+        out.script_steps("split")
+        self.refuse_plan()
+        on_their_way = []
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(max_workers=opts.jobs)
+        try:
+            # Each chunk is built while the ones before it are on their way;
+            # its lines are printed once fewer than --jobs are: with one job,
+            # in the script's order, one request after the other.
+            for index, chunk in enumerate(text.chunks(opts.chunk_lines)):
+                while len(on_their_way) >= opts.jobs:
+                    self._collect(*on_their_way.pop(0))
+                self.retry.check_stop()
+                name = "%s.split%s" % (text_name, chunk_suffix(index))
+                out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header
+                                              else "Adding header to", name))
+                out.info("... INFO: %s %s" % ("Footer already applied to" if chunk.had_footer
+                                              else "Adding footer to", name))
+                out.info("... INFO: Inserting %s" % name)
+                on_their_way.append((name, chunk, pool.submit(self._post_chunk, name, chunk)))
+            while on_their_way:
+                self._collect(*on_their_way.pop(0))
+        except (Exit, RestoreStopped):
+            for name, chunk, future in on_their_way:
+                try:
+                    self._chunk_done(chunk, future.result())
+                except (Exit, RestoreStopped):
+                    pass
+            if counts.failed_chunk is not None:
+                out.detail("couchdb_dump: the restore stopped at %s: %d of %d documents are in the database"
+                           % (counts.failed_chunk, counts.documents_written, counts.total_documents))
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        out.line("... INFO: Import Cycle Completed.")
+
+    def _collect(self, name, chunk, future):
+        try:
+            reply = future.result()
+        except Exit:
+            self.counts.failed_chunk = name
+            raise
+        self._chunk_done(chunk, reply)
+
+    def _post_chunk(self, name, chunk):
+        return self.retry.request(
+            "POST", self.path, chunk.body, "application/json",
+            transfer_warn=("... WARN: Failed to import %s - Attempt %d/%s - Retrying...", name),
+            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to restore %s - Stopping"
+                                                       % name),
+            reply_warn="... WARN: CouchDB Reported and error during import - Attempt %d/%s - Retrying...",
+            accept=Retry.bulk_accepted)
+
+    def _chunk_done(self, chunk, reply):
+        counts = self.counts
+        counts.chunks_written += 1
+        counts.bytes_sent += len(chunk.body)
+        refused = report_refusals(self.out, reply)
+        counts.refused += refused
+        counts.documents_written += chunk.documents - refused
+        if not refused:
+            self.out.info("... INFO: Successfully Imported %d Files" % counts.chunks_written)
+        self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
+
+
+class RestoreCounts:
+    """What a restore has done, counted in one place; its --json summary.
+
+    ``documents_written`` counts the documents the server took in this run
+    (design documents included), ``refused`` those it answered with an
+    error; ``failed_chunk`` names the chunk the run stopped at.
+    """
+
+    def __init__(self, opts):
+        self.db = opts.db
+        self.file = opts.file
+        self.total_documents = 0     # in the dump
+        self.file_bytes = 0          # of the dump file, once it is checked
+        self.design_documents = 0    # PUT, once all of them are
+        self.documents_written = 0
+        self.refused = 0
+        self.chunks_written = 0
+        self.bytes_sent = 0
+        self.failed_chunk = None
+
+    def summary(self):
+        return {"mode": "restore", "db": self.db, "file": self.file, "documents": self.documents_written,
+                "design_documents": self.design_documents, "bytes": self.file_bytes}
+
+
 class Restore:
     """Restore mode: the requests couchdb-dump.sh sends, in the same order.
 
     The dump is checked whole first (``DumpSurvey``); then the database is
-    checked or created, the design documents are PUT one by one, and the
-    rest goes to ``_bulk_docs`` in one body or in chunks of ``-l`` lines.
-    Every request is retried ``-a`` times, 1 s apart, as the script does.
+    checked or created (``TargetDatabase``), the design documents are PUT
+    one by one, and the rest goes to ``_bulk_docs`` in one body or in chunks
+    of ``-l`` lines.  Every request goes through ``Retry``: ``-a`` attempts,
+    1 s apart, as the script does.  What was done is counted in
+    ``RestoreCounts``.
     """
 
     def __init__(self, opts, session, out, progress=None, stop=None):
@@ -2441,48 +2807,46 @@ class Restore:
         self.out = out
         self.progress = progress or Progress(False)
         self.stop = stop or Stop()
-        self.refused = 0
-        self.failed_chunk = None
-        self.chunks_written = 0
-        self.documents_written = 0
-        self.bytes_sent = 0
-        self.total_documents = 0
-        self.summary = {"mode": "restore", "db": opts.db, "file": opts.file,
-                        "documents": 0, "design_documents": 0, "bytes": 0}
+        self.counts = RestoreCounts(opts)
+        self.retry = Retry(session, out, opts, self.stop)
         self.db_path = "/" + quote_database(opts.db)
+
+    @property
+    def summary(self):
+        """The --json summary of the run so far."""
+        return self.counts.summary()
 
     # -- steps ------------------------------------------------------------
 
     def run(self):
-        opts, out = self.opts, self.out
+        opts, out, counts = self.opts, self.out, self.counts
         dump = self.open_dump()
         if opts.recreate and opts.db in SYSTEM_DATABASES and not opts.force:
             out.line("... ERROR: Refusing to recreate the system database %s - add --force to do it anyway" % opts.db)
             raise Exit(1)
         index = RevisionIndex() if opts.verify else None
         survey = self.survey(dump, index)
-        self.total_documents = survey.documents
-        self.summary["bytes"] = dump.size
+        counts.total_documents = survey.documents
+        counts.file_bytes = dump.size
         self.plan(survey)
         out.info("... INFO: Checking for database")
-        self.check_database()
+        TargetDatabase(opts, out, self.retry, self.db_path).prepare(self.refuse_plan)
         self.stop.graceful = True
         try:
             self.restore_documents(dump, survey)
         except RestoreStopped:
             out.line("... ERROR: Stopped by %s: %d of %d documents were written (%d chunks); the restore is incomplete."
-                     % (signal_name(self.stop.requested), self.documents_written, self.total_documents,
-                        self.chunks_written))
+                     % (signal_name(self.stop.requested), counts.documents_written, counts.total_documents,
+                        counts.chunks_written))
             raise Exit(Interrupted(self.stop.requested).code)
         finally:
             self.stop.graceful = False
             self.progress.finish()
-            self.summary["documents"] = self.documents_written
-        if self.refused:
-            out.line("... ERROR: %d documents were refused by the server: the restore is incomplete." % self.refused)
+        if counts.refused:
+            out.line("... ERROR: %d documents were refused by the server: the restore is incomplete." % counts.refused)
             raise Exit(1)
         if index is not None:
-            self.verify(dump, index)
+            verify_restore(self.session, out, opts, self.db_path, dump, index)
 
     def open_dump(self):
         opts, out = self.opts, self.out
@@ -2532,60 +2896,6 @@ class Restore:
                             % self.opts.lines)
             raise Exit(1)
 
-    def check_database(self):
-        opts, out = self.opts, self.out
-        reply = self.attempt(
-            lambda: self.session.request("GET", "/_all_dbs"),
-            accept=lambda reply: True,
-            transfer_warn="... WARN: Curl failed to get the list of databases - Attempt %d/%s. Retrying...",
-            transfer_final=lambda error: out.line("... ERROR: Curl failed to get the list of databases - Stopping"))
-        listing = reply.body.rstrip(b"\n")
-        if not (listing.startswith(b"[") and listing.endswith(b"]")):
-            out.line("... WARN: Curl failed to get the list of databases - Continuing")
-            if not listing:
-                out.line("... WARN: Curl just returned: ")
-            if opts.recreate:
-                out.line("... ERROR: --recreate needs the list of databases - Stopping")
-                raise Exit(1)
-            return
-        exists = b'"' + os.fsencode(opts.db) + b'"' in listing
-        if exists and opts.recreate:
-            self.refuse_plan()
-            self.delete_database()
-            exists = False
-        if exists:
-            return
-        if not opts.create:
-            out.line("... ERROR: corresponding database %s not yet created - Stopping" % opts.db)
-            out.info("... HINT: you could add the -c flag to create the database automatically")
-            raise Exit(1)
-        self.refuse_plan()
-        self.create_database()
-
-    def delete_database(self):
-        opts, out = self.opts, self.out
-        out.info("... INFO: Deleting database %s (--recreate)" % opts.db)
-        self.attempt(
-            lambda: self.session.request("DELETE", self.db_path),
-            transfer_warn=("... WARN: Curl failed to delete the database %s - Attempt %d/%s. Retrying...", opts.db),
-            transfer_final=lambda error: out.line("... ERROR: Curl failed to delete the database %s - Stopping"
-                                                  % opts.db),
-            reply_warn="... WARN: CouchDB Reported an error during db deletion - Attempt %d/%s - Retrying...",
-            reply_final=self._couchdb_reported)
-
-    def create_database(self):
-        opts, out = self.opts, self.out
-
-        def failed(error):
-            out.line("... ERROR: Curl failed to create the database %s - Stopping" % opts.db)
-            out.line(".. ERROR: See above for any errors")
-        self.attempt(
-            lambda: self.session.request("PUT", self.db_path),
-            transfer_warn=("... WARN: Curl failed to create the database %s - Attempt %d/%s. Retrying...", opts.db),
-            transfer_final=failed,
-            reply_warn="... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying...",
-            reply_final=self._couchdb_reported)
-
     def restore_documents(self, dump, survey):
         opts, out = self.opts, self.out
         out.info("... INFO: Checking for Design documents")
@@ -2594,45 +2904,42 @@ class Restore:
             text_name = opts.file
             fix_line = None
         else:
-            out.info("... INFO: Duplicating original file for alteration")
-            out.info("... INFO: Stripping _design elements from regular documents")
-            out.info("... INFO: Fixing end document")
+            out.script_steps("strip_designs")
             text_name = opts.file + "-nodesign"
             fix_line = self.text_newlines - 1  # sed "${line}s/,$//", counted from 1
             out.info("... INFO: Inserting Design documents")
             self.refuse_plan()
             self.put_design_documents(dump, survey)
             out.info("... INFO: Successfully imported %d Design Documents" % len(survey.designs))
-        self.summary["design_documents"] = len(survey.designs)
+        self.counts.design_documents = len(survey.designs)
         footer = None if survey.lines - 1 in survey.design_lines else strip_newline(survey.last)
         text = RestoreText(dump, survey.design_lines, fix_line, survey.first, footer)
         if self.single:
             out.info("... INFO: Small dataset. Importing as a single file.")
             self.upload_whole(text, survey.documents - len(survey.designs))
         else:
-            self.upload_chunks(text, text_name)
+            ChunkUpload(self).send(text, text_name)
 
     def put_design_documents(self, dump, survey):
-        opts, out = self.opts, self.out
+        opts, out, counts = self.opts, self.out, self.counts
         wanted = dict(survey.designs)
         design_name = opts.file + "-design"
         count = 0
         for number, line in dump.numbered_lines(wanted):
             path, body = design_document_request(line, wanted[number])
             name = "%s.%d" % (design_name, count)
-            self.attempt(
-                lambda: self.session.request("PUT", self.db_path + path, body, "application/json"),
+            self.retry.request(
+                "PUT", self.db_path + path, body, "application/json",
                 transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s. Retrying...", name),
                 transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
-                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
-                reply_final=self._couchdb_reported)
+                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...")
             count += 1
-            self.documents_written += 1
-            self.progress.update(self.documents_written, self.bytes_sent, self.total_documents)
+            counts.documents_written += 1
+            self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
 
     def upload_whole(self, text, documents):
         """Fewer lines than -l: one _bulk_docs of the whole text."""
-        opts, out = self.opts, self.out
+        opts, out, counts = self.opts, self.out, self.counts
         body = (text.size(), text.blocks)
 
         def failed(failure):
@@ -2642,226 +2949,17 @@ class Restore:
             else:
                 out.line("... ERROR: Error message was:   the connection failed (%s)" % failure)
         warning = ("... WARN: Import of %s failed - Attempt %d/%s - Retrying...", opts.file)
-        reply = self.attempt(
-            lambda: self.session.request("POST", self.db_path + "/_bulk_docs", body, "application/json"),
+        reply = self.retry.request(
+            "POST", self.db_path + "/_bulk_docs", body, "application/json",
             transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed,
-            accept=self.bulk_accepted)
-        self.chunks_written = 1
-        self.bytes_sent += body[0]
-        self.documents_written += documents - self._note_refusals(reply)
-        if not self.refused:
+            accept=Retry.bulk_accepted)
+        counts.chunks_written = 1
+        counts.bytes_sent += body[0]
+        refused = report_refusals(out, reply)
+        counts.refused += refused
+        counts.documents_written += documents - refused
+        if not counts.refused:
             out.info("... INFO: Imported %s Successfully." % opts.file)
-
-    def upload_chunks(self, text, text_name):
-        """-l lines a chunk, each made a complete _bulk_docs body.
-
-        With --jobs N, up to N chunks are on their way at once (after every
-        design document); results are still taken in chunk order.  When a
-        chunk fails, the ones already on their way are waited for and
-        counted before the run ends, so the count told is what the server
-        holds.
-        """
-        opts, out = self.opts, self.out
-        out.info("... INFO: Block import set to %s lines." % opts.lines)
-        out.info("... INFO: Generating files to import")
-        self.refuse_plan()
-        on_their_way = []
-        from concurrent.futures import ThreadPoolExecutor
-        pool = ThreadPoolExecutor(max_workers=opts.jobs)
-        try:
-            # Each chunk is built while the ones before it are on their way;
-            # its lines are printed once fewer than --jobs are: with one job,
-            # in the script's order, one request after the other.
-            for index, chunk in enumerate(text.chunks(opts.chunk_lines)):
-                while len(on_their_way) >= opts.jobs:
-                    self._collect(*on_their_way.pop(0))
-                if self.stop.requested:
-                    raise RestoreStopped()
-                name = "%s.split%s" % (text_name, chunk_suffix(index))
-                out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header
-                                              else "Adding header to", name))
-                out.info("... INFO: %s %s" % ("Footer already applied to" if chunk.had_footer
-                                              else "Adding footer to", name))
-                out.info("... INFO: Inserting %s" % name)
-                on_their_way.append((name, chunk, pool.submit(self._post_chunk, name, chunk)))
-            while on_their_way:
-                self._collect(*on_their_way.pop(0))
-        except (Exit, RestoreStopped):
-            for name, chunk, future in on_their_way:
-                try:
-                    self._chunk_done(chunk, future.result())
-                except (Exit, RestoreStopped):
-                    pass
-            if self.failed_chunk is not None:
-                out.detail("couchdb_dump: the restore stopped at %s: %d of %d documents are in the database"
-                           % (self.failed_chunk, self.documents_written, self.total_documents))
-            raise
-        finally:
-            pool.shutdown(wait=True)
-        out.line("... INFO: Import Cycle Completed.")
-
-    def _collect(self, name, chunk, future):
-        try:
-            reply = future.result()
-        except Exit:
-            self.failed_chunk = name
-            raise
-        self._chunk_done(chunk, reply)
-
-    def _post_chunk(self, name, chunk):
-        return self.attempt(
-            lambda: self.session.request("POST", self.db_path + "/_bulk_docs", chunk.body, "application/json"),
-            transfer_warn=("... WARN: Failed to import %s - Attempt %d/%s - Retrying...", name),
-            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to restore %s - Stopping"
-                                                       % name),
-            reply_warn="... WARN: CouchDB Reported and error during import - Attempt %d/%s - Retrying...",
-            reply_final=self._couchdb_reported,
-            accept=self.bulk_accepted)
-
-    def _chunk_done(self, chunk, reply):
-        self.chunks_written += 1
-        self.bytes_sent += len(chunk.body)
-        refused = self._note_refusals(reply)
-        self.documents_written += chunk.documents - refused
-        if not refused:
-            self.out.info("... INFO: Successfully Imported %d Files" % self.chunks_written)
-        self.progress.update(self.documents_written, self.bytes_sent, self.total_documents)
-
-    def verify(self, dump, index):
-        """--verify: every document of the dump is in the database, same revision."""
-        opts, out = self.opts, self.out
-        out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
-        try:
-            response = self.session.open("GET", self.db_path + "/_all_docs")
-            scanner = JsonRowScanner(documents=False)
-            present_designs = set()
-            wanted_designs = set(index.design_ids)
-
-            def take(row):
-                value = row.get("value") or {}
-                if row.get("id") in wanted_designs:
-                    present_designs.add(row["id"])
-                else:
-                    index.mark(row.get("id"), value.get("rev"))
-            for block in read_blocks(response):
-                for row in scanner.feed(block):
-                    take(row)
-            for row in scanner.finish():
-                take(row)
-            response.release_conn()
-        except Exception as error:
-            # Our own errors say what went wrong; any other is named by its type only.
-            why = error if isinstance(error, Failure) else _describe(error)
-            out.line("... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, why))
-            raise Exit(1)
-        missing = index.missing() + len(wanted_designs - present_designs)
-        total = len(index.keys) + len(wanted_designs)
-        if not missing:
-            out.info("... INFO: Verified: all %d documents of the dump are in %s with their revisions"
-                     " (%d design documents by id)." % (total, opts.db, len(wanted_designs)))
-            return
-        out.line("... ERROR: Verify: %d of %d documents of the dump are missing from %s or at another revision:"
-                 % (missing, total, opts.db))
-        for doc_id in sorted(wanted_designs - present_designs):
-            out.line("... ERROR:   missing: %s" % json.dumps(doc_id, ensure_ascii=False))
-        for line in dump.lines():
-            body = strip_newline(line).rstrip(b",")
-            if not body.startswith(b"{") or body == BACKUP_HEADER:
-                continue
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                continue
-            if not isinstance(doc, dict) or is_design_id(doc.get("_id")):
-                continue
-            if not index.has(doc.get("_id"), doc.get("_rev")):
-                out.line("... ERROR:   missing: %s at revision %s" % (
-                    json.dumps(doc.get("_id"), ensure_ascii=False), doc.get("_rev")))
-        raise Exit(1)
-
-    # -- helpers ----------------------------------------------------------
-
-    def attempt(self, send, transfer_warn, transfer_final, reply_warn=None, reply_final=None,
-                accept=lambda reply: reply.ok):
-        """Send a request up to -a times, 1 s apart, as the script retries.
-
-        A failed transfer (curl's non-zero exit) and an error reply each have
-        their warning, printed with the attempt; after the last attempt the
-        ``*_final`` callable prints the script's error and the run ends.
-        """
-        opts, out = self.opts, self.out
-        attempt = 0
-        while True:
-            attempt += 1
-            if self.stop.requested:
-                raise RestoreStopped()
-            try:
-                reply = send()
-            except TransferFailed as error:
-                out.detail("couchdb_dump: %s" % error)
-                if attempt >= opts.attempts:
-                    transfer_final(error)
-                    raise Exit(1)
-                self._warn(transfer_warn, attempt)
-            else:
-                if accept(reply):
-                    return reply
-                if attempt >= opts.attempts:
-                    reply_final(reply)
-                    raise Exit(1)
-                self._warn(reply_warn, attempt)
-            if self.stop.requested:
-                raise RestoreStopped()
-            time.sleep(1)
-            if self.stop.requested:
-                raise RestoreStopped()
-
-    def _warn(self, warning, attempt):
-        """A retry's WARN line: a template, or (template, user text...).
-
-        The user's text is a value, never part of the template: a file
-        named dump%1.json must not break the line."""
-        template, values = (warning, ()) if isinstance(warning, str) else (warning[0], tuple(warning[1:]))
-        self.out.line(template % (values + (attempt, self.opts.attempts_text)))
-
-    def _couchdb_reported(self, reply):
-        if reply.is_couchdb_error or not reply.body.strip():
-            text = reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
-        else:
-            text = b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
-        self.out.line(b"... ERROR: CouchDB Reported: " + text)
-
-    @staticmethod
-    def bulk_accepted(reply):
-        """A _bulk_docs reply that is CouchDB's: 2xx and a JSON list.
-
-        The script took any reply without an error line for success; a
-        proxy's page or an empty body then passed for a restore.
-        """
-        if not reply.ok:
-            return False
-        try:
-            return isinstance(json.loads(reply.body), list)
-        except ValueError:
-            return False
-
-    def _note_refusals(self, reply):
-        """Report the documents a successful _bulk_docs still refused; count them."""
-        try:
-            answers = json.loads(reply.body)
-        except ValueError:
-            return 0
-        if not isinstance(answers, list):
-            return 0
-        refused = 0
-        for answer in answers:
-            if isinstance(answer, dict) and "error" in answer:
-                refused += 1
-                self.out.line("... ERROR: Document %s was refused: %s: %s" % (
-                    json.dumps(answer.get("id"), ensure_ascii=False),
-                    answer.get("error"), answer.get("reason", "")))
-        self.refused += refused
-        return refused
 
 
 # ---------------------------------------------------------------------------
