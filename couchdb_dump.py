@@ -101,6 +101,7 @@ LONG_OPTIONS = {
     "json": False,
     "no-progress": False,
     "max-line-mb": True,
+    "complete": False,
 }
 
 # -l when --jobs is given without it (the bash default, 5000, otherwise).
@@ -145,6 +146,7 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 \t--no-progress       No progress line on stderr (-q turns it off too).
 \t--timeout SECONDS   Give up on a server that stops answering for that long [Default: 300]
 \t--max-line-mb N     Restore: refuse a dump line longer than N MB [Default: 64]
+\t--complete          Backup: every leaf revision (conflicts, deleted documents) with its history, and _security.
 \t-f -                Backup to standard output, or restore from standard input (gzip too).
 \t--help              Display this text [exit 0; -h exits 1, as the script].
 \t--version           Display version information [exit 0; -V exits 1, as the script].
@@ -226,6 +228,7 @@ class Options:
         self.json = False
         self.progress = True
         self.max_line = 64 << 20
+        self.complete = False
         self.cores = 1
         self.url = ""
 
@@ -399,6 +402,8 @@ def parse_options(argv, environ, out, prog):
             opts.json = True
         elif option == "--no-progress":
             opts.progress = False
+        elif option == "--complete":
+            opts.complete = True
     out.quiet = opts.quiet
     if jobs_given and not lines_given:
         # CouchDB 3.5 digests _bulk_docs of 500-1,000 documents faster than
@@ -853,10 +858,12 @@ class CouchSession:
     def _target(self, path):
         return self._origin + self._prefix + path
 
-    def open(self, method, path, body=None, content_type=None):
+    def open(self, method, path, body=None, content_type=None, accept=None):
         """Send a request and return the streaming response (not yet read)."""
         self._setup()
         headers = dict(self.headers)
+        if accept:
+            headers["Accept"] = accept
         if content_type:
             headers["Content-Type"] = content_type
         if body is not None and not isinstance(body, (bytes, bytearray)):
@@ -870,9 +877,9 @@ class CouchSession:
         except Exception as error:  # urllib3 wraps every socket failure
             raise TransferFailed(_describe(error))
 
-    def request(self, method, path, body=None, content_type=None):
+    def request(self, method, path, body=None, content_type=None, accept=None):
         """Send a request and read the whole reply."""
-        response = self.open(method, path, body, content_type)
+        response = self.open(method, path, body, content_type, accept)
         try:
             data = response.read()
         except Exception as error:
@@ -1326,6 +1333,14 @@ _JSON_TOKENS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.S)
 def compact_json(text):
     """Drop the white space between JSON tokens, keeping every token's text."""
     return _JSON_TOKENS.sub(lambda m: m.group(1) or "", text)
+
+
+def json_bytes(value):
+    """``value`` as compact JSON in UTF-8; a lone "\\ud800" escape stays an escape."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 # ---------------------------------------------------------------------------
@@ -1856,22 +1871,387 @@ class Backup:
 
 
 class _DocumentLines:
-    """Writes scanned documents in the dump layout: one a line, commas between."""
+    """Writes documents in the dump layout: one a line, commas between.
 
-    def __init__(self, target):
+    ``size`` counts the bytes of the dump written so far (before -z).
+    """
+
+    def __init__(self, target, header=BACKUP_HEADER):
         self.target = target
         self.previous = None
-        self.target.write(BACKUP_HEADER + b"\n")
+        self.size = 0
+        self._write(header + b"\n")
+
+    def _write(self, data):
+        self.target.write(data)
+        self.size += len(data)
 
     def add(self, doc):
         if self.previous is not None:
-            self.target.write(self.previous + b",\n")
+            self._write(self.previous + b",\n")
         self.previous = doc
 
     def finish(self):
         # An empty database gets the same file as from CouchDB: a blank line.
         last = self.previous if self.previous is not None else b""
-        self.target.write(last + b"\n" + FOOTER + b"\n")
+        self._write(last + b"\n" + FOOTER + b"\n")
+
+
+# -- complete backups (--complete) ------------------------------------------
+
+CHANGES_QUERY = "/_changes?style=all_docs&limit=%d&since=%s"
+BULK_GET_QUERY = "/_bulk_get?revs=true&attachments=true"
+OPEN_REVS_QUERY = "?open_revs=all&revs=true&attachments=true"
+
+
+def complete_header(security):
+    """Line 1 of a complete backup: the usual header carrying ``_security``.
+
+    CouchDB and PouchDB Server ignore the extra key of a ``_bulk_docs``
+    body, so the bash script and a plain POST still load the file.
+    """
+    return b'{"new_edits":false,"_security":' + json_bytes(security) + b',"docs":['
+
+
+def revision_order(rev):
+    """Sort key of a revision ``N-hash``: its generation, then its hash."""
+    number, _, digest = str(rev).partition("-")
+    return (int(number), digest) if number.isdigit() else (-1, str(rev))
+
+
+def document_path(doc_id):
+    """The URL path of a document below its database (``_design/`` kept)."""
+    if doc_id.startswith("_design/"):
+        return "/_design/" + quote_path_segment(doc_id[len("_design/"):])
+    return "/" + quote_path_segment(doc_id)
+
+
+class JsonCursor:
+    """Walks one JSON text value by value, handing out the server's own text.
+
+    A complete backup writes each revision as the server sent it (numbers,
+    escapes and key order unchanged), not as Python would write it again.
+    ``members`` and ``elements`` yield with the cursor on each item, which
+    the caller reads (``value``) or walks into.  Raises ValueError where
+    the text is not the JSON expected.
+    """
+
+    _WS = re.compile(r"[ \t\n\r]*")
+
+    def __init__(self, text):
+        self.text = text
+        self.pos = 0
+        self.decoder = json.JSONDecoder()
+
+    def _next(self):
+        self.pos = self._WS.match(self.text, self.pos).end()
+        if self.pos >= len(self.text):
+            raise ValueError("the reply ends early")
+        return self.text[self.pos]
+
+    def _items(self, opening, closing, keyed):
+        if self._next() != opening:
+            raise ValueError("%r expected" % opening)
+        self.pos += 1
+        if self._next() == closing:
+            self.pos += 1
+            return
+        while True:
+            if keyed:
+                key = self.value()[0]
+                if not isinstance(key, str) or self._next() != ":":
+                    raise ValueError("an object key expected")
+                self.pos += 1
+                yield key
+            else:
+                yield None
+            char = self._next()
+            self.pos += 1
+            if char == closing:
+                return
+            if char != ",":
+                raise ValueError("',' or %r expected" % closing)
+
+    def members(self):
+        """At an object: yield each key, the cursor on its value."""
+        return self._items("{", "}", True)
+
+    def elements(self):
+        """At an array: yield once for each element, the cursor on it."""
+        return self._items("[", "]", False)
+
+    def value(self):
+        """The value at the cursor, decoded, and its text."""
+        self._next()
+        start = self.pos
+        value, self.pos = self.decoder.raw_decode(self.text, start)
+        return value, self.text[start:self.pos]
+
+    def end(self):
+        if self._WS.match(self.text, self.pos).end() != len(self.text):
+            raise ValueError("data after the reply")
+
+
+class Leaf:
+    """One leaf revision as the server sent it: its dump line and what it is."""
+
+    def __init__(self, doc_id, rev, text, deleted):
+        self.doc_id = doc_id
+        self.rev = rev
+        self.line = (compact_json(text) if "\n" in text or "\r" in text else text).encode("utf-8")
+        self.deleted = deleted
+
+
+def read_revisions(cursor, doc_id=None):
+    """The entries of one document's revisions, as ``_bulk_get`` and
+    ``open_revs`` give them: ``{"ok": doc}``, ``{"missing": rev}`` (PouchDB)
+    or ``{"error": {...}}`` (CouchDB).
+
+    Returns ``(leaves, missing revisions)``.  An error other than not_found
+    fails the backup: a leaf the server will not give is no complete backup.
+    """
+    leaves, missing = [], []
+    for _ in cursor.elements():
+        for key in cursor.members():
+            value, text = cursor.value()
+            if key == "ok" and isinstance(value, dict) and isinstance(value.get("_id"), str):
+                leaves.append(Leaf(value["_id"], value.get("_rev"), text, value.get("_deleted") is True))
+            elif key == "missing":
+                missing.append((doc_id, value))
+            elif key == "error" and isinstance(value, dict):
+                if value.get("error") != "not_found":
+                    raise BackupFailed("the server did not give %s at revision %s: %s: %s" % (
+                        json.dumps(value.get("id", doc_id), ensure_ascii=False), value.get("rev"),
+                        value.get("error"), value.get("reason", "")))
+                missing.append((value.get("id", doc_id), value.get("rev")))
+    return leaves, missing
+
+
+def read_bulk_get(text):
+    """A ``_bulk_get`` reply -> ``(leaves, missing (id, rev) pairs)``."""
+    cursor = JsonCursor(text)
+    leaves, missing = [], []
+    for key in cursor.members():
+        if key != "results":
+            cursor.value()
+            continue
+        for _ in cursor.elements():
+            doc_id, entries = None, ([], [])
+            for item in cursor.members():
+                if item == "docs":
+                    entries = read_revisions(cursor)
+                else:
+                    value = cursor.value()[0]
+                    if item == "id":
+                        doc_id = value
+            leaves.extend(entries[0])
+            missing.extend((pair_id if pair_id is not None else doc_id, rev) for pair_id, rev in entries[1])
+    cursor.end()
+    return leaves, missing
+
+
+def read_open_revs(text):
+    """A ``GET {id}?open_revs=all`` reply (JSON) -> ``(leaves, missing)``."""
+    cursor = JsonCursor(text)
+    found = read_revisions(cursor)
+    cursor.end()
+    return found
+
+
+def read_changes_page(text):
+    """One ``_changes?style=all_docs`` page -> ``(rows, last_seq, pending)``.
+
+    Each row is ``(id, its leaf revisions sorted by revision_order)``.
+    """
+    page = json.loads(text)
+    if not isinstance(page, dict) or not isinstance(page.get("results"), list) or "last_seq" not in page:
+        raise ValueError("a _changes reply without results and last_seq")
+    rows = []
+    for row in page["results"]:
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str) \
+                or not isinstance(row.get("changes"), list) \
+                or not all(isinstance(change, dict) and isinstance(change.get("rev"), str)
+                           for change in row["changes"]):
+            raise ValueError("a _changes row without id and revisions")
+        revs = sorted({change["rev"] for change in row["changes"]}, key=revision_order)
+        rows.append((row["id"], revs))
+    return rows, page["last_seq"], page.get("pending")
+
+
+class CompleteBackup(Backup):
+    """Backup with --complete: every leaf revision, with its history.
+
+    The document ids and their leaves come from ``_changes?style=all_docs``
+    in pages of ``PAGE``; the leaves themselves from ``_bulk_get`` in
+    batches of about ``BATCH`` revisions (or one ``open_revs=all`` GET per
+    document where the server has no ``_bulk_get``).  Line 1 carries the
+    ``_security`` object; then one leaf a line, in the feed's order, each
+    document's leaves sorted by revision, so the same database always gives
+    the same file.  Memory holds one page and one batch, whatever the size
+    of the database.  ``_local`` documents are left out on purpose.
+    Every request is tried -a times, 1 s apart.
+    """
+
+    PAGE = 10000
+    BATCH = 500
+
+    def __init__(self, opts, session, out, progress=None):
+        super().__init__(opts, session, out, progress)
+        self.summary.update({"complete": True, "leaves": 0, "deleted": 0, "conflicted": 0})
+        self.db_path = "/" + quote_database(opts.db)
+        self.bulk_get = True
+        self.vanished = set()   # ids with a leaf gone before it was read, not seen again yet
+
+    def _transfer(self, path, target):
+        try:
+            return False, self._copy(target)
+        except BackupFailed as error:
+            self.out.line("... ERROR: Backup failed, no file written: %s." % error)
+            raise Exit(1)
+        except (Exit, Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            self._curl_failed(error)
+
+    def _copy(self, target):
+        """Write the whole file; returns its size before compression."""
+        security = self._ask("Reading the _security object", "GET", self.db_path + "/_security")
+        if not isinstance(security, dict):
+            raise BackupFailed("the _security object is not a JSON object")
+        lines = _DocumentLines(target, complete_header(security))
+        batch, size = [], 0
+        for rows in self._pages():
+            for doc_id, revs in rows:
+                if doc_id.startswith("_local/"):
+                    continue
+                self.vanished.discard(doc_id)
+                batch.append((doc_id, revs))
+                size += len(revs)
+                if size >= self.BATCH:
+                    self._write(batch, lines)
+                    batch, size = [], 0
+        if batch:
+            self._write(batch, lines)
+        lines.finish()
+        if self.vanished:
+            gone = sorted(self.vanished)
+            self.out.line("... WARN: %d documents were purged while the backup ran and are not in it: %s"
+                          % (len(gone), ", ".join(json.dumps(i, ensure_ascii=False) for i in gone[:10])))
+        return lines.size
+
+    def _pages(self):
+        """Yield the feed's rows a page at a time, until a page is empty.
+
+        A page shorter than asked is not taken for the end: a server may
+        cap its pages.  CouchDB's ``pending`` of 0 ends it one request early.
+        """
+        since = 0
+        while True:
+            seq = since if isinstance(since, str) else json.dumps(since)
+            rows, last_seq, pending = self._ask(
+                "Reading the changes feed", "GET",
+                self.db_path + CHANGES_QUERY % (self.PAGE, quote_path_segment(seq)), read=read_changes_page)
+            if not rows:
+                return
+            yield rows
+            if last_seq == since:
+                raise BackupFailed("the changes feed does not move on after %s" % json.dumps(since))
+            since = last_seq
+            if pending == 0:
+                return
+
+    def _write(self, batch, lines):
+        """Read the leaves of a batch of documents and write them in order."""
+        found = {}
+        missing = []
+        if self.bulk_get:
+            body = json.dumps({"docs": [{"id": doc_id, "rev": rev} for doc_id, revs in batch for rev in revs]},
+                              separators=(",", ":")).encode("ascii")
+            reply = self._ask("Reading %d revisions (_bulk_get)" % sum(len(revs) for _, revs in batch),
+                              "POST", self.db_path + BULK_GET_QUERY, body, read=read_bulk_get, tolerate=(404, 405))
+            if isinstance(reply, Reply):
+                self.bulk_get = False
+                self.out.line("... WARN: The server has no _bulk_get (HTTP %d): reading the revisions of each"
+                              " document by itself." % reply.status)
+            else:
+                leaves, missing = reply
+                for leaf in leaves:
+                    found[(leaf.doc_id, leaf.rev)] = leaf
+        if self.bulk_get:
+            by_document = [(doc_id, [found.get((doc_id, rev)) for rev in revs]) for doc_id, revs in batch]
+            unanswered = {pair for pair in ((doc_id, rev) for doc_id, revs in batch for rev in revs)
+                          if pair not in found} - set(missing)
+            if unanswered:
+                doc_id, rev = min(unanswered)
+                raise BackupFailed("the _bulk_get reply lacks %s at revision %s"
+                                   % (json.dumps(doc_id, ensure_ascii=False), rev))
+        else:
+            by_document = [(doc_id, self._open_revs(doc_id)) for doc_id, _ in batch]
+        last = {doc_id: index for index, (doc_id, _) in enumerate(batch)}
+        for index, (doc_id, leaves) in enumerate(by_document):
+            if None in leaves and last[doc_id] == index:
+                # Gone since it was listed: changed (it comes again later in
+                # the feed, with its new leaves) or purged.
+                self.vanished.add(doc_id)
+            self._add(doc_id, [leaf for leaf in leaves if leaf is not None], lines)
+
+    def _open_revs(self, doc_id):
+        """Every leaf of one document, without _bulk_get; [None] when it is gone."""
+        reply = self._ask("Reading the revisions of " + json.dumps(doc_id, ensure_ascii=False), "GET",
+                          self.db_path + document_path(doc_id) + OPEN_REVS_QUERY, read=read_open_revs,
+                          tolerate=(404,))
+        if isinstance(reply, Reply):
+            return [None]
+        leaves, missing = reply
+        return sorted(leaves, key=lambda leaf: revision_order(leaf.rev)) + [None] * bool(missing)
+
+    def _add(self, doc_id, leaves, lines):
+        if not leaves:
+            return
+        summary = self.summary
+        for leaf in leaves:
+            lines.add(leaf.line)
+        alive = sum(1 for leaf in leaves if not leaf.deleted)
+        summary["leaves"] += len(leaves)
+        if alive:
+            summary["documents"] += 1
+            summary["design_documents"] += doc_id.startswith("_design/")
+        else:
+            summary["deleted"] += 1
+        summary["conflicted"] += alive > 1
+        self.progress.update(summary["documents"] + summary["deleted"], lines.size)
+
+    def _ask(self, what, method, path, body=None, read=json.loads, tolerate=()):
+        """One request, tried -a times 1 s apart; returns ``read`` of its
+        reply, or the ``Reply`` itself when its status is in ``tolerate``.
+
+        A broken transfer, a 5xx or a reply that is not the JSON expected is
+        tried again; a CouchDB error with a 4xx status ends the run.
+        """
+        opts, out = self.opts, self.out
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply = self.session.request(method, path, body, "application/json" if body is not None else None,
+                                             accept="application/json")
+                if reply.status in tolerate:
+                    return reply
+                if reply.ok:
+                    return read(reply.body.decode("utf-8"))
+                if reply.is_couchdb_error and 400 <= reply.status < 500:
+                    out.line(b"... ERROR: CouchDB reported: " + reply.first_line)
+                    raise Exit(1)
+                problem = "HTTP %d" % reply.status
+            except TransferFailed as error:
+                problem = str(error)
+            except ValueError as error:   # UnicodeDecodeError and JSONDecodeError too
+                problem = "the reply is not the JSON expected: %s" % error
+            if attempt >= opts.attempts:
+                raise BackupFailed("%s failed after %d attempts (%s)" % (what, attempt, problem))
+            out.line("... WARN: %s failed (%s) - Attempt %d/%s - Retrying..."
+                     % (what, problem, attempt, opts.attempts_text))
+            time.sleep(1)
 
 
 # ---------------------------------------------------------------------------
@@ -2072,10 +2452,7 @@ def design_document_request(line, doc_id):
             doc = json.loads(trimmed)
             doc.pop("_id", None)
             doc.pop("_rev", None)
-            try:
-                body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            except UnicodeEncodeError:   # a lone "\ud800" escape stays an escape
-                body = json.dumps(doc, separators=(",", ":")).encode("ascii")
+            body = json_bytes(doc)
         except (ValueError, AttributeError):
             body = trimmed
     name = doc_id[len(DESIGN_PREFIX):] if is_design_id(doc_id) else doc_id
@@ -3015,7 +3392,10 @@ def main(argv=None, environ=None, stdout=None):
         out.progress = progress
         tune_memory()
         session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ)
-        job = Backup(opts, session, out, progress) if opts.backup else Restore(opts, session, out, progress, stop)
+        if opts.backup:
+            job = (CompleteBackup if opts.complete else Backup)(opts, session, out, progress)
+        else:
+            job = Restore(opts, session, out, progress, stop)
         job.run()
         code = 0
     except Exit as done:
