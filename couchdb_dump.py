@@ -2137,6 +2137,10 @@ class CompleteBackup(Backup):
             gone = sorted(self.vanished)
             self.out.line("... WARN: %d documents were purged while the backup ran and are not in it: %s"
                           % (len(gone), ", ".join(json.dumps(i, ensure_ascii=False) for i in gone[:10])))
+        summary = self.summary
+        self.out.info("... INFO: Complete backup: %d leaf revisions of %d documents and %d deleted ones"
+                      " (%d with conflicts)." % (summary["leaves"], summary["documents"], summary["deleted"],
+                                                 summary["conflicted"]))
         return lines.size
 
     def _pages(self):

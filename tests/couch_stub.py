@@ -3,9 +3,14 @@
 It keeps databases and documents in memory and answers the few endpoints the
 port uses (`GET /_all_dbs`, `PUT /db`, `DELETE /db`, `PUT /db/_design/x`,
 `POST /db/_bulk_docs`, `GET /db/_all_docs`) the way Apache CouchDB lays them
-out.  Every request is recorded.  A test can replace the answer to any
-request with `faults`: a callable taking the request's index, method and path
-and returning None (answer normally) or one of the actions of `Fault`.  With
+out.  For complete backups it also keeps revision trees: `put_leaves` stores
+leaf revisions as `_bulk_docs` with `new_edits:false` does, and it answers
+`GET /db/_changes?style=all_docs` (pages of `limit`, capped by
+`changes_page`), `POST /db/_bulk_get` (refused with `bulk_get_status`),
+`GET /db/id?open_revs=all`, `GET`/`PUT /db/_security` and `POST /db/_revs_diff`.
+Every request is recorded.  A test can replace the answer to any request
+with `faults`: a callable taking the request's index, method and path and
+returning None (answer normally) or one of the actions of `Fault`.  With
 `chunking`, `_all_docs` replies go out chunked as it cuts them (see
 `couchdb_chunks`).
 """
@@ -16,7 +21,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 
 @dataclass
@@ -39,7 +44,25 @@ class Fault:
 
 @dataclass
 class Store:
-    databases: dict = field(default_factory=dict)   # name -> {id: doc}
+    databases: dict = field(default_factory=dict)   # name -> {id: doc}, the winners
+    leaves: dict = field(default_factory=dict)      # name -> {id: {rev: leaf doc with _revisions}}
+    known: dict = field(default_factory=dict)       # name -> {id: every revision ever stored}
+    seqs: dict = field(default_factory=dict)        # name -> {id: seq of its last change}, in order
+    security: dict = field(default_factory=dict)    # name -> the _security object
+    seq: int = 0
+
+
+def revision_order(rev):
+    number, _, digest = rev.partition("-")
+    return int(number), digest
+
+
+def history(doc):
+    """The revisions a leaf names, newest first (its own, then ancestors)."""
+    revisions = doc.get("_revisions")
+    if not revisions:
+        return [doc["_rev"]]
+    return ["%d-%s" % (revisions["start"] - i, h) for i, h in enumerate(revisions["ids"])]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -166,10 +189,14 @@ def sized_chunks(size):
 class CouchStub:
     """The stand-in server: `with CouchStub() as stub:` gives `stub.url`."""
 
-    def __init__(self, faults=None, databases=(), lose=None, chunking=None):
+    def __init__(self, faults=None, databases=(), lose=None, chunking=None, changes_page=None,
+                 bulk_get_status=None, bulk_get_reversed=False):
         self.faults = faults
         self.chunking = chunking   # body -> HTTP chunks of _all_docs replies (else Content-Length)
         self.lose = lose
+        self.changes_page = changes_page            # the most rows a _changes page holds
+        self.bulk_get_status = bulk_get_status      # e.g. 405: _bulk_get refused, as an old server
+        self.bulk_get_reversed = bulk_get_reversed  # answer _bulk_get out of order, as PouchDB Server may
         self.requests = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -190,6 +217,111 @@ class CouchStub:
         self.server.shutdown()
         self.server.server_close()
 
+    # -- revision trees ---------------------------------------------------------
+
+    def put_leaves(self, db, docs):
+        """Store docs as `_bulk_docs` with `new_edits:false` does: each is a
+        leaf; the leaves its `_revisions` names as ancestors stop being ones."""
+        for doc in docs:
+            self._store_leaf(db, doc)
+
+    def _store_leaf(self, db, doc):
+        store = self.store
+        doc_id = doc["_id"]
+        tree = store.leaves.setdefault(db, {}).setdefault(doc_id, {})
+        if not tree and doc_id in store.databases[db]:
+            old = store.databases[db][doc_id]
+            tree[old["_rev"]] = old
+        names = history(doc)
+        for rev in names[1:]:
+            tree.pop(rev, None)
+        if not any(names[0] in history(leaf)[1:] for leaf in tree.values()):
+            tree[names[0]] = doc
+        store.known.setdefault(db, {}).setdefault(doc_id, set()).update(names)
+        winner = max(tree.values(), key=lambda d: (not d.get("_deleted"), revision_order(d["_rev"])))
+        if winner.get("_deleted"):
+            store.databases[db].pop(doc_id, None)
+        else:
+            store.databases[db][doc_id] = winner
+        self._changed(db, doc_id)
+
+    def _changed(self, db, doc_id):
+        seqs = self.store.seqs.setdefault(db, {})
+        seqs.pop(doc_id, None)
+        self.store.seq += 1
+        seqs[doc_id] = self.store.seq
+
+    def leaves_of(self, db, doc_id):
+        """{rev: leaf} of a document, each leaf with its `_revisions`."""
+        tree = self.store.leaves.get(db, {}).get(doc_id)
+        if tree is None:
+            doc = self.store.databases[db].get(doc_id)
+            if doc is None:
+                return {}
+            tree = {doc["_rev"]: doc}
+        out = {}
+        for rev, leaf in tree.items():
+            leaf = dict(leaf)
+            if "_revisions" not in leaf:
+                number, _, digest = rev.partition("-")
+                leaf["_revisions"] = {"start": int(number), "ids": [digest]}
+            out[rev] = leaf
+        return out
+
+    def _feed(self, db):
+        """Every document id in the order of its last change."""
+        seqs = self.store.seqs.setdefault(db, {})
+        for doc_id in sorted(set(self.store.databases[db]) - set(seqs)):
+            self._changed(db, doc_id)   # stored by a test directly: listed now
+        return [(seq, doc_id) for doc_id, seq in seqs.items() if self.leaves_of(db, doc_id)]
+
+    def _changes(self, db, query):
+        args = parse_qs(query)
+        since = args.get("since", ["0"])[0]
+        since = int(since.split("-")[0]) if since not in ("", "now") else 0
+        limit = int(args.get("limit", ["1000000000"])[0])
+        if self.changes_page:
+            limit = min(limit, self.changes_page)
+        rows = [(seq, doc_id) for seq, doc_id in self._feed(db) if seq > since]
+        page, rest = rows[:limit], rows[limit:]
+        lines = []
+        for seq, doc_id in page:
+            leaves = self.leaves_of(db, doc_id)
+            row = {"seq": "%d-g1AAAAstub" % seq, "id": doc_id,
+                   "changes": [{"rev": rev} for rev in sorted(leaves, key=revision_order, reverse=True)]}
+            if all(leaf.get("_deleted") for leaf in leaves.values()):
+                row["deleted"] = True
+            lines.append(json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode())
+        last = page[-1][0] if page else since
+        # CouchDB's layout: a row a line, last_seq an opaque string, pending.
+        return 200, (b'{"results":[\n' + b",\n".join(lines) + b'\n],\n"last_seq":"%d-g1AAAAstub","pending":%d}\n'
+                     % (last, len(rest)))
+
+    def _bulk_get(self, db, body):
+        if self.bulk_get_status:
+            return self.bulk_get_status, b'{"error":"method_not_allowed","reason":"Only GET,HEAD allowed"}\n'
+        results = []
+        for wanted in json.loads(body)["docs"]:
+            leaf = self.leaves_of(db, wanted["id"]).get(wanted.get("rev"))
+            if leaf is None:
+                entry = {"error": {"id": wanted["id"], "rev": wanted.get("rev"), "error": "not_found",
+                                   "reason": "missing"}}
+            else:
+                entry = {"ok": leaf}
+            results.append({"id": wanted["id"], "docs": [entry]})
+        if self.bulk_get_reversed:
+            results.reverse()
+        return 200, json.dumps({"results": results}, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+    def _revs_diff(self, db, body):
+        answer = {}
+        for doc_id, revs in json.loads(body).items():
+            known = self.store.known.get(db, {}).get(doc_id, set()) | set(self.leaves_of(db, doc_id))
+            missing = [rev for rev in revs if rev not in known]
+            if missing:
+                answer[doc_id] = {"missing": missing}
+        return 200, json.dumps(answer).encode() + b"\n"
+
     # -- the CouchDB endpoints ------------------------------------------------
 
     def answer(self, request):
@@ -203,6 +335,8 @@ class CouchStub:
         db = parts[0]
         if request.method == "DELETE" and len(parts) == 1:
             del dbs[db]
+            for kept in (self.store.leaves, self.store.known, self.store.seqs, self.store.security):
+                kept.pop(db, None)
             return 200, b'{"ok":true}\n'
         if request.method == "PUT" and len(parts) == 1:
             if db in dbs:
@@ -221,13 +355,36 @@ class CouchStub:
         if request.method == "POST" and parts[1:] == ["_bulk_docs"]:
             payload = json.loads(request.body)
             for doc in payload["docs"]:
-                if self.lose is None or not self.lose(doc["_id"]):
+                if self.lose is not None and self.lose(doc["_id"]):
+                    continue
+                if "_revisions" in doc or doc["_id"] in self.store.leaves.get(db, {}) or doc.get("_deleted"):
+                    self._store_leaf(db, doc)
+                else:
                     dbs[db][doc["_id"]] = doc
+                    self.store.known.setdefault(db, {}).setdefault(doc["_id"], set()).add(doc["_rev"])
+                    self._changed(db, doc["_id"])
             return 201, b"[]\n"
+        if parts[1:] == ["_security"]:
+            if request.method == "PUT":
+                self.store.security[db] = json.loads(request.body)
+                return 200, b'{"ok":true}\n'
+            return 200, json.dumps(self.store.security.get(db, {})).encode() + b"\n"
+        if request.method == "GET" and parts[1:] == ["_changes"]:
+            return self._changes(db, query)
+        if request.method == "POST" and parts[1:] == ["_bulk_get"]:
+            return self._bulk_get(db, request.body)
+        if request.method == "POST" and parts[1:] == ["_revs_diff"]:
+            return self._revs_diff(db, request.body)
+        if request.method == "GET" and len(parts) >= 2 and "open_revs=all" in query:
+            leaves = self.leaves_of(db, "/".join(parts[1:]))
+            if not leaves:
+                return 404, b'{"error":"not_found","reason":"missing"}\n'
+            return 200, json.dumps([{"ok": leaves[rev]} for rev in sorted(leaves, key=revision_order)],
+                                   separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         if request.method == "GET" and parts[1:] == ["_all_docs"]:
             rows = []
             for doc_id in sorted(dbs[db]):
-                doc = dbs[db][doc_id]
+                doc = {k: v for k, v in dbs[db][doc_id].items() if k != "_revisions"}
                 rows.append(json.dumps({"id": doc_id, "key": doc_id, "value": {"rev": doc["_rev"]}, "doc": doc},
                                        separators=(",", ":"), ensure_ascii=False).encode())
             # CouchDB's layout: one row a line, CRLF between, an empty line when no rows.

@@ -1,0 +1,412 @@
+"""Complete backups (--complete, issue #13): every leaf revision, deleted and
+conflicting ones included, each with its `_revisions`, and `_security`.
+
+The stub server (tests/couch_stub.py) serves the paging, the `_bulk_get`
+refusal and the faults; PouchDB Server 4.2.0 the real round trip.
+"""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from couch_stub import CouchStub, Fault
+
+REPO = Path(__file__).resolve().parent.parent
+PROGRAM = REPO / "couchdb_dump.py"
+SECURITY = {"admins": {"names": ["boss"], "roles": ["ops"]}, "members": {"names": ["ann", "bob"], "roles": ["staff"]}}
+
+
+# -- helpers ------------------------------------------------------------------
+
+def environment():
+    return {k: v for k, v in os.environ.items() if k not in ("COUCHDB_USER", "COUCHDB_PASS")}
+
+
+def run_port(port, args, cwd, stdin=None):
+    return subprocess.run([sys.executable, str(PROGRAM), *args[:1], "-H", "127.0.0.1", "-P", str(port), *args[1:]],
+                          cwd=str(cwd), env=environment(), input=stdin, capture_output=True, timeout=600)
+
+
+def says(result):
+    return "rc=%d\nstdout:\n%s\nstderr:\n%s" % (result.returncode, result.stdout.decode("utf-8", "replace")[-3000:],
+                                                result.stderr.decode("utf-8", "replace")[-3000:])
+
+
+def revisions(rev, *ancestors):
+    """`_revisions` of `rev` over `ancestors` (hashes, newest first)."""
+    number, _, digest = rev.partition("-")
+    return {"start": int(number), "ids": [digest, *ancestors]}
+
+
+def leaf(doc_id, rev, *ancestors, **body):
+    doc = {"_id": doc_id, "_rev": rev, "_revisions": revisions(rev, *ancestors)}
+    doc.update(body)
+    return doc
+
+
+# The stub's database: conflicts, tombstones, a design document, attachments.
+STUB_LEAVES = [
+    leaf("three", "2-b", "a", v="b"), leaf("three", "2-c", "a", v="c"), leaf("three", "3-d", "x", "a", v="d"),
+    leaf("gone", "3-c", "b", "a", _deleted=True),
+    leaf("gone_conflict", "3-d", "b", "a", _deleted=True), leaf("gone_conflict", "3-e", "c", "a", _deleted=True),
+    leaf("_design/app", "3-z", "y", "x", views={"all": {"map": "function (doc) { emit(doc._id, 1); }"}}),
+    leaf("att", "2-b", "a", _attachments={"n.txt": {"content_type": "text/plain", "data": "aGVsbG8="}}),
+    leaf("att", "2-c", "a", v=1.10),
+    leaf("caf\u00e9 \"q\"", "1-a", text="\u00e9t\u00e9 \\ \U0001F600"),
+]
+
+
+def stub_with(count=40, **options):
+    stub = CouchStub(databases=["db"], **options)
+    stub.put_leaves("db", STUB_LEAVES)
+    stub.put_leaves("db", [{"_id": "doc%05d" % i, "_rev": "1-%032x" % i, "n": i} for i in range(count)])
+    stub.store.security["db"] = SECURITY
+    return stub
+
+
+def backup_from(stub, cwd, *extra, name="complete.json"):
+    with stub:
+        result = run_port(stub.port, ["-b", "--complete", "-d", "db", "-f", name, *extra], cwd)
+    return result
+
+
+def dump_lines(data):
+    """The documents of a dump, one a line, parsed."""
+    lines = data.decode("utf-8").split("\n")
+    assert lines[-1] == "" and lines[-2] == "]}"
+    return [json.loads(line.rstrip(",")) for line in lines[1:-2] if line]
+
+
+def header(data):
+    return json.loads(data.split(b"\n", 1)[0] + b"]}")
+
+
+def winner(leaves):
+    """CouchDB's winning revision: not deleted first, then the highest revision."""
+    def order(doc):
+        number, _, digest = doc["_rev"].partition("-")
+        return (not doc.get("_deleted"), int(number), digest)
+    return max(leaves, key=order)
+
+
+# -- the file -----------------------------------------------------------------
+
+def test_complete_backup_writes_every_leaf_with_its_history_and_security_in_the_header(tmp_path):
+    result = backup_from(stub_with(count=5), tmp_path, "--json")
+    assert result.returncode == 0, says(result)
+    data = (tmp_path / "complete.json").read_bytes()
+    first = data.split(b"\n", 1)[0]
+    assert first == b'{"new_edits":false,"_security":' + json.dumps(SECURITY, separators=(",", ":")).encode() \
+        + b',"docs":['
+    docs = dump_lines(data)
+    got = {(d["_id"], d["_rev"]) for d in docs}
+    expected = {(d["_id"], d["_rev"]) for d in STUB_LEAVES} | {("doc%05d" % i, "1-%032x" % i) for i in range(5)}
+    assert got == expected and len(docs) == len(expected)
+    for doc in docs:
+        assert doc["_revisions"]["start"] == int(doc["_rev"].split("-")[0])
+        assert doc["_revisions"]["ids"][0] == doc["_rev"].split("-")[1]
+    # Every document's leaves together, sorted by revision.
+    ids = [d["_id"] for d in docs]
+    assert all(ids.index(i) + ids.count(i) - 1 == len(ids) - 1 - ids[::-1].index(i) for i in set(ids))
+    assert [d["_rev"] for d in docs if d["_id"] == "three"] == ["2-b", "2-c", "3-d"]
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["ok"] is True
+    assert (summary["leaves"], summary["documents"], summary["deleted"], summary["conflicted"],
+            summary["design_documents"]) == (len(expected), 5 + 4, 2, 2, 1)
+    assert summary["bytes"] == len(data)
+
+
+def test_complete_backup_keeps_the_servers_bytes_of_each_revision(tmp_path):
+    result = backup_from(stub_with(count=0), tmp_path)
+    assert result.returncode == 0, says(result)
+    data = (tmp_path / "complete.json").read_bytes()
+    assert b'"v":1.1,' not in data or b'"v":1.10' in data
+    assert '"text":"\u00e9t\u00e9 \\\\ \U0001F600"'.encode("utf-8") in data
+
+
+def test_changes_read_in_pages_of_three_give_the_same_file_as_one_page(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "paged").mkdir()
+    one = backup_from(stub_with(count=700), tmp_path / "one")
+    paged_stub = stub_with(count=700, changes_page=3)
+    paged = backup_from(paged_stub, tmp_path / "paged")
+    assert one.returncode == 0 and paged.returncode == 0, says(one) + says(paged)
+    changes = [r for r in paged_stub.requests if r.path.startswith("/db/_changes")]
+    assert len(changes) > 200
+    bulk = [r for r in paged_stub.requests if r.path.startswith("/db/_bulk_get")]
+    assert all(len(json.loads(r.body)["docs"]) <= 503 for r in bulk) and len(bulk) >= 2
+    assert (tmp_path / "one" / "complete.json").read_bytes() == (tmp_path / "paged" / "complete.json").read_bytes()
+
+
+def test_bulk_get_answered_out_of_order_gives_the_same_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert backup_from(stub_with(), tmp_path / "a").returncode == 0
+    assert backup_from(stub_with(bulk_get_reversed=True), tmp_path / "b").returncode == 0
+    assert (tmp_path / "a" / "complete.json").read_bytes() == (tmp_path / "b" / "complete.json").read_bytes()
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_refused_bulk_get_falls_back_to_one_request_a_document_with_the_same_file(tmp_path, status):
+    (tmp_path / "bulk").mkdir()
+    (tmp_path / "single").mkdir()
+    assert backup_from(stub_with(), tmp_path / "bulk").returncode == 0
+    stub = stub_with(bulk_get_status=status)
+    result = backup_from(stub, tmp_path / "single")
+    assert result.returncode == 0, says(result)
+    assert (tmp_path / "bulk" / "complete.json").read_bytes() == (tmp_path / "single" / "complete.json").read_bytes()
+    notices = [line for line in result.stdout.decode().splitlines() if "_bulk_get" in line]
+    assert len(notices) == 1 and notices[0].startswith("... WARN: The server has no _bulk_get (HTTP %d)" % status)
+    assert sum(r.path.startswith("/db/_bulk_get") for r in stub.requests) == 1
+    assert sum("open_revs=all" in r.path for r in stub.requests) == len({d["_id"] for d in STUB_LEAVES}) + 40
+    assert any(r.path.startswith("/db/_design/app?open_revs=all") for r in stub.requests)
+
+
+def only(kind, times=None):
+    """A `faults` callable: requests whose path starts with `kind[0]` get the
+    fault `kind[1]`, the first `times` of them (None: all)."""
+    prefix, fault = kind
+    seen = [0]
+    lock = threading.Lock()
+
+    def faults(index, method, path):
+        if not path.startswith(prefix):
+            return None
+        with lock:
+            seen[0] += 1
+            number = seen[0]
+        return fault if times is None or number <= times else None
+    return faults
+
+
+CUT_PAGE = ("/db/_changes", Fault("cut", body=b'{"results":[\n{"seq":"1-g1AAAAstub","id":"doc0'))
+FAILED_BULK_GET = ("/db/_bulk_get", Fault("status", status=500))
+DROPPED_BULK_GET = ("/db/_bulk_get", Fault("drop"))
+
+
+@pytest.mark.parametrize("fault", [CUT_PAGE, FAILED_BULK_GET, DROPPED_BULK_GET], ids=["cut-page", "bulk-500",
+                                                                                      "bulk-drop"])
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_a_fault_that_lasts_fails_the_backup_after_the_attempts_and_leaves_no_file(tmp_path, fault, compress):
+    stub = stub_with(faults=only(fault))
+    result = backup_from(stub, tmp_path, *(["-z"] if compress else []))
+    assert result.returncode == 1, says(result)
+    assert os.listdir(tmp_path) == []
+    out = result.stdout.decode()
+    assert "... ERROR: Backup failed, no file written: " in out
+    assert out.count("... WARN: ") == 2 and "Attempt 2/3 - Retrying..." in out
+    assert sum(r.path.startswith(fault[0]) for r in stub.requests) == 3
+
+
+@pytest.mark.parametrize("fault", [CUT_PAGE, FAILED_BULK_GET, DROPPED_BULK_GET], ids=["cut-page", "bulk-500",
+                                                                                      "bulk-drop"])
+def test_a_fault_that_happens_once_is_retried_and_gives_the_same_file(tmp_path, fault):
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "fault").mkdir()
+    assert backup_from(stub_with(), tmp_path / "clean").returncode == 0
+    result = backup_from(stub_with(faults=only(fault, times=1)), tmp_path / "fault")
+    assert result.returncode == 0, says(result)
+    assert "Attempt 1/3 - Retrying..." in result.stdout.decode()
+    assert (tmp_path / "clean" / "complete.json").read_bytes() == (tmp_path / "fault" / "complete.json").read_bytes()
+
+
+def test_unreadable_security_object_fails_the_backup_with_no_file(tmp_path):
+    refuse = ("/db/_security", Fault("status", status=403,
+                                     body=b'{"error":"forbidden","reason":"You are not a db or server admin."}\n'))
+    result = backup_from(stub_with(faults=only(refuse)), tmp_path)
+    assert result.returncode == 1, says(result)
+    assert os.listdir(tmp_path) == []
+    assert '... ERROR: CouchDB reported: {"error":"forbidden"' in result.stdout.decode()
+
+
+def test_gzip_and_standard_output_carry_the_same_bytes_as_the_plain_file(tmp_path):
+    assert backup_from(stub_with(), tmp_path).returncode == 0
+    plain = (tmp_path / "complete.json").read_bytes()
+    assert backup_from(stub_with(), tmp_path, "-z", name="z.json").returncode == 0
+    assert gzip.decompress((tmp_path / "z.json.gz").read_bytes()) == plain
+    piped = backup_from(stub_with(), tmp_path, name="-")
+    assert piped.returncode == 0 and piped.stdout == plain
+
+
+def test_winners_of_a_complete_backup_are_the_documents_of_a_default_backup(tmp_path):
+    stub = stub_with()
+    with stub:
+        default = run_port(stub.port, ["-b", "-d", "db", "-f", "default.json"], tmp_path)
+        complete = run_port(stub.port, ["-b", "--complete", "-d", "db", "-f", "complete.json"], tmp_path)
+    assert default.returncode == 0 and complete.returncode == 0, says(default) + says(complete)
+    plain = {d["_id"]: d for d in dump_lines((tmp_path / "default.json").read_bytes())}
+    by_id = {}
+    for doc in dump_lines((tmp_path / "complete.json").read_bytes()):
+        by_id.setdefault(doc["_id"], []).append(doc)
+    winners = {}
+    for doc_id, leaves in by_id.items():
+        best = winner(leaves)
+        if not best.get("_deleted"):
+            winners[doc_id] = {k: v for k, v in best.items() if k != "_revisions"}
+    assert winners == plain
+
+
+def test_a_document_purged_between_its_listing_and_its_reading_is_left_out_with_a_warning(tmp_path):
+    class Purging(CouchStub):
+        def _bulk_get(self, db, body):
+            # purged between the listing and the read
+            self.store.leaves["db"].pop("three", None)
+            self.store.databases["db"].pop("three", None)
+            return super()._bulk_get(db, body)
+    stub = Purging(databases=["db"])
+    stub.put_leaves("db", STUB_LEAVES)
+    result = backup_from(stub, tmp_path)
+    assert result.returncode == 0, says(result)
+    docs = dump_lines((tmp_path / "complete.json").read_bytes())
+    assert "three" not in {d["_id"] for d in docs}
+    assert len(docs) == len(STUB_LEAVES) - 3
+    assert '... WARN: 1 documents were purged while the backup ran and are not in it: "three"' \
+        in result.stdout.decode()
+
+
+def test_complete_file_passes_the_restores_check_and_loads_through_the_default_path(tmp_path):
+    assert backup_from(stub_with(), tmp_path).returncode == 0
+    data = (tmp_path / "complete.json").read_bytes()
+    with CouchStub(databases=["copy"]) as stub:
+        result = run_port(stub.port, ["-r", "-d", "copy", "-f", "complete.json"], tmp_path)
+    assert result.returncode == 0, says(result)
+    assert len(dump_lines(data)) == len(STUB_LEAVES) + 40
+
+
+# -- PouchDB Server -----------------------------------------------------------
+
+def http(method, url, body=None, raw=None, accept="application/json"):
+    """One request; the parsed JSON reply.  Raises on HTTP errors."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode("utf-8")
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", "Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as reply:
+            return json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        raise AssertionError("%s %s -> HTTP %d %s" % (method, url, error.code, error.read()[:300]))
+
+
+def unique(name):
+    return "complete_%s_%s" % (name, uuid.uuid4().hex[:8])
+
+
+def db_url(server, db):
+    return server + "/" + urllib.parse.quote(db, safe="")
+
+
+def bulk_docs(server, db, docs, new_edits=False):
+    answers = http("POST", db_url(server, db) + "/_bulk_docs", {"new_edits": new_edits, "docs": docs})
+    assert [a for a in answers if "error" in a] == []
+    return answers
+
+
+def edit(server, db, doc_id, body, rev=None, delete=False):
+    """A normal edit (new_edits): returns the new revision."""
+    path = db_url(server, db) + "/" + ("_design/" + urllib.parse.quote(doc_id[8:], safe="")
+                                       if doc_id.startswith("_design/") else urllib.parse.quote(doc_id, safe=""))
+    if delete:
+        return http("DELETE", path + "?rev=" + rev)["rev"]
+    if rev is not None:
+        body = dict(body, _rev=rev)
+    return http("PUT", path, body)["rev"]
+
+
+PLAIN = 20000
+
+
+def fill_complete_database(server, db):
+    """Everything a complete backup has to keep, and 20,000 plain documents."""
+    http("PUT", db_url(server, db))
+    bulk_docs(server, db, [
+        # three conflicting leaves on one document
+        leaf("three", "2-b", "a", v="b"), leaf("three", "2-c", "a", v="c"), leaf("three", "2-d", "a", v="d"),
+        # a deleted document that had a conflict: both branches deleted
+        leaf("gone_conflict", "3-d", "b", "a", _deleted=True), leaf("gone_conflict", "3-e", "c", "a", _deleted=True),
+        # attachments on a conflicting leaf
+        leaf("att", "2-b", "a", v="with", _attachments={
+            "note.txt": {"content_type": "text/plain", "data": "aGVsbG8gd29ybGQ="},
+            "bin.dat": {"content_type": "application/octet-stream", "data": "AAECAwQF/w=="}}),
+        leaf("att", "2-c", "a", v="without"),
+    ])
+    # a document deleted after two updates
+    rev = edit(server, db, "gone", {"v": 1})
+    rev = edit(server, db, "gone", {"v": 2}, rev)
+    edit(server, db, "gone", None, rev, delete=True)
+    # a design document updated twice
+    rev = edit(server, db, "_design/app", {"views": {"all": {"map": "function (doc) { emit(doc._id); }"}}})
+    rev = edit(server, db, "_design/app", {"views": {"all": {"map": "function (doc) { emit(doc._id, 1); }"}}}, rev)
+    edit(server, db, "_design/app", {"views": {"all": {"map": "function (doc) { emit(doc._id, 2); }"}}}, rev)
+    http("PUT", db_url(server, db) + "/_local/checkpoint", {"last_seq": 3})
+    http("PUT", db_url(server, db) + "/_security", SECURITY)
+    for start in range(0, PLAIN, 5000):
+        answers = http("POST", db_url(server, db) + "/_bulk_docs",
+                       {"docs": [{"_id": "plain%05d" % i, "n": i, "text": "x" * (i % 50)}
+                                 for i in range(start, start + 5000)]})
+        assert not [a for a in answers if "error" in a]
+
+
+def all_leaves(server, db):
+    """Every leaf of `db` with its `_revisions` and attachments, by (id, rev)."""
+    feed = http("GET", db_url(server, db) + "/_changes?style=all_docs")["results"]
+    pairs = [{"id": row["id"], "rev": change["rev"]} for row in feed for change in row["changes"]]
+    leaves = {}
+    for start in range(0, len(pairs), 2000):
+        reply = http("POST", db_url(server, db) + "/_bulk_get?revs=true&attachments=true",
+                     {"docs": pairs[start:start + 2000]})
+        for result in reply["results"]:
+            for entry in result["docs"]:
+                doc = entry["ok"]
+                leaves[(doc["_id"], doc["_rev"])] = doc
+    assert len(leaves) == len(pairs)
+    return leaves
+
+
+def winners(server, db):
+    reply = http("GET", db_url(server, db) + "/_all_docs?include_docs=true&attachments=true")
+    return {row["id"]: row["doc"] for row in reply["rows"]}
+
+
+@pytest.fixture(scope="module")
+def complete_source(pouchdb_url, tmp_path_factory):
+    """The database, its complete backup and what both hold."""
+    db = unique("source")
+    fill_complete_database(pouchdb_url, db)
+    cwd = tmp_path_factory.mktemp("complete")
+    port = urllib.parse.urlsplit(pouchdb_url).port
+    result = run_port(port, ["-b", "--complete", "-d", db, "-f", "complete.json", "--json"], cwd)
+    assert result.returncode == 0, says(result)
+    return {"db": db, "cwd": cwd, "file": cwd / "complete.json", "port": port, "run": result,
+            "leaves": all_leaves(pouchdb_url, db), "winners": winners(pouchdb_url, db)}
+
+
+def test_complete_backup_of_pouchdb_server_holds_every_leaf_and_no_local_document(complete_source):
+    data = complete_source["file"].read_bytes()
+    assert header(data) == {"new_edits": False, "_security": SECURITY, "docs": []}
+    docs = dump_lines(data)
+    assert {(d["_id"], d["_rev"]): d for d in docs} == complete_source["leaves"]
+    assert len(docs) == len(complete_source["leaves"]) == PLAIN + 3 + 2 + 2 + 1 + 1
+    assert not [d for d in docs if d["_id"].startswith("_local/")]
+    summary = json.loads(complete_source["run"].stdout.splitlines()[-1])
+    assert (summary["leaves"], summary["documents"], summary["deleted"], summary["conflicted"],
+            summary["design_documents"]) == (len(docs), PLAIN + 3, 2, 2, 1)
+
+
+def test_complete_file_posted_whole_to_bulk_docs_recreates_every_leaf(pouchdb_url, complete_source):
+    target = unique("posted")
+    http("PUT", db_url(pouchdb_url, target))
+    # What `curl -X POST -d @file _bulk_docs` sends: the file's bytes as they are.
+    answers = http("POST", db_url(pouchdb_url, target) + "/_bulk_docs", raw=complete_source["file"].read_bytes())
+    assert [a for a in answers if "error" in a] == []
+    assert all_leaves(pouchdb_url, target) == complete_source["leaves"]
+    assert winners(pouchdb_url, target) == complete_source["winners"]
