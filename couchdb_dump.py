@@ -52,7 +52,7 @@ from urllib.parse import quote, unquote_to_bytes
 __all__ = [
     "main", "parse_options", "Options", "Messages", "Progress", "Stop", "Interrupted", "Exit",
     "Failure", "TransferFailed", "BackupFailed", "DumpInvalid",
-    "CouchSession", "Reply", "Backup", "Restore",
+    "CouchSession", "Reply", "Backup", "CompleteBackup", "Restore",
     "rewrite_row_line", "JsonRowScanner", "DumpFile", "DumpSurvey", "RestoreText", "RevisionIndex",
     "is_design_id", "__version__",
 ]
@@ -1921,8 +1921,8 @@ def revision_order(rev):
 
 def document_path(doc_id):
     """The URL path of a document below its database (``_design/`` kept)."""
-    if doc_id.startswith("_design/"):
-        return "/_design/" + quote_path_segment(doc_id[len("_design/"):])
+    if is_design_id(doc_id):
+        return "/" + DESIGN_PREFIX + quote_path_segment(doc_id[len(DESIGN_PREFIX):])
     return "/" + quote_path_segment(doc_id)
 
 
@@ -2219,7 +2219,7 @@ class CompleteBackup(Backup):
         summary["leaves"] += len(leaves)
         if alive:
             summary["documents"] += 1
-            summary["design_documents"] += doc_id.startswith("_design/")
+            summary["design_documents"] += is_design_id(doc_id)
         else:
             summary["deleted"] += 1
         summary["conflicted"] += alive > 1

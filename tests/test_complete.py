@@ -11,30 +11,23 @@ import os
 import subprocess
 import sys
 import threading
-import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
 from couch_stub import CouchStub, Fault
+from helpers import PROGRAM, clean_environment, http
 
-REPO = Path(__file__).resolve().parent.parent
-PROGRAM = REPO / "couchdb_dump.py"
 SECURITY = {"admins": {"names": ["boss"], "roles": ["ops"]}, "members": {"names": ["ann", "bob"], "roles": ["staff"]}}
 
 
 # -- helpers ------------------------------------------------------------------
 
-def environment():
-    return {k: v for k, v in os.environ.items() if k not in ("COUCHDB_USER", "COUCHDB_PASS")}
-
-
 def run_port(port, args, cwd, stdin=None):
     return subprocess.run([sys.executable, str(PROGRAM), *args[:1], "-H", "127.0.0.1", "-P", str(port), *args[1:]],
-                          cwd=str(cwd), env=environment(), input=stdin, capture_output=True, timeout=600)
+                          cwd=str(cwd), env=clean_environment(), input=stdin, capture_output=True, timeout=600)
 
 
 def says(result):
@@ -285,16 +278,11 @@ def test_complete_file_passes_the_restores_check_and_loads_through_the_default_p
 
 # -- PouchDB Server -----------------------------------------------------------
 
-def http(method, url, body=None, raw=None, accept="application/json"):
-    """One request; the parsed JSON reply.  Raises on HTTP errors."""
-    data = raw if raw is not None else None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Content-Type": "application/json", "Accept": accept})
-    try:
-        with urllib.request.urlopen(request, timeout=600) as reply:
-            return json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        raise AssertionError("%s %s -> HTTP %d %s" % (method, url, error.code, error.read()[:300]))
+def post_file(url, data):
+    """POST a file's bytes as they are, as `curl -X POST -d @file` does; the parsed reply."""
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as reply:
+        return json.loads(reply.read())
 
 
 def unique(name):
@@ -406,7 +394,7 @@ def test_complete_file_posted_whole_to_bulk_docs_recreates_every_leaf(pouchdb_ur
     target = unique("posted")
     http("PUT", db_url(pouchdb_url, target))
     # What `curl -X POST -d @file _bulk_docs` sends: the file's bytes as they are.
-    answers = http("POST", db_url(pouchdb_url, target) + "/_bulk_docs", raw=complete_source["file"].read_bytes())
+    answers = post_file(db_url(pouchdb_url, target) + "/_bulk_docs", complete_source["file"].read_bytes())
     assert [a for a in answers if "error" in a] == []
     assert all_leaves(pouchdb_url, target) == complete_source["leaves"]
     assert winners(pouchdb_url, target) == complete_source["winners"]
