@@ -2223,7 +2223,7 @@ class CompleteBackup(Backup):
         else:
             summary["deleted"] += 1
         summary["conflicted"] += alive > 1
-        self.progress.update(summary["documents"] + summary["deleted"], lines.size)
+        self.progress.update(summary["documents"] + summary["deleted"], lines.target.written)
 
     def _ask(self, what, method, path, body=None, read=json.loads, tolerate=()):
         """One request, tried -a times 1 s apart; returns ``read`` of its
