@@ -8,28 +8,23 @@ its reply into HTTP chunks and however long a document is.
 
 import gzip
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from couch_stub import CouchStub, couchdb_chunks, sized_chunks
-
-REPO = Path(__file__).resolve().parent.parent
-PROGRAM = REPO / "couchdb_dump.py"
+from helpers import FOOTER, HEADER, PROGRAM, clean_environment
 
 
 def run(args, cwd):
-    environment = {k: v for k, v in os.environ.items() if k not in ("COUCHDB_USER", "COUCHDB_PASS")}
-    return subprocess.run([sys.executable, str(PROGRAM), *args], cwd=cwd, env=environment,
+    return subprocess.run([sys.executable, str(PROGRAM), *args], cwd=cwd, env=clean_environment(),
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
 
 
 def write_dump(path, count):
     lines = [b'{"_id":"d%05d","_rev":"1-a","n":%d}' % (i, i) for i in range(count)]
-    path.write_bytes(b'{"new_edits":false,"docs":[\n' + b",\n".join(lines) + b"\n]}\n")
+    path.write_bytes(HEADER + b"\n" + b",\n".join(lines) + b"\n" + FOOTER + b"\n")
 
 
 def documents_per_bulk_request(stub):
