@@ -12,9 +12,13 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from couch_stub import CouchStub, couchdb_chunks, sized_chunks
-from helpers import FOOTER, HEADER, PROGRAM, clean_environment
+from helpers import FOOTER, HEADER, PROGRAM, REPO, clean_environment
+
+sys.path.insert(0, str(REPO))
+import couchdb_dump  # noqa: E402
 
 
 def run(args, cwd):
@@ -96,3 +100,78 @@ def test_couchdb_chunks_are_cut_as_couchdb_cuts_them():
     chunks = couchdb_chunks(body)
     assert b"".join(chunks) == body
     assert [len(c) for c in chunks] == [37 + 703, 3003, 12 + 3]
+
+
+# -- ChunkedBody: the chunked framing undone in blocks, exactly -------------
+
+class _Socket:
+    """What ChunkedBody reads: the raw bytes, handed out in the given sizes."""
+
+    def __init__(self, data, sizes):
+        self.data, self.sizes, self.position = data, list(sizes), 0
+
+    def read1(self, n):
+        size = min(n, self.sizes.pop(0) if self.sizes else n)
+        piece = self.data[self.position:self.position + size]
+        self.position += len(piece)
+        return piece
+
+    def readline(self, limit):
+        end = self.data.find(b"\n", self.position)
+        end = len(self.data) if end < 0 else min(end + 1, self.position + limit)
+        piece = self.data[self.position:end]
+        self.position = end
+        return piece
+
+
+class _Response:
+    chunk_left = None
+    closed = False
+
+    def _close_conn(self):
+        self.closed = True
+
+
+def frame(chunks, trailer=b""):
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c) + b"0\r\n" + trailer + b"\r\n"
+
+
+def unframe(raw, reads, block):
+    response = _Response()
+    body = couchdb_dump.ChunkedBody(_Socket(raw, reads), response)
+    blocks = list(body.blocks(block))
+    assert response.closed and response.chunk_left == 0
+    return blocks
+
+
+# Data that looks like chunk framing: a split at it would cut a chunk short.
+_TRICKY = st.sampled_from([b"\r\n", b"\r\n5\r\n", b"\r\n0\r\n\r\n", b"a\r\n", b"\r\nff;x=1\r\n", b"{", b"0"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.lists(st.one_of(st.binary(max_size=300), _TRICKY), max_size=60).map(b"".join),
+       cuts=st.lists(st.integers(0, 4000), max_size=30), reads=st.lists(st.integers(1, 700), max_size=80),
+       block=st.integers(1, 900), trailer=st.sampled_from([b"", b"X-Check: 1\r\n"]))
+def test_chunked_body_gives_the_data_in_blocks_of_one_size_whatever_the_chunks(data, cuts, reads, block, trailer):
+    edges = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    chunks = [data[a:b] for a, b in zip(edges, edges[1:])]
+    blocks = unframe(frame(chunks, trailer), reads, block)
+    assert b"".join(blocks) == data
+    assert all(len(b) == block for b in blocks[:-1]) and (not blocks or 0 < len(blocks[-1]) <= block)
+
+
+def test_chunked_body_takes_chunk_extensions_and_upper_case_sizes():
+    raw = b"5;name=value\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n"
+    assert b"".join(unframe(raw, [7, 7, 7, 7, 7, 7, 7, 7], 4)) == b"hello0123456789"
+
+
+@pytest.mark.parametrize("raw", [
+    b"5\r\nhello\r\n3\r\nab",                  # cut inside a chunk
+    b"5\r\nhello\r\n",                         # no last chunk
+    b"5\r\nhelloXX\r\n0\r\n\r\n",              # a chunk longer than its size line
+    b"zz\r\nhello\r\n0\r\n\r\n",               # a size that is no number
+])
+def test_chunked_body_refuses_a_broken_body(raw):
+    import urllib3
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        unframe(raw, [3] * 20, 4)
