@@ -548,6 +548,7 @@ class Messages:
         self.quiet = quiet
         self.last_error = None   # the text of the last "... ERROR:" line, for --json
         self.progress = None     # the Progress line to clear before a line and draw again after it
+        self.line_open = False   # the last bytes written did not end a line
         self._lock = threading.Lock()
 
     @staticmethod
@@ -571,6 +572,8 @@ class Messages:
                 self.stream.flush()
             except (BrokenPipeError, ValueError):
                 pass
+            if data:
+                self.line_open = not data.endswith(b"\n")
             self._show_progress()
 
     def _hide_progress(self):
@@ -835,6 +838,7 @@ class CouchSession:
             # -H http://user:pass@host: curl sends them as Basic auth too.
             name, _, secret = parsed.auth.partition(":")
             credentials = unquote_to_bytes(name) + b":" + unquote_to_bytes(secret)
+            self._password = secret
         if credentials is not None:
             self.headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
         options = {"retries": False, "timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout)}
@@ -855,6 +859,11 @@ class CouchSession:
             self._pool = urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
         except Exception:
             raise TransferFailed("the proxy named in the environment is not a valid URL")
+
+    def secrets(self):
+        """The texts no message may show: the password and the Authorization value."""
+        found = [self._password, self.headers.get("Authorization", "")[len("Basic "):]]
+        return [secret for secret in found if secret]
 
     def _target(self, path):
         return self._origin + self._prefix + path
@@ -1314,6 +1323,10 @@ class BackupFailed(Failure):
     """The reply cannot give a complete dump; the text says why."""
 
 
+class ReplyShape(BackupFailed):
+    """A 2xx reply that is not an ``_all_docs`` answer: a health page, ``{"ok":true}``."""
+
+
 class JsonRowScanner:
     """Splits an ``_all_docs`` reply of any layout into its rows' documents.
 
@@ -1345,6 +1358,7 @@ class JsonRowScanner:
         self.eof = False
         self.state = "start"
         self.total_rows = None
+        self.saw_rows = False
         self.rows = 0
         self._need = 0
 
@@ -1396,7 +1410,7 @@ class JsonRowScanner:
             return None
         char = self.buffer[self.pos]
         if char not in chars:
-            raise BackupFailed("unexpected %r in the reply where one of %r belongs" % (char, chars))
+            raise ReplyShape("unexpected %r in the reply where one of %r belongs" % (char, chars))
         self.pos += 1
         return char
 
@@ -1430,13 +1444,21 @@ class JsonRowScanner:
         if state == "colon":
             if self._expect(":") is None:
                 return None
-            self.state = "rows_open" if self.key == "rows" else "member"
+            if self.key == "rows":
+                if self.saw_rows:
+                    raise ReplyShape('the reply has two "rows" members')
+                self.saw_rows = True
+                self.state = "rows_open"
+            else:
+                self.state = "member"
             return True
         if state == "member":
             found = self._next_value()
             if found is None:
                 return None
-            if self.key == "total_rows" and isinstance(found[0], int):
+            if self.key == "total_rows":
+                if type(found[0]) is not int or found[0] < 0:
+                    raise ReplyShape('its "total_rows" is no count')
                 self.total_rows = found[0]
             if self.key == "error":
                 raise BackupFailed("the server answered an error: %s" % found[0])
@@ -1458,7 +1480,7 @@ class JsonRowScanner:
             return self._document(found[0], found[1])
         if state == "done":
             if self._skip_ws():
-                raise BackupFailed("unexpected data after the end of the reply")
+                raise ReplyShape("unexpected data after the end of the reply")
             return None
         raise AssertionError(state)
 
@@ -1473,7 +1495,7 @@ class JsonRowScanner:
     def _document(self, row, start):
         """The raw text of the row's "doc" member, found member by member."""
         if not isinstance(row, dict) or not isinstance(row.get("doc"), dict):
-            raise BackupFailed("a row of the reply has no document: %s" % json.dumps(row)[:80])
+            raise ReplyShape("a row of the reply has no document: %s" % json.dumps(row)[:80])
         if is_design_id(row["doc"].get("_id")):
             self.designs += 1
         text = self.buffer
@@ -1497,6 +1519,8 @@ class JsonRowScanner:
         docs = list(self.feed(b"", final=True))
         if self.state != "done":
             raise BackupFailed("the reply ended before its end: the transfer was cut short")
+        if not self.saw_rows:
+            raise ReplyShape('it has no "rows" list')
         if self.total_rows is not None and self.rows < self.total_rows:
             raise BackupFailed("the reply holds %d rows but the database has %d documents"
                                % (self.rows, self.total_rows))
@@ -1544,8 +1568,10 @@ def rewrite_row_line(line):
     if line.startswith(_ROW_START):
         mark = line.find(_DOC_MARK)
         if mark < 0:
-            raise BackupFailed("a row of the reply has no document: %r" % line[:80])
+            raise ReplyShape("a row of the reply has no document: %r" % line[:80])
         line = line[mark + len(_DOC_MARK):]
+    elif line and line != FOOTER:
+        raise ReplyShape("a line of the reply is not a row: %r" % line[:80])
     return fix_closing_braces(line)
 
 
@@ -1566,6 +1592,8 @@ def rewrite_couchdb_block(block):
     """
     lines = block.split(b"\n")
     rows = sum(1 for line in lines if line.startswith(_ROW_START))
+    if FOOTER in lines and any(lines[lines.index(FOOTER) + 1:]):
+        raise ReplyShape("data after the reply's ']}' end")
     return b"\n".join([rewrite_row_line(line) for line in lines]), rows
 
 
@@ -1671,6 +1699,8 @@ class CouchDBLayout:
             return []
         self.pending = data[cut + 1:]
         complete = data[:cut + 1]
+        if self.last_line == FOOTER and complete.strip():
+            raise ReplyShape("data after the reply's ']}' end")
         # Remember the last complete line: the footer must be the last one.
         previous = complete.rfind(b"\n", 0, len(complete) - 1)
         self.last_line = complete[previous + 1:-1].replace(b"\r", b"")
@@ -1690,6 +1720,8 @@ class CouchDBLayout:
         pieces = self.close()
         tail = self.pending
         if tail:
+            if self.last_line == FOOTER and tail.strip():
+                raise ReplyShape("data after the reply's ']}' end")
             # A last line without its newline: sed keeps it that way.
             stripped = tail.replace(b"\r", b"")
             self.carriage_returns += len(tail) - len(stripped)
@@ -1956,6 +1988,7 @@ class Backup:
             response = self.session.open("GET", path)
         except TransferFailed as error:
             self._curl_failed(error)
+        began = b""
         try:
             blocks = read_blocks(response, self.BLOCK)
             head = b""
@@ -1973,6 +2006,7 @@ class Backup:
                 out.line("... ERROR: The server answered HTTP %d %s instead of the documents."
                          % (response.status, response.reason or ""))
                 raise Exit(1)
+            began = head[:200]
             had_cr = b"\r" in head
             head = head.replace(b"\r", b"")
             first_line, newline, rest = head.partition(b"\n")
@@ -1980,6 +2014,10 @@ class Backup:
             if header:
                 return self._rewrite_couchdb(int(header.group(1)), rest, blocks, target, had_cr, len(head))
             return self._rewrite_any(head, blocks, target, had_cr)
+        except ReplyShape as error:
+            out.line("... ERROR: Backup failed, no file written: the reply is not an _all_docs answer (%s). It began: %s"
+                     % (error, self.quote_reply(began)))
+            raise Exit(1)
         except BackupFailed as error:
             out.line("... ERROR: Backup failed, no file written: %s." % error)
             raise Exit(1)
@@ -2039,6 +2077,13 @@ class Backup:
         self.summary["documents"] = scanner.rows
         self.summary["design_documents"] = scanner.designs
         return had_cr, size
+
+    def quote_reply(self, data):
+        """The start of a reply, on one line, with the credentials blotted out."""
+        text = data.decode("utf-8", "replace").rstrip()
+        for secret in self.session.secrets():
+            text = text.replace(secret, "********")
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
     def _curl_failed(self, error):
         self.out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
@@ -2830,6 +2875,19 @@ class DumpSurvey:
         return self.newlines - sum(1 for n, _ in self.designs if n != self.lines - 1 or self.last_has_newline)
 
 
+def database_names(reply):
+    """The names an ``_all_dbs`` reply lists, or None when it is no such list."""
+    if not 200 <= reply.status < 300:
+        return None
+    try:
+        names = json.loads(reply.body)
+    except ValueError:
+        return None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return None
+    return names
+
+
 def chunk_suffix(index):
     """split -a 3 names: aaa, aab, ... zzz; past that one letter more."""
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -3133,16 +3191,16 @@ class TargetDatabase:
             "GET", "/_all_dbs", accept=lambda reply: True,
             transfer_warn="... WARN: Curl failed to get the list of databases - Attempt %d/%s. Retrying...",
             transfer_final=lambda error: out.line("... ERROR: Curl failed to get the list of databases - Stopping"))
-        listing = reply.body.rstrip(b"\n")
-        if not (listing.startswith(b"[") and listing.endswith(b"]")):
+        names = database_names(reply)
+        if names is None:
             out.line("... WARN: Curl failed to get the list of databases - Continuing")
-            if not listing:
+            if not reply.body.rstrip(b"\n"):
                 out.line("... WARN: Curl just returned: ")
             if opts.recreate:
                 out.line("... ERROR: --recreate needs the list of databases - Stopping")
                 raise Exit(1)
             return
-        exists = b'"' + os.fsencode(opts.db) + b'"' in listing
+        exists = opts.db in names
         if exists and opts.recreate:
             before_change()
             self.delete()
@@ -3502,7 +3560,9 @@ class Restore:
         def failed(failure):
             out.line("... ERROR: Import of %s failed." % opts.file)
             if isinstance(failure, Reply):
-                out.raw(b"... ERROR: Error message was:   " + failure.body)
+                # The server's body as the script printed it, but always a whole line.
+                body = failure.body if failure.body.endswith(b"\n") else failure.body + b"\n"
+                out.raw(b"... ERROR: Error message was:   " + body)
             else:
                 out.line("... ERROR: Error message was:   the connection failed (%s)" % failure)
         warning = ("... WARN: Import of %s failed - Attempt %d/%s - Retrying...", opts.file)
@@ -3605,6 +3665,8 @@ def main(argv=None, environ=None, stdout=None):
             report["exit_code"] = code
         line = json.dumps(report, ensure_ascii=False).encode("utf-8") + b"\n"
         target = json_stream or out.stream
+        if target is out.stream and out.line_open:
+            line = b"\n" + line   # the last line is the JSON object, alone
         try:
             target.write(line)
             target.flush()

@@ -18,15 +18,12 @@ import sys
 
 import pytest
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TESTS)
-sys.path.insert(0, REPO)
-sys.path.insert(0, TESTS)
-import couchdb_dump as cd  # noqa: E402
-from couch_stub import CouchStub, Fault  # noqa: E402
+from couch_stub import CouchStub, Fault
+from helpers import FOOTER, HEADER, REPO
 
-HEADER = b'{"new_edits":false,"docs":['
-FOOTER = b"]}"
+sys.path.insert(0, str(REPO))
+import couchdb_dump as cd  # noqa: E402
+
 WRITES = ("PUT", "POST", "DELETE")
 
 
@@ -190,3 +187,125 @@ def test_percent_in_the_database_name_is_a_value_in_every_retry_line(db, tmp_pat
     assert run.code == 0, run.says()
     assert "... WARN: Curl failed to create the database %s - Attempt 1/3. Retrying..." % db in run.lines()
     assert run2.code == 0, run2.says()
+
+
+# -- 2. A 2xx JSON answer that is not an _all_docs reply ---------------------------
+
+class Answer:
+    """A stub ``faults`` callable: every GET of _all_docs gets this 200 body."""
+
+    def __init__(self, body, status=200):
+        self.fault = Fault("status", status, body)
+
+    def __call__(self, index, method, path):
+        return self.fault if "_all_docs" in path else None
+
+
+def backup_args(path, db="shop"):
+    return ["-b", "-H", "127.0.0.1", "-P", "{PORT}", "-d", db, "-f", str(path)]
+
+
+@pytest.mark.parametrize("body", [
+    b'{"status":"up"}', b'{"status":"up"}\n', b'{"ok":true}\n', b"[]\n", b"[1,2]", b"{}", b'"rows"', b"42\n",
+    b'{"rows":{}}', b'{"rows":[1]}', b'{"rows":[{"id":"a"}]}', b'{"rows":[],"rows":[]}',
+    b'{"total_rows":"x","rows":[]}', b'{"rows":[]} []',
+    b'{"total_rows":0,"offset":0,"rows":[\n\nhello\n]}\n',
+    b'{"total_rows":0,"offset":0,"rows":[\n]}\n{"id":"a","key":"a","value":{"rev":"1-a"},"doc":{"_id":"a"}}\n]}\n',
+])
+def test_2xx_reply_that_is_no_all_docs_answer_fails_and_writes_no_file(body, tmp_path):
+    path = tmp_path / "out.json"
+    with CouchStub(databases=("shop",), faults=Answer(body)) as stub:
+        run = against(stub, backup_args(path) + ["-q"])
+    assert run.code == 1, run.says()
+    assert len(run.errors()) == 1, run.says()
+    assert run.errors()[0].startswith("... ERROR: Backup failed, no file written: "), run.says()
+    assert os.listdir(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("body", [b'{"status":"up"}', b'{"ok":true}\n'])
+def test_health_answer_is_named_in_the_error(body, tmp_path):
+    with CouchStub(databases=("shop",), faults=Answer(body)) as stub:
+        run = against(stub, backup_args(tmp_path / "out.json") + ["-q", "--json"])
+    assert run.code == 1
+    assert run.errors() == ["... ERROR: Backup failed, no file written: the reply is not an _all_docs answer"
+                            ' (it has no "rows" list). It began: ' + body.decode().rstrip("\n").replace("\n", "\\n")]
+    assert json.loads(run.lines()[-1])["ok"] is False
+
+
+def test_reply_quoted_in_an_error_never_shows_the_password(tmp_path):
+    body = b'{"status":"up","echo":"s3cr%t","auth":"Basic dTpzM2NyJXQ="}'
+    with CouchStub(databases=("shop",), faults=Answer(body)) as stub:
+        run = against(stub, backup_args(tmp_path / "out.json") + ["-q", "-u", "u", "-p", "s3cr%t"])
+    assert run.code == 1
+    assert b"s3cr%t" not in run.stdout and "s3cr%t" not in run.stderr
+    assert b"dTpzM2NyJXQ=" not in run.stdout
+    assert b"It began: " in run.stdout
+
+
+def test_long_reply_is_quoted_to_its_first_200_bytes(tmp_path):
+    body = b'{"status":"' + b"x" * 1000 + b'"}'
+    with CouchStub(databases=("shop",), faults=Answer(body)) as stub:
+        run = against(stub, backup_args(tmp_path / "out.json") + ["-q"])
+    began = run.errors()[0].split("It began: ", 1)[1]
+    assert began == body[:200].decode()
+
+
+@pytest.mark.parametrize("body", [b'{"total_rows":0,"rows":[]}', b'{"rows":[]}\n',
+                                  b'{"total_rows":0,"offset":0,"rows":[\r\n\r\n]}\n'])
+def test_empty_all_docs_answer_in_any_layout_is_an_empty_backup(body, tmp_path):
+    path = tmp_path / "out.json"
+    with CouchStub(databases=("shop",), faults=Answer(body)) as stub:
+        run = against(stub, backup_args(path) + ["-q"])
+    assert run.code == 0, run.says()
+    assert path.read_bytes() == HEADER + b"\n\n" + FOOTER + b"\n"
+
+
+@pytest.mark.parametrize("listing", [b'{"status":"up"}\n', b'["shop",1]\n', b"[oops]\n"])
+def test_all_dbs_answer_that_is_no_list_of_names_stops_recreate_before_any_write(listing, tmp_path):
+    path = tmp_path / "dump.json"
+    path.write_bytes(dump_of(documents(2)))
+
+    def faults(index, method, path):
+        return Fault("status", 200, listing) if path == "/_all_dbs" else None
+    with CouchStub(databases=("shop",), faults=faults) as stub:
+        run = against(stub, restore_args(path) + ["--recreate"])
+    assert run.code == 1, run.says()
+    assert "... WARN: Curl failed to get the list of databases - Continuing" in run.lines()
+    assert run.errors() == ["... ERROR: --recreate needs the list of databases - Stopping"]
+    assert run.writes() == []
+
+
+# -- 3. --json's last line stops being JSON ----------------------------------------
+
+ENVOY = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+
+
+@pytest.mark.parametrize("lines", ["5000", "2"], ids=["single_body", "chunks"])
+@pytest.mark.parametrize("body", [ENVOY, b"", b"two\nlines", b'{"error":"x","reason":"no newline"}'])
+def test_json_line_is_last_and_alone_after_an_error_body_without_newline(body, lines, tmp_path):
+    path = tmp_path / "dump.json"
+    path.write_bytes(dump_of(documents(3)))
+
+    def faults(index, method, path):
+        return Fault("status", 503, body) if method == "POST" else None
+    with CouchStub(databases=("shop",), faults=faults) as stub:
+        run = against(stub, restore_args(path) + ["-q", "--json", "-a", "1", "-l", lines])
+    assert run.code == 1, run.says()
+    assert run.stdout.endswith(b"\n")
+    last = run.stdout.split(b"\n")[-2]
+    report = json.loads(last.decode("utf-8"))
+    assert report["ok"] is False and report["exit_code"] == 1
+    assert last.startswith(b"{")
+
+
+def test_json_line_is_alone_whatever_was_printed_before_it(monkeypatch, tmp_path):
+    """Any message that ends without a newline still leaves the JSON its own line."""
+    def run(self):
+        self.out.raw(b"... ERROR: half a line")
+        raise cd.Exit(1)
+    monkeypatch.setattr(cd.Restore, "run", run)
+    code, stdout, _ = main(["-r", "-H", "127.0.0.1", "-d", "db", "-f", str(tmp_path / "x"), "--json"])
+    assert code == 1
+    first, last, end = stdout.split(b"\n")
+    assert first == b"... ERROR: half a line" and end == b""
+    assert json.loads(last.decode())["error"] == "half a line"
