@@ -86,8 +86,9 @@ class Failure(Exception):
 
 # The short options, spelled as the bash script hands them to getopts.  Every
 # '?' in it is an option character of its own for getopts, which answers it
-# like an unknown option: the port does the same.
-GETOPTS_SPEC = ":h?H:d:f:u:p:P:l:t:a:c?q?z?T?V?b?B?r?R?"
+# like an unknown option: the port does the same.  -D and -s are upstream's
+# newer options (its PR #102), not in 1.1.10.
+GETOPTS_SPEC = ":h?H:d:f:u:p:P:l:t:a:D:s:c?q?z?T?V?b?B?r?R?"
 
 # Long options are our extensions; none changes what a short option does.
 LONG_OPTIONS = {
@@ -103,6 +104,7 @@ LONG_OPTIONS = {
     "no-progress": False,
     "max-line-mb": True,
     "complete": False,
+    "resume": False,
 }
 
 # -l when --jobs is given without it (the bash default, 5000, otherwise).
@@ -148,6 +150,10 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 \t--timeout SECONDS   Give up on a server that stops answering for that long [Default: 300]
 \t--max-line-mb N     Restore: refuse a dump line longer than N MB [Default: 64]
 \t--complete          Backup: every leaf revision (conflicts, deleted documents) with its history, and _security.
+\t--resume            Restore: send only the documents the database lacks at the dump's revision.
+\t                    Backup: continue a reply that broke off after its last complete row.
+\t-s NAME             Restore: start at the chunk of that split-file name (upstream's newer option).
+\t-D SECONDS          Restore: wait that long between import requests (upstream's newer option).
 \t-f -                Backup to standard output, or restore from standard input (gzip too).
 \t--help              Display this text [exit 0; -h exits 1, as the script].
 \t--version           Display version information [exit 0; -V exits 1, as the script].
@@ -230,6 +236,9 @@ class Options:
         self.progress = True
         self.max_line = 64 << 20
         self.complete = False
+        self.resume = False
+        self.delay = 0.0          # -D: seconds between import requests
+        self.start_chunk = None   # -s: the split-file name to start at
         self.cores = 1
         self.url = ""
 
@@ -370,6 +379,13 @@ def parse_options(argv, environ, out, prog):
             opts.threads = value
         elif option == "a":
             opts.attempts_text = value
+        elif option == "D":
+            seconds = _number_from_zero(value)
+            if seconds is None:
+                _usage_error(out, prog, '... ERROR: Option "-D" takes a number of seconds, not "%s"' % value)
+            opts.delay = seconds
+        elif option == "s":
+            opts.start_chunk = value
         elif option == "c":
             opts.create = True
         elif option == "q":
@@ -405,6 +421,8 @@ def parse_options(argv, environ, out, prog):
             opts.progress = False
         elif option == "--complete":
             opts.complete = True
+        elif option == "--resume":
+            opts.resume = True
     out.quiet = opts.quiet
     if jobs_given and not lines_given:
         # CouchDB 3.5 digests _bulk_docs of 500-1,000 documents faster than
@@ -495,6 +513,16 @@ def _positive_number(text):
     except (TypeError, ValueError):
         return None
     return value if value > 0 else None
+
+
+def _number_from_zero(text):
+    """A finite number of seconds from 0, or None."""
+    import math
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def build_url(host, port):
@@ -723,11 +751,12 @@ class TransferFailed(Failure):
 
 
 class Reply:
-    """A complete answer: status and body bytes."""
+    """A complete answer: status, headers (names in lower case) and body bytes."""
 
-    def __init__(self, status, body):
+    def __init__(self, status, body, headers=None):
         self.status = status
         self.body = body
+        self.headers = {name.lower(): value for name, value in (headers or {}).items()}
 
     @property
     def first_line(self):
@@ -742,6 +771,102 @@ class Reply:
     @property
     def ok(self):
         return 200 <= self.status < 300 and not self.is_couchdb_error
+
+
+def retry_after_seconds(value, now=None):
+    """The wait a ``Retry-After`` header asks for, in seconds, or None.
+
+    Either a number of seconds or an HTTP date (RFC 9110); a date in the
+    past asks for no wait.  Anything else is no answer at all.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit() and value.isascii():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+class BackPressure:
+    """When a server that pushes back may be asked again, for one request.
+
+    HTTP 429 (any request), and 503 when it says ``Retry-After``, mean
+    "later", not "failed": they are waited out without using up an ``-a``
+    attempt.  The wait is the server's ``Retry-After`` (capped at 60 s), else
+    1, 2, 4 ... s (capped at 30 s) with jitter, so that many clients pushed
+    back at once do not come back at once.  All of it is bounded: once
+    ``budget`` seconds have passed since the first push-back, ``delay``
+    answers None and the reply is an ordinary failure.  A 503 without
+    ``Retry-After`` is an ordinary failure from the start, as in the script.
+    Pure: the caller sleeps; ``clock`` and ``jitter`` can be replaced.
+    """
+
+    RETRY_AFTER_CAP = 60.0
+    BACKOFF_CAP = 30.0
+    BUDGET = 600.0
+    SHORTEST = 0.1   # "Retry-After: 0" must not become a tight loop
+
+    def __init__(self, budget=None, clock=time.monotonic, jitter=None, wall=time.time):
+        import random
+        self.budget = self.BUDGET if budget is None else budget
+        self.clock = clock
+        self.wall = wall
+        self.jitter = jitter if jitter is not None else random.random
+        self.first = None
+        self.backoffs = 0
+        self.waited = 0.0
+
+    @staticmethod
+    def pushes_back(status, headers):
+        return status == 429 or status == 503 and "retry-after" in headers
+
+    def delay(self, status, headers):
+        """Seconds to wait before sending the request again, or None.
+
+        None when the answer is no push-back, or when the budget is spent.
+        ``headers`` is a mapping with lower-case names.
+        """
+        if not self.pushes_back(status, headers):
+            return None
+        now = self.clock()
+        if self.first is None:
+            self.first = now
+        left = self.budget - (now - self.first)
+        if left <= 0:
+            return None
+        asked = retry_after_seconds(headers.get("retry-after"), self.wall())
+        if asked is not None:
+            wait = min(asked, self.RETRY_AFTER_CAP)
+        else:
+            # "Equal jitter": half the step for sure, the other half at random.
+            step = min(2.0 ** self.backoffs, self.BACKOFF_CAP)
+            self.backoffs += 1
+            wait = step / 2 + step / 2 * self.jitter()
+        wait = min(max(wait, self.SHORTEST), left)
+        self.waited += wait
+        return wait
+
+
+def pause(seconds, stop=None):
+    """Sleep, in short slices so that ``stop()`` (when given) can end it early.
+
+    Returns False when ``stop()`` became true, True after the whole wait.
+    """
+    end = time.monotonic() + seconds
+    while True:
+        if stop is not None and stop():
+            return False
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, 0.2))
 
 
 def quote_path_segment(text):
@@ -896,7 +1021,7 @@ class CouchSession:
             raise TransferFailed(_describe(error))
         finally:
             response.release_conn()
-        return Reply(response.status, data)
+        return Reply(response.status, data, response.headers)
 
 
 def read_blocks(response, size=1 << 20):
