@@ -29,9 +29,12 @@ import codecs
 import collections
 import difflib
 import gzip
+import itertools
 import json
+import math
 import os
 import queue
+import random
 import re
 import signal
 import sys
@@ -48,12 +51,14 @@ from urllib.parse import quote, unquote_to_bytes
 # small restore pays for none of them): urllib3 (~40 ms, and its absence is
 # reported as an error of the run), multiprocessing (~18 ms, large dumps
 # only), concurrent.futures (~12 ms), hashlib (~12 ms, --verify only),
-# traceback (a bug report only) and ctypes (may be missing; Linux only).
+# traceback (a bug report only), ctypes (may be missing; Linux only),
+# email.utils (~10 ms, a Retry-After date only) and http.client (a broken
+# reply under backup --resume; urllib3 brings it anyway).
 
 __all__ = [
     "main", "parse_options", "Options", "Messages", "Progress", "Stop", "Interrupted", "Exit",
     "Failure", "TransferFailed", "BackupFailed", "DumpInvalid",
-    "CouchSession", "Reply", "Backup", "CompleteBackup", "Restore",
+    "CouchSession", "Reply", "BackPressure", "Backup", "CompleteBackup", "Restore",
     "rewrite_row_line", "JsonRowScanner", "DumpFile", "DumpSurvey", "RestoreText", "RevisionIndex",
     "is_design_id", "__version__",
 ]
@@ -517,7 +522,6 @@ def _positive_number(text):
 
 def _number_from_zero(text):
     """A finite number of seconds from 0, or None."""
-    import math
     try:
         value = float(text)
     except (TypeError, ValueError):
@@ -814,7 +818,6 @@ class BackPressure:
     SHORTEST = 0.1   # "Retry-After: 0" must not become a tight loop
 
     def __init__(self, budget=None, clock=time.monotonic, jitter=None, wall=time.time):
-        import random
         self.budget = self.BUDGET if budget is None else budget
         self.clock = clock
         self.wall = wall
@@ -1452,6 +1455,18 @@ class ReplyShape(BackupFailed):
     """A 2xx reply that is not an ``_all_docs`` answer: a health page, ``{"ok":true}``."""
 
 
+class ReplyCut(BackupFailed):
+    """The reply ended before its end, cleanly: what --resume continues."""
+
+
+class ReplyBroken(Exception):
+    """Reading the reply failed (reset, cut, timeout): what --resume continues."""
+
+    def __init__(self, cause):
+        super().__init__(cause)
+        self.cause = cause
+
+
 class JsonRowScanner:
     """Splits an ``_all_docs`` reply of any layout into its rows' documents.
 
@@ -1473,7 +1488,7 @@ class JsonRowScanner:
         "row_sep": (",", "]", "row", "next_key"),
     }
 
-    def __init__(self, documents=True):
+    def __init__(self, documents=True, continues=None):
         self.documents = documents   # False: yield each row, parsed, instead of its document
         self.designs = 0
         self.decoder = json.JSONDecoder()
@@ -1485,7 +1500,17 @@ class JsonRowScanner:
         self.total_rows = None
         self.saw_rows = False
         self.rows = 0
+        self.last_id = None          # the id of the last complete row
+        self.skip_id = None
         self._need = 0
+        if continues is not None:
+            # The rest of a reply that broke off (backup --resume): counts go
+            # on, the first reply's total_rows stays the one checked, and a
+            # first row with the last id seen is the one already written.
+            self.rows = continues.rows
+            self.designs = continues.designs
+            self.total_rows = continues.total_rows
+            self.skip_id = continues.last_id
 
     def feed(self, block, final=False):
         """Take more of the reply; yield the documents completed so far."""
@@ -1515,7 +1540,7 @@ class JsonRowScanner:
             value, end = self.decoder.raw_decode(self.buffer, self.pos)
         except json.JSONDecodeError:
             if self.eof:
-                raise BackupFailed("the reply ended in the middle of a value: the transfer was cut short")
+                raise ReplyCut("the reply ended in the middle of a value: the transfer was cut short")
             # Wait for twice as much text before trying again, so a huge row
             # is decoded a few times, not once per block.
             self._need = 2 * len(self.buffer)
@@ -1531,7 +1556,7 @@ class JsonRowScanner:
     def _expect(self, chars):
         if not self._skip_ws():
             if self.eof:
-                raise BackupFailed("the reply ended before its end: the transfer was cut short")
+                raise ReplyCut("the reply ended before its end: the transfer was cut short")
             return None
         char = self.buffer[self.pos]
         if char not in chars:
@@ -1584,7 +1609,8 @@ class JsonRowScanner:
             if self.key == "total_rows":
                 if type(found[0]) is not int or found[0] < 0:
                     raise ReplyShape('its "total_rows" is no count')
-                self.total_rows = found[0]
+                if self.total_rows is None:   # a resumed reply's does not replace the first's
+                    self.total_rows = found[0]
             if self.key == "error":
                 raise BackupFailed("the server answered an error: %s" % found[0])
             self.state = "next_key"
@@ -1599,7 +1625,14 @@ class JsonRowScanner:
             if found is None:
                 return None
             self.state = "row_sep"
+            row = found[0]
+            if self.skip_id is not None:
+                skip, self.skip_id = self.skip_id, None
+                if isinstance(row, dict) and row.get("id") == skip:
+                    return True
             self.rows += 1
+            if isinstance(row, dict):
+                self.last_id = row.get("id")
             if not self.documents:
                 return found[0]
             return self._document(found[0], found[1])
@@ -1613,7 +1646,7 @@ class JsonRowScanner:
         """The value after the white space: (value, start, end), or None to wait."""
         if not self._skip_ws():
             if self.eof:
-                raise BackupFailed("the reply ended before its end: the transfer was cut short")
+                raise ReplyCut("the reply ended before its end: the transfer was cut short")
             return None
         return self._value()
 
@@ -1643,7 +1676,7 @@ class JsonRowScanner:
         """The last documents, once the reply has ended; checks it is whole."""
         docs = list(self.feed(b"", final=True))
         if self.state != "done":
-            raise BackupFailed("the reply ended before its end: the transfer was cut short")
+            raise ReplyCut("the reply ended before its end: the transfer was cut short")
         if not self.saw_rows:
             raise ReplyShape('it has no "rows" list')
         if self.total_rows is not None and self.rows < self.total_rows:
@@ -1679,6 +1712,18 @@ _ROW_START = b'{"id":'
 _DOC_MARK = b'"},"doc":'   # the end of a row's value {"rev":"..."} and its "doc" key
 _DESIGN_ROW_START = _ROW_START + b'"' + DESIGN_PREFIX.encode()   # is_design_id, on the reply's bytes
 _COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
+_ROW_ID = re.compile(rb'\A\{"id":("(?:[^"\\]|\\.)*")')
+
+
+def row_id(line):
+    """The id of an ``_all_docs`` row line in CouchDB's layout, or None."""
+    match = _ROW_ID.match(line)
+    if match is None:
+        return None
+    try:
+        return json.loads(match.group(1))
+    except ValueError:
+        return None
 
 
 def rewrite_row_line(line):
@@ -1855,11 +1900,30 @@ class CouchDBLayout:
             self.rows += rows
             pieces.append(gzip_member(out) if self.compress else out)
         if self.last_line != FOOTER:
-            raise BackupFailed("the reply ended before its end (no ']}' footer): the transfer was cut short")
+            raise ReplyCut("the reply ended before its end (no ']}' footer): the transfer was cut short")
         if self.rows < self.total_rows:
             raise BackupFailed("the reply holds %d rows but the database has %d documents"
                                % (self.rows, self.total_rows))
         return pieces
+
+    def ended(self):
+        """Whether the reply's last line so far is its ']}' footer."""
+        last = self.pending or self.last_line
+        return last is not None and last.replace(b"\r", b"") == FOOTER
+
+    def flush(self):
+        """The pieces of every block fed so far (waits for the workers)."""
+        return self._account(self.calls.drain())
+
+    def rollback(self):
+        """Forget the incomplete line of a reply that broke off.
+
+        Returns the last complete line (carriage returns removed), or None
+        when none came yet.  The next reply's lines are fed as if they had
+        followed it.
+        """
+        self.pending = b""
+        return self.last_line
 
     def close(self):
         """Stop the workers; returns what they still had to hand back."""
@@ -2043,6 +2107,110 @@ class StreamTarget(DumpTarget):
             pass
 
 
+def resumable_blocks(response, size=1 << 20):
+    """``read_blocks`` for --resume: a failed read becomes ``ReplyBroken``.
+
+    The bytes that did arrive in the read that failed (http.client keeps
+    them in its ``IncompleteRead``) are handed over first, when the reply
+    is not compressed: then a break loses only the row it cut, whatever the
+    block size.
+    """
+    import http.client
+    plain = response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+    while True:
+        try:
+            block = response.read(size)
+        except Exception as error:
+            causes = list(error.args) + [error.__cause__, error.__context__]
+            partial = next((c.partial for c in causes if isinstance(c, http.client.IncompleteRead)
+                            and isinstance(c.partial, bytes)), b"")
+            if partial and plain:
+                yield partial
+            raise ReplyBroken(error)
+        if not block:
+            return
+        yield block
+
+
+def _raising(error):
+    raise error
+    yield  # a generator, that fails when it is first asked for a block
+
+
+class ReplyResumer:
+    """Backup ``--resume``: asks for the rest of an ``_all_docs`` reply that broke off.
+
+    The rest starts at the last complete row: ``startkey`` is that row's id
+    as JSON, and the new reply's first row is dropped when it has that id
+    (not ``skip=1``: had that document been deleted in between, the row
+    after it would be skipped and lost).  Each break gets up to ``-a``
+    requests, 1 s apart like the script's retries; a reply that brought
+    new rows before it broke starts the count again.
+    """
+
+    def __init__(self, backup, path):
+        self.backup = backup
+        self.path = path
+        self.tries = 0
+        self.rows = -1          # rows written at the last break
+        self.response = None
+
+    def resume(self, last_id, rows, failure, couchdb_layout):
+        """The blocks of the rest of the reply; raises ``failure`` once the attempts are spent."""
+        opts, out = self.backup.opts, self.backup.out
+        if rows > 0 and last_id is None:
+            raise failure   # rows with no id we can start from: nothing safe to ask
+        if rows > self.rows:
+            self.tries, self.rows = 0, rows
+        path = self.path
+        if last_id is not None:
+            path += "&startkey=" + quote(json.dumps(last_id), safe="")
+        while True:
+            self.tries += 1
+            if self.tries > opts.attempts:
+                raise failure
+            why = failure.cause if isinstance(failure, ReplyBroken) else failure
+            if not isinstance(why, (TransferFailed, BackupFailed)):
+                why = _describe(why)
+            out.detail("couchdb_dump: %s" % why)
+            out.line("... WARN: The transfer broke off after %d documents - Attempt %d/%s. Resuming..."
+                     % (rows, self.tries, opts.attempts_text))
+            time.sleep(1)
+            self.close()
+            try:
+                self.response = self.backup.open_reply(path)
+                if not 200 <= self.response.status < 300:
+                    raise BackupFailed("the server answered HTTP %d to the request for the rest"
+                                       % self.response.status)
+                blocks = resumable_blocks(self.response, self.backup.BLOCK)
+                return self._after(blocks, last_id) if couchdb_layout else blocks
+            except (TransferFailed, BackupFailed, ReplyBroken) as error:
+                failure = error
+
+    @staticmethod
+    def _after(blocks, last_id):
+        """CouchDB's layout: the blocks after the header line and the row already written."""
+        data = []
+        newlines = 0
+        for block in blocks:
+            data.append(block)
+            newlines += block.count(b"\n")
+            if newlines >= 2:
+                break
+        header, newline, rest = b"".join(data).partition(b"\n")
+        if not newline or not _COUCHDB_HEADER.match(header.replace(b"\r", b"")):
+            raise BackupFailed("the rest of the reply is not laid out as its start")
+        first, newline, after = rest.partition(b"\n")
+        if newline and last_id is not None and row_id(first) == last_id:
+            rest = after
+        return itertools.chain([rest], blocks)
+
+    def close(self):
+        if self.response is not None:
+            self.response.release_conn()
+            self.response = None
+
+
 class Backup:
     """Backup mode: one GET of ``_all_docs``, streamed into the dump file."""
 
@@ -2055,6 +2223,7 @@ class Backup:
         self.progress = progress or Progress(False)
         self.summary = {"mode": "backup", "db": opts.db, "file": opts.file,
                         "documents": 0, "design_documents": 0, "bytes": 0}
+        self.resumer = None   # --resume: a ReplyResumer while the reply is read
 
     def run(self):
         opts, out = self.opts, self.out
@@ -2106,22 +2275,44 @@ class Backup:
             out.script_steps("compress")
         out.info("... INFO: Export completed successfully. File available at: %s" % final)
 
+    def open_reply(self, path):
+        """GET ``path``, waiting out a server that pushes back (``BackPressure``)."""
+        pressure = BackPressure()
+        while True:
+            response = self.session.open("GET", path)
+            wait = pressure.delay(response.status, response.headers)
+            if wait is None:
+                return response
+            response.drain_conn()
+            response.release_conn()
+            self.out.detail("couchdb_dump: the server answered HTTP %d: asking again in %.1f s"
+                            % (response.status, wait))
+            time.sleep(wait)
+
     def _transfer(self, path, target):
         """Download and rewrite; returns (reply had CRs, size without CRs)."""
         out = self.out
         try:
-            response = self.session.open("GET", path)
+            response = self.open_reply(path)
         except TransferFailed as error:
             self._curl_failed(error)
         began = b""
+        self.resumer = ReplyResumer(self, path) if self.opts.resume else None
         try:
-            blocks = read_blocks(response, self.BLOCK)
+            if self.resumer is not None:
+                blocks = resumable_blocks(response, self.BLOCK)
+            else:
+                blocks = read_blocks(response, self.BLOCK)
             head = b""
             # The first line decides: a CouchDB error, or which layout.
-            for block in blocks:
-                head += block
-                if b"\n" in head or len(head) > (1 << 16):
-                    break
+            try:
+                for block in blocks:
+                    head += block
+                    if b"\n" in head or len(head) > (1 << 16):
+                        break
+            except ReplyBroken as error:
+                # --resume: the rewriting below sees the break where it happened.
+                blocks = _raising(error)
             if head.startswith(b'{"error'):
                 rest = b"".join(blocks) if b"\n" not in head else b""
                 first = (head + rest).split(b"\n", 1)[0]
@@ -2146,6 +2337,8 @@ class Backup:
         except BackupFailed as error:
             out.line("... ERROR: Backup failed, no file written: %s." % error)
             raise Exit(1)
+        except ReplyBroken as error:
+            self._curl_failed(error.cause)
         except (Exit, Interrupted, KeyboardInterrupt):
             raise
         except Exception as error:
@@ -2153,6 +2346,8 @@ class Backup:
             self._curl_failed(error)
         finally:
             response.release_conn()
+            if self.resumer is not None:
+                self.resumer.close()
 
     def _rewrite_couchdb(self, total, rest, blocks, target, had_cr, size):
         """The fast path: Apache CouchDB's one-row-a-line layout."""
@@ -2169,10 +2364,21 @@ class Backup:
         try:
             target.write(BACKUP_HEADER + b"\n")
             put(layout.feed(rest))
-            for block in blocks:
-                size += len(block)
-                put(layout.feed(block))
-                self.progress.update(layout.rows, target.written, total)
+            while True:
+                try:
+                    for block in blocks:
+                        size += len(block)
+                        put(layout.feed(block))
+                        self.progress.update(layout.rows, target.written, total)
+                    if self.resumer is not None and not layout.ended():
+                        raise ReplyCut("the reply ended before its end (no ']}' footer)")
+                    break
+                except (ReplyBroken, ReplyCut) as failure:
+                    if self.resumer is None:
+                        raise
+                    put(layout.flush())
+                    last = layout.rollback()
+                    blocks = self.resumer.resume(row_id(last or b""), layout.rows, failure, True)
             put(layout.finish())
             self.progress.update(layout.rows, target.written, total)
         finally:
@@ -2185,18 +2391,27 @@ class Backup:
         """Any other layout, through the streaming JSON scanner."""
         scanner = JsonRowScanner()
         writer = _DocumentLines(target)
-        size = len(head)
-        for doc in scanner.feed(head):
-            writer.add(doc)
-        for block in blocks:
-            if b"\r" in block:
-                had_cr = True
-            size += len(block) - block.count(b"\r")
-            for doc in scanner.feed(block):
-                writer.add(doc)
-            self.progress.update(scanner.rows, target.written, scanner.total_rows)
-        for doc in scanner.finish():
-            writer.add(doc)
+        size = 0
+        blocks = itertools.chain([head], blocks)
+        while True:
+            try:
+                for block in blocks:
+                    if b"\r" in block:
+                        had_cr = True
+                    size += len(block) - block.count(b"\r")
+                    for doc in scanner.feed(block):
+                        writer.add(doc)
+                    self.progress.update(scanner.rows, target.written, scanner.total_rows)
+                # The documents before a cut are written before it is told.
+                for doc in scanner.feed(b"", final=True):
+                    writer.add(doc)
+                break
+            except (ReplyBroken, ReplyCut) as failure:
+                if self.resumer is None:
+                    raise
+                blocks = self.resumer.resume(scanner.last_id, scanner.rows, failure, False)
+                scanner = JsonRowScanner(continues=scanner)
+        scanner.finish()
         writer.finish()
         self.progress.update(scanner.rows, target.written, scanner.total_rows)
         self.summary["documents"] = scanner.rows

@@ -13,6 +13,18 @@ with `faults`: a callable taking the request's index, method and path and
 returning None (answer normally) or one of the actions of `Fault`.  With
 `chunking`, `_all_docs` replies go out chunked as it cuts them (see
 `couchdb_chunks`).
+
+Fault kinds: `status` (answer `status`/`body`, with `headers`), `drop` (hang
+up without answering), `drop_after` (store, then hang up), `cut` (promise
+more bytes than are sent), `chunked_cut`, `trickle`, `hang`, `delay` (then
+answer normally), and for `_all_docs`: `rows_cut` (the real reply broken off
+after `rows` complete rows and a part of the next, the connection reset) and
+`rows_end` (the same, but the reply ends cleanly there, without its footer).
+
+Also as CouchDB does: `_all_docs?startkey=`, `_revs_diff`, a design document
+PUT with its current `_rev` (an update), and with `max_docs` a `_bulk_docs`
+of more documents than that is refused with 413.  `layout="one_line"` lays
+`_all_docs` out as PouchDB Server does (one line, other field order).
 """
 
 import http.server
@@ -40,6 +52,8 @@ class Fault:
     status: int = 500
     body: bytes = b'{"error":"unknown_error","reason":"injected"}\n'
     seconds: float = 0.0
+    headers: dict = field(default_factory=dict)
+    rows: int = 0
 
 
 @dataclass
@@ -89,6 +103,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "drop_after":
             with stub.lock:
                 stub.answer(request)
+        if fault is not None and fault.kind in ("rows_cut", "rows_end"):
+            with stub.lock:
+                pieces = stub.all_docs_pieces(request)
+            return self._rows_cut(pieces, fault)
         if fault is not None:
             return self._fault(fault)
         with stub.lock:
@@ -103,8 +121,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = do_DELETE = _handle
 
-    def _send(self, status, payload, length=None):
+    def _send(self, status, payload, length=None, headers=None):
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload) if length is None else length))
         self.send_header("Connection", "close")
@@ -124,6 +144,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
         self.wfile.flush()
 
+    def _rows_cut(self, pieces, fault):
+        """Send the reply up to `fault.rows` rows and half of the next one."""
+        head, rows, separator, _ = pieces
+        sent = head + b"".join(row + separator for row in rows[:fault.rows])
+        if fault.rows < len(rows):
+            sent += rows[fault.rows][:len(rows[fault.rows]) // 2]
+        self._chunked_head()
+        self._chunk(sent)
+        if fault.kind == "rows_end":
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        return self._hang_up()
+
     def _hang_up(self):
         self.close_connection = True
         try:
@@ -134,7 +167,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _fault(self, fault):
         stub = self.server.stub
         if fault.kind == "status":
-            return self._send(fault.status, fault.body)
+            return self._send(fault.status, fault.body, headers=fault.headers)
         if fault.kind in ("drop", "drop_after"):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -190,13 +223,15 @@ class CouchStub:
     """The stand-in server: `with CouchStub() as stub:` gives `stub.url`."""
 
     def __init__(self, faults=None, databases=(), lose=None, chunking=None, changes_page=None,
-                 bulk_get_status=None, bulk_get_reversed=False):
+                 bulk_get_status=None, bulk_get_reversed=False, max_docs=None, layout="couchdb"):
         self.faults = faults
         self.chunking = chunking   # body -> HTTP chunks of _all_docs replies (else Content-Length)
         self.lose = lose
         self.changes_page = changes_page            # the most rows a _changes page holds
         self.bulk_get_status = bulk_get_status      # e.g. 405: _bulk_get refused, as an old server
         self.bulk_get_reversed = bulk_get_reversed  # answer _bulk_get out of order, as PouchDB Server may
+        self.max_docs = max_docs                    # more documents in one _bulk_docs: 413
+        self.layout = layout                        # "one_line": _all_docs as PouchDB Server lays it out
         self.requests = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -346,14 +381,18 @@ class CouchStub:
         if request.method == "PUT" and len(parts) >= 2:
             doc_id = "/".join(parts[1:])
             doc = json.loads(request.body)
-            if doc_id in dbs[db]:
+            current = dbs[db].get(doc_id)
+            if current is not None and doc.get("_rev") != current["_rev"]:
                 return 409, b'{"error":"conflict","reason":"Document update conflict."}\n'
+            generation = int(current["_rev"].split("-")[0]) + 1 if current is not None else 1
             doc["_id"] = doc_id
-            doc["_rev"] = "1-stub"
+            doc["_rev"] = "%d-stub" % generation
             dbs[db][doc_id] = doc
-            return 201, json.dumps({"ok": True, "id": doc_id, "rev": "1-stub"}).encode() + b"\n"
+            return 201, json.dumps({"ok": True, "id": doc_id, "rev": doc["_rev"]}).encode() + b"\n"
         if request.method == "POST" and parts[1:] == ["_bulk_docs"]:
             payload = json.loads(request.body)
+            if self.max_docs is not None and len(payload["docs"]) > self.max_docs:
+                return 413, b'{"error":"too_large","reason":"the request entity is too large"}\n'
             for doc in payload["docs"]:
                 if self.lose is not None and self.lose(doc["_id"]):
                     continue
@@ -382,13 +421,34 @@ class CouchStub:
             return 200, json.dumps([{"ok": leaves[rev]} for rev in sorted(leaves, key=revision_order)],
                                    separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         if request.method == "GET" and parts[1:] == ["_all_docs"]:
-            rows = []
-            for doc_id in sorted(dbs[db]):
-                doc = {k: v for k, v in dbs[db][doc_id].items() if k != "_revisions"}
-                rows.append(json.dumps({"id": doc_id, "key": doc_id, "value": {"rev": doc["_rev"]}, "doc": doc},
-                                       separators=(",", ":"), ensure_ascii=False).encode())
-            # CouchDB's layout: one row a line, CRLF between, an empty line when no rows.
-            body = b'{"total_rows":%d,"offset":0,"rows":[\r\n' % len(rows)
-            body += b",\r\n".join(rows) + b"\r\n]}\n"
-            return 200, body
+            head, rows, separator, tail = self.all_docs_pieces(request)
+            return 200, head + separator.join(rows) + tail
+        if request.method == "GET" and len(parts) >= 2 and (parts[1] == "_design" or not parts[1].startswith("_")):
+            doc = dbs[db].get("/".join(parts[1:]))
+            if doc is None:
+                return 404, b'{"error":"not_found","reason":"missing"}\n'
+            return 200, json.dumps({k: v for k, v in doc.items() if k != "_revisions"}).encode() + b"\n"
         return 400, b'{"error":"bad_request","reason":"not in the stub"}\n'
+
+    def all_docs_pieces(self, request):
+        """The `_all_docs` reply as (head, rows, separator, tail)."""
+        path, _, query = request.path.partition("?")
+        docs = self.store.databases[unquote(path.split("/")[1])]
+        ids = sorted(docs)
+        start = parse_qs(query).get("startkey")
+        offset = 0
+        if start:
+            key = json.loads(start[0])
+            offset = sum(1 for doc_id in ids if doc_id < key)
+        rows = []
+        for doc_id in ids[offset:]:
+            doc = {k: v for k, v in docs[doc_id].items() if k != "_revisions"}
+            if self.layout == "one_line":
+                row = {"doc": doc, "id": doc_id, "key": doc_id, "value": {"rev": doc["_rev"]}}
+            else:
+                row = {"id": doc_id, "key": doc_id, "value": {"rev": doc["_rev"]}, "doc": doc}
+            rows.append(json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode())
+        if self.layout == "one_line":
+            return b'{"total_rows":%d,"offset":%d,"rows":[' % (len(ids), offset), rows, b",", b"]}"
+        # CouchDB's layout: one row a line, CRLF between, an empty line when no rows.
+        return b'{"total_rows":%d,"offset":%d,"rows":[\r\n' % (len(ids), offset), rows, b",\r\n", b"\r\n]}\n"
