@@ -37,6 +37,7 @@ import queue
 import random
 import re
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -45,7 +46,7 @@ import zlib
 from array import array
 from bisect import bisect_left
 from itertools import accumulate
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 # Imported where they are used, to keep start-up lean (a usage error, -h or a
 # small restore pays for none of them): urllib3 (~40 ms, and its absence is
@@ -486,7 +487,36 @@ def parse_options(argv, environ, out, prog):
         _usage_error(out, prog, "... ERROR: Password cannot be blank, if username is specified.")
     if opts.password and not opts.user:
         _usage_error(out, prog, "... ERROR: Username cannot be blank, if password is specified.")
+    problem = url_problem(opts.url)
+    if problem:
+        # Never a request to a path the user did not mean.
+        out.line('... ERROR: -H "%s" with -P "%s" does not make a server URL: %s.'
+                 % (_without_userinfo(opts.host), opts.port, problem))
+        raise Exit(1)
     return opts
+
+
+def url_problem(url):
+    """Why the URL built from -H and -P cannot name a CouchDB server, or None."""
+    if re.search(r"\s", url):
+        return "it holds white space"
+    try:
+        parts = urlsplit(url)
+        parts.port   # raises ValueError for a port that is no number from 0 to 65535
+    except ValueError:
+        return "it has a port that is no number from 0 to 65535 (a second port, or -P not a number?)"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "it must start with http:// or https://, or be a host name"
+    if not parts.hostname:
+        return "it names no host"
+    if parts.path or parts.query or parts.fragment:
+        return "a path, query or '#' after the host (-H takes the server only, -d the database)"
+    return None
+
+
+def _without_userinfo(host):
+    """-H as typed, with any user:password@ blotted out."""
+    return re.sub(r"(?<=//)[^/@]*@", "***@", host)
 
 
 def chunk_lines(text):
@@ -513,11 +543,12 @@ def _long_option_error(out, message, name=None):
 
 
 def _positive_number(text):
+    """A finite number of seconds above 0 that a socket can wait (at most a year)."""
     try:
         value = float(text)
     except (TypeError, ValueError):
         return None
-    return value if value > 0 else None
+    return value if 0 < value <= 366 * 86400 else None
 
 
 def _number_from_zero(text):
@@ -530,8 +561,12 @@ def _number_from_zero(text):
 
 
 def build_url(host, port):
-    """The server URL exactly as couchdb-dump.sh composes it from -H and -P."""
-    url = host
+    """The server URL as couchdb-dump.sh composes it from -H and -P.
+
+    One difference: a trailing "/" (a URL pasted from a browser) is taken
+    off -H first; the script made ``http://h:5984/:5984`` of it.
+    """
+    url = host.rstrip("/")
     if "http" not in url:
         url = ("https://" if port == "443" else "http://") + url
     # egrep ":[0-9]*$": a URL already ending in a colon and digits keeps them.
@@ -931,12 +966,18 @@ class CouchSession:
     The proxy variables curl reads are read the same way (``proxy_for``).
     """
 
+    CONNECT_LIMIT = 30.0   # seconds
+
     def __init__(self, url, user="", password="", timeout=300.0, environ=None):
         self.url = url
         self.environ = os.environ if environ is None else environ
         self.timeout = timeout
+        # Connecting (TCP and the TLS handshake) gets a limit of its own: a
+        # server that does not answer a handshake is not a slow reply.
+        self.connect_limit = min(self.CONNECT_LIMIT, timeout)
         self._pool = None
         self._origin = None
+        self._tls_server = None
         self._prefix = ""
         self.headers = {"Accept": "*/*", "User-Agent": "%s/%s" % (PROGRAM, __version__)}
         self._user = user
@@ -957,6 +998,7 @@ class CouchSession:
             raise TransferFailed("unsupported protocol %r" % scheme)
         port = parsed.port or (443 if scheme == "https" else 80)
         self._origin = "%s://%s:%d" % (scheme, parsed.host, port)
+        self._tls_server = "%s:%d" % (parsed.host, port) if scheme == "https" else None
         self._prefix = (parsed.path or "").rstrip("/")
         user, password = self._user, self._password
         credentials = None
@@ -969,7 +1011,9 @@ class CouchSession:
             self._password = secret
         if credentials is not None:
             self.headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
-        options = {"retries": False, "timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout)}
+        # urllib3 counts the TLS handshake in the connect limit: a plain-HTTP
+        # port that never answers the handshake is told apart in ``open``.
+        options = {"retries": False, "timeout": urllib3.Timeout(connect=self.connect_limit, read=self.timeout)}
         if scheme == "https":
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
             options["cert_reqs"] = "CERT_NONE"
@@ -1013,7 +1057,16 @@ class CouchSession:
                 redirect=False, retries=False, preload_content=False,
                 decode_content=True, enforce_content_length=True)
         except Exception as error:  # urllib3 wraps every socket failure
+            if self._tls_server and _during_handshake(error):
+                raise TransferFailed(self._tls_failure(error))
             raise TransferFailed(_describe(error))
+
+    def _tls_failure(self, error):
+        if _caused_by(error, (socket.timeout, TimeoutError)):
+            return "no TLS answer from %s within %g s - is it plain HTTP? (try http:// in -H)" % (
+                self._tls_server, self.connect_limit)
+        return "the TLS handshake with %s failed (%s) - is it plain HTTP? (try http:// in -H)" % (
+            self._tls_server, _describe(error))
 
     def request(self, method, path, body=None, content_type=None, accept=None):
         """Send a request and read the whole reply."""
@@ -1230,6 +1283,31 @@ class _Body:
 
     def __iter__(self):
         return iter(self.blocks())
+
+
+def _causes(error):
+    """The error and those it was raised from or during, innermost last."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _caused_by(error, kinds):
+    return any(isinstance(cause, kinds) for cause in _causes(error))
+
+
+def _during_handshake(error):
+    """Whether the failure came from inside ssl's handshake (urllib3 1.26 and
+    2.x both report a handshake timeout as a read timeout)."""
+    for cause in _causes(error):
+        trace = cause.__traceback__
+        while trace is not None:
+            if trace.tb_frame.f_code.co_name == "do_handshake":
+                return True
+            trace = trace.tb_next
+    return False
 
 
 def _describe(error):

@@ -14,7 +14,10 @@ import contextlib
 import io
 import json
 import os
+import socket
 import sys
+import threading
+import time
 
 import pytest
 
@@ -309,3 +312,98 @@ def test_json_line_is_alone_whatever_was_printed_before_it(monkeypatch, tmp_path
     first, last, end = stdout.split(b"\n")
     assert first == b"... ERROR: half a line" and end == b""
     assert json.loads(last.decode())["error"] == "half a line"
+
+
+# -- 5. -H https://host on a plain-HTTP port hangs ---------------------------------
+
+class SilentServer:
+    """A TCP server that accepts connections and never says a word."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("mode", ["-b", "-r"])
+def test_https_to_a_port_that_never_answers_the_handshake_fails_fast_and_says_why(mode, tmp_path):
+    path = tmp_path / "dump.json"
+    if mode == "-r":
+        path.write_bytes(dump_of(documents(2)))
+    with SilentServer() as server:
+        started = time.monotonic()
+        code, stdout, stderr = main([mode, "-H", "https://127.0.0.1:%d" % server.port, "-d", "shop",
+                                     "-f", str(path), "-a", "1", "--timeout", "1.5"])
+        seconds = time.monotonic() - started
+    assert code == 1
+    assert seconds < 10
+    assert "no TLS answer from 127.0.0.1:%d within 1.5 s - is it plain HTTP?" % server.port in stderr
+    assert [line for line in stdout.decode().splitlines() if line.startswith("... ERROR:")]
+
+
+def test_tls_handshake_waits_at_most_30_seconds_whatever_the_timeout():
+    assert cd.CouchSession("https://h:1", timeout=300).connect_limit == 30
+    assert cd.CouchSession("https://h:1", timeout=5).connect_limit == 5
+
+
+def test_https_to_a_plain_http_server_says_it_may_be_plain_http(tmp_path):
+    with CouchStub(databases=("shop",)) as stub:
+        code, stdout, stderr = main(["-b", "-H", "https://127.0.0.1:%d" % stub.port, "-d", "shop",
+                                     "-f", str(tmp_path / "out.json"), "--timeout", "5"])
+    assert code == 1
+    assert "is it plain HTTP?" in stderr
+    assert os.listdir(str(tmp_path)) == []
+
+
+# -- 6. -H with a trailing slash; -H that cannot form a URL --------------------------
+
+@pytest.mark.parametrize("host", ["http://127.0.0.1:{PORT}/", "127.0.0.1/", "http://127.0.0.1/", "127.0.0.1//"])
+def test_trailing_slash_in_h_is_taken_off(host, tmp_path):
+    path = tmp_path / "out.json"
+    with CouchStub(databases=("shop",)) as stub:
+        stub.store.databases["shop"] = stored(documents(2))
+        run = against(stub, ["-b", "-H", host, "-P", "{PORT}", "-d", "shop", "-f", str(path), "-q"])
+    assert run.code == 0, run.says()
+    assert [r.path for r in run.requests] == ["/shop/_all_docs?include_docs=true&attachments=true"]
+
+
+@pytest.mark.parametrize("host, port", [
+    ("http://127.0.0.1:5984/couchdb", "5984"), ("127.0.0.1/db", "5984"), ("127.0.0.1:5984:5984", "5984"),
+    ("127.0.0.1 ", "5984"), ("my host", "5984"), ("127.0.0.1", "abc"), ("127.0.0.1", "-5"), ("127.0.0.1", "70000"),
+    ("h?x=1", "5984"), ("h#top", "5984"), ("/", "5984"), ("http://", "5984"),
+])
+@pytest.mark.parametrize("mode", ["-b", "-r"])
+def test_h_that_cannot_form_a_url_is_an_error_naming_h_and_sends_nothing(host, port, mode, tmp_path):
+    path = tmp_path / "dump.json"
+    path.write_bytes(dump_of(documents(2)))
+    code, stdout, stderr = main([mode, "-H", host, "-P", port, "-d", "shop", "-f", str(path), "-u", "u", "-p", "pw"])
+    assert code == 1
+    errors = [line for line in stdout.decode().splitlines() if line.startswith("... ERROR:")]
+    assert len(errors) == 1 and errors[0].startswith('... ERROR: -H "%s" with -P "%s"' % (host, port)), stdout
+    assert os.listdir(str(tmp_path)) == ["dump.json"]
+
+
+def test_h_error_never_shows_a_password_given_in_the_url():
+    code, stdout, _ = main(["-b", "-H", "http://admin:s3cret@127.0.0.1/x", "-d", "d", "-f", "f.json"])
+    assert code == 1
+    assert b"s3cret" not in stdout and b'-H "http://***@127.0.0.1/x"' in stdout
