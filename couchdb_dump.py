@@ -245,6 +245,9 @@ class Options:
         self.resume = False
         self.delay = 0.0          # -D: seconds between import requests
         self.start_chunk = None   # -s: the split-file name to start at
+        # A long option was given: the run is no longer the script's, so it may
+        # send requests the script never sends (the script's runs send its own).
+        self.extended = False
         self.cores = 1
         self.url = ""
 
@@ -340,6 +343,7 @@ def parse_options(argv, environ, out, prog):
     stray = []
     lines_given = jobs_given = False
     for option, value in getopts(argv):
+        opts.extended = opts.extended or option.startswith("--")
         if option == "end":
             stray = argv[value:]
         elif option == "h":
@@ -659,6 +663,10 @@ class Messages:
     def info(self, text):
         if not self.quiet:
             self.line(text)
+
+    def summarize(self, text):
+        """Make ``text`` the --json error, instead of the last ERROR line's text."""
+        self.last_error = text
 
     def script_steps(self, step):
         """The INFO lines the script prints for one of its ``SCRIPT_STEPS``."""
@@ -3588,6 +3596,13 @@ def report_refusals(out, reply):
     return refused
 
 
+# What a refused list of databases most likely means (said on stderr).
+REFUSED_LISTING = {
+    401: ": it did not accept the user name and password (-u/-p, or COUCHDB_USER/COUCHDB_PASS)",
+    403: ": the user may not list the databases",
+}
+
+
 class TargetDatabase:
     """The database a restore writes to, made ready as the script does.
 
@@ -3614,6 +3629,9 @@ class TargetDatabase:
             out.line("... WARN: Curl failed to get the list of databases - Continuing")
             if not reply.body.rstrip(b"\n"):
                 out.line("... WARN: Curl just returned: ")
+            if reply.status >= 400:
+                out.detail("couchdb_dump: the server answered HTTP %d to the list of databases%s"
+                           % (reply.status, REFUSED_LISTING.get(reply.status, "")))
             if opts.recreate:
                 out.line("... ERROR: --recreate needs the list of databases - Stopping")
                 raise Exit(1)
@@ -3660,7 +3678,8 @@ def verify_restore(session, out, opts, path, dump, index):
 
     Reads the database's ``_all_docs`` once and marks what it finds in
     ``index``; then names each document missing or at another revision
-    (the dump is read again to name them) and ends the run with 1.
+    (the dump is read again to name them).  Returns None when none is, else
+    the summary (``2 of 8 documents ... missing``) for --json's error.
     """
     out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
     try:
@@ -3691,9 +3710,10 @@ def verify_restore(session, out, opts, path, dump, index):
     if not missing:
         out.info("... INFO: Verified: all %d documents of the dump are in %s with their revisions"
                  " (%d design documents by id)." % (total, opts.db, len(wanted_designs)))
-        return
-    out.line("... ERROR: Verify: %d of %d documents of the dump are missing from %s or at another revision:"
-             % (missing, total, opts.db))
+        return None
+    summary = "Verify: %d of %d documents of the dump are missing from %s or at another revision" % (
+        missing, total, opts.db)
+    out.line("... ERROR: %s:" % summary)
     for doc_id in sorted(wanted_designs - present_designs):
         out.line("... ERROR:   missing: %s" % json.dumps(doc_id, ensure_ascii=False))
     for line in dump.lines():
@@ -3709,7 +3729,41 @@ def verify_restore(session, out, opts, path, dump, index):
         if not index.has(doc.get("_id"), doc.get("_rev")):
             out.line("... ERROR:   missing: %s at revision %s" % (
                 json.dumps(doc.get("_id"), ensure_ascii=False), doc.get("_rev")))
-    raise Exit(1)
+    return summary
+
+
+def database_doc_count(session, path):
+    """The database's doc_count, or None when it does not answer with one (one try)."""
+    try:
+        reply = session.request("GET", path)
+        info = json.loads(reply.body) if reply.ok else None
+    except (TransferFailed, ValueError):
+        return None
+    count = info.get("doc_count") if isinstance(info, dict) else None
+    return count if type(count) is int else None
+
+
+def report_incomplete(session, out, opts, path, counts):
+    """After a restore that stopped part way: what this run wrote, and what the database holds.
+
+    Documents written counts what the server confirmed in this run; a chunk
+    whose answer was lost may be stored all the same, and the database may
+    have held documents before.  So the database is asked for its doc_count
+    (design documents included), when the run may send requests the
+    script never sends (``opts.extended``): a run with the script's
+    options sends the script's requests only.
+    """
+    where = " at %s" % counts.failed_chunk if counts.failed_chunk is not None else ""
+    text = "couchdb_dump: the restore stopped%s: this run wrote %d of the dump's %d documents" % (
+        where, counts.documents_written, counts.total_documents)
+    held = database_doc_count(session, path) if opts.extended else None
+    if held is not None:
+        text += "; the database holds %d documents now (its doc_count, with any it held before)" % held
+    elif opts.extended:
+        text += "; the database did not say how many documents it holds now"
+    else:
+        text += "; the database may hold more (a chunk whose answer was lost can be stored all the same)"
+    out.detail(text)
 
 
 class ChunkUpload:
@@ -3731,7 +3785,7 @@ class ChunkUpload:
         self.refuse_plan = restore.refuse_plan
 
     def send(self, text, text_name):
-        opts, out, counts = self.opts, self.out, self.counts
+        opts, out = self.opts, self.out
         out.info("... INFO: Block import set to %s lines." % opts.lines)
         out.script_steps("split")
         self.refuse_plan()
@@ -3761,9 +3815,6 @@ class ChunkUpload:
                     self._chunk_done(chunk, future.result())
                 except (Exit, RestoreStopped):
                     pass
-            if counts.failed_chunk is not None:
-                out.detail("couchdb_dump: the restore stopped at %s: %d of %d documents are in the database"
-                           % (counts.failed_chunk, counts.documents_written, counts.total_documents))
             raise
         finally:
             pool.shutdown(wait=True)
@@ -3868,18 +3919,30 @@ class Restore:
         try:
             self.restore_documents(dump, survey)
         except RestoreStopped:
+            self.progress.finish()
             out.line("... ERROR: Stopped by %s: %d of %d documents were written (%d chunks); the restore is incomplete."
                      % (signal_name(self.stop.requested), counts.documents_written, counts.total_documents,
                         counts.chunks_written))
+            report_incomplete(self.session, out, opts, self.db_path, counts)
             raise Exit(Interrupted(self.stop.requested).code)
+        except Exit:
+            self.progress.finish()
+            if not self.plan_fails:
+                report_incomplete(self.session, out, opts, self.db_path, counts)
+            raise
         finally:
             self.stop.graceful = False
             self.progress.finish()
+        problems = []
         if counts.refused:
             out.line("... ERROR: %d documents were refused by the server: the restore is incomplete." % counts.refused)
-            raise Exit(1)
+            problems.append(out.last_error)
         if index is not None:
-            verify_restore(self.session, out, opts, self.db_path, dump, index)
+            # Refused or not, --verify says what the database holds.
+            problems.append(verify_restore(self.session, out, opts, self.db_path, dump, index))
+        if any(problems):
+            out.summarize("; ".join(problem for problem in problems if problem))
+            raise Exit(1)
 
     def open_dump(self):
         opts, out = self.opts, self.out
@@ -3965,10 +4028,19 @@ class Restore:
                 "PUT", self.db_path + path, body, "application/json",
                 transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s. Retrying...", name),
                 transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
-                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...")
+                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
+                reply_final=lambda reply: self.design_refused(reply, wanted[number]))
             count += 1
             counts.documents_written += 1
             self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
+
+    def design_refused(self, reply, doc_id):
+        """The script's last word on a design document, and what to do about a conflict."""
+        self.retry.couchdb_reported(reply)
+        if reply.status == 409 or b'"error":"conflict"' in reply.first_line:
+            self.out.detail("couchdb_dump: %s already holds the design document %s: to restore the dump over what"
+                            " the database holds, add --recreate (it deletes the database first)"
+                            % (self.opts.db, doc_id))
 
     def upload_whole(self, text, documents):
         """Fewer lines than -l: one _bulk_docs of the whole text."""

@@ -1,7 +1,7 @@
 """A small in-process CouchDB stand-in for tests that need a server on demand.
 
 It keeps databases and documents in memory and answers the few endpoints the
-port uses (`GET /_all_dbs`, `PUT /db`, `DELETE /db`, `PUT /db/_design/x`,
+port uses (`GET /_all_dbs`, `GET /db`, `PUT /db`, `DELETE /db`, `PUT /db/_design/x`,
 `POST /db/_bulk_docs`, `GET /db/_all_docs`) the way Apache CouchDB lays them
 out.  For complete backups it also keeps revision trees: `put_leaves` stores
 leaf revisions as `_bulk_docs` with `new_edits:false` does, and it answers
@@ -373,6 +373,8 @@ class CouchStub:
             for kept in (self.store.leaves, self.store.known, self.store.seqs, self.store.security):
                 kept.pop(db, None)
             return 200, b'{"ok":true}\n'
+        if request.method == "GET" and len(parts) == 1:
+            return 200, json.dumps({"db_name": db, "doc_count": len(dbs[db])}).encode() + b"\n"
         if request.method == "PUT" and len(parts) == 1:
             if db in dbs:
                 return 412, b'{"error":"file_exists","reason":"The database could not be created, the file already exists."}\n'

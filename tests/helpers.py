@@ -41,3 +41,15 @@ def http(method, url, body=None, timeout=300):
             return json.loads(reply.read())
     except urllib.error.HTTPError as error:
         raise AssertionError("%s %s -> HTTP %d %s" % (method, url, error.code, error.read()[:300]))
+
+
+def make_dump(documents=5, designs=0, big=None):
+    """A dump as the port and the script write it; returns (bytes, ids)."""
+    docs = [b'{"_id":"_design/d%d","_rev":"1-d%d","views":{"v":{"map":"function(doc){emit(doc._id)}"}}}'
+            % (i, i) for i in range(designs)]
+    docs += [b'{"_id":"doc%03d","_rev":"1-%03d","value":%d}' % (i, i, i) for i in range(documents)]
+    if big is not None:
+        docs.append(big)
+    ids = [json.loads(doc)["_id"] for doc in docs]
+    lines = [HEADER] + [doc + b"," for doc in docs[:-1]] + docs[-1:] + [FOOTER]
+    return b"\n".join(lines) + b"\n", ids

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from couch_stub import CouchStub, Fault
-from helpers import FOOTER, HEADER, PROGRAM, clean_environment
+from helpers import FOOTER, HEADER, PROGRAM, clean_environment, make_dump
 
 
 # CouchDB's own error bodies for the statuses the matrix injects.
@@ -55,18 +55,6 @@ def closed_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def make_dump(documents=5, designs=0, big=None):
-    """A dump as the port and the script write it; returns (bytes, ids)."""
-    docs = [b'{"_id":"_design/d%d","_rev":"1-d%d","views":{"v":{"map":"function(doc){emit(doc._id)}"}}}'
-            % (i, i) for i in range(designs)]
-    docs += [b'{"_id":"doc%03d","_rev":"1-%03d","value":%d}' % (i, i, i) for i in range(documents)]
-    if big is not None:
-        docs.append(big)
-    ids = [json.loads(doc)["_id"] for doc in docs]
-    lines = [HEADER] + [doc + b"," for doc in docs[:-1]] + docs[-1:] + [FOOTER]
-    return b"\n".join(lines) + b"\n", ids
 
 
 def dump_of(docs):
@@ -350,8 +338,11 @@ def test_failed_chunk_says_on_stderr_which_chunk_and_how_many_documents_were_wri
     assert run.rc == 1
     lines = [line for line in run.stderr.decode().splitlines()
              if line.startswith("couchdb_dump: the restore stopped at")]
-    assert lines == ["couchdb_dump: the restore stopped at dump.json.splitaab: "
-                     "1 of 5 documents are in the database"], run.says()
+    # The script's options: no request the script would not send, so the database is not asked.
+    assert lines == ["couchdb_dump: the restore stopped at dump.json.splitaab: this run wrote 1 of the dump's 5"
+                     " documents; the database may hold more (a chunk whose answer was lost can be stored all the"
+                     " same)"], run.says()
+    assert not [r for r in run.requests if r.method == "GET" and r.path == "/db"]
     # ... and that is the truth: the first chunk's one document, no more.
     assert sorted(run.store["db"]) == ["doc000"]
 
@@ -457,8 +448,10 @@ def test_failed_chunk_with_jobs_tells_how_many_documents_are_in_the_server(scena
     assert run.rc == 1
     line = [l for l in run.stderr.decode().splitlines() if l.startswith("couchdb_dump: the restore stopped at")]
     assert len(line) == 1, run.says()
-    written = int(re.search(r": (\d+) of 20 documents are in the database", line[0]).group(1))
+    written = int(re.search(r"this run wrote (\d+) of the dump's 20 documents", line[0]).group(1))
     assert written == len(run.store["db"]), "%s, but the server holds %s" % (line[0], sorted(run.store["db"]))
+    held = int(re.search(r"the database holds (\d+) documents now \(its doc_count", line[0]).group(1))
+    assert held == len(run.store["db"])
 
 
 @pytest.mark.parametrize("body", [b"<html><body>OK</body></html>\n", b""], ids=["html_page", "empty_body"])
