@@ -246,7 +246,7 @@ class ReplayServer:
         self.stop()
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)   # functools.cache is 3.9+: the tests run on 3.8 too
 def _closed_port_socket() -> socket.socket:
     # Bound but never listening: connecting gets "connection refused", and
     # holding the socket for the whole test session stops anything else from

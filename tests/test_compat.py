@@ -30,7 +30,7 @@ def test_port_reproduces_the_recorded_bash_run(case_name, tmp_path):
         )
 
 
-def _tree_differences(left: Path, right: Path) -> list[str]:
+def _tree_differences(left: Path, right: Path) -> "list[str]":
     """Files missing on either side or differing in bytes, recursively."""
     comparison = filecmp.dircmp(left, right, ignore=[])
     differences = []
