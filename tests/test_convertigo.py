@@ -583,7 +583,7 @@ def test_progress_line_and_messages_do_not_glue_in_a_terminal(tmp_path):
     line (never after '... s left'), the progress line comes back after it,
     and the last one drawn is the run's end, at 100%."""
     docs = [b'{"_id":"d%02d","_rev":"1-a","v":%d}' % (i, i) for i in range(12)]
-    dump = b"\n".join([b'{"new_edits":false,"docs":['] + [d + b"," for d in docs[:-1]] + docs[-1:] + [b"]}"])
+    dump = b"\n".join([HEADER] + [d + b"," for d in docs[:-1]] + docs[-1:] + [b"]}"])
     (tmp_path / "dump.json").write_bytes(dump + b"\n")
     slow = lambda index, method, path: Fault("delay", seconds=0.25) if path.endswith("_bulk_docs") else None
     with CouchStub(databases=["db"], faults=slow) as stub:
