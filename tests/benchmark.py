@@ -69,8 +69,7 @@ import time
 import zlib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "couchdb_dump.py"
+from helpers import PROGRAM as SCRIPT, REPO
 CACHE_DIR = Path(tempfile.gettempdir()) / "couchdb_dump_bench"
 DATASET_VERSION = 1          # bump when the generated documents change
 DESIGN_EVERY = 100_000
