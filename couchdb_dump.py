@@ -44,7 +44,7 @@ import threading
 import time
 import zlib
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from itertools import accumulate
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
@@ -1508,6 +1508,7 @@ class BlockCalls:
     """
 
     PARALLEL_FROM = 8 << 20   # below this, starting workers costs more than it saves
+    INLINE_FROM = 16 << 20    # a block this large (a long line) stays here: a worker would need two more copies
 
     def __init__(self, count, function, *fixed):
         self.count = count
@@ -1518,6 +1519,10 @@ class BlockCalls:
 
     def submit(self, size, *args):
         self.seen += size
+        if size >= self.INLINE_FROM:
+            done = self.drain()
+            done.append(self.function(*(args + self.fixed)))
+            return done
         if self.workers is None and self.count > 1 and self.seen > self.PARALLEL_FROM and Workers.available():
             self.workers = Workers(self.count, self.function, *self.fixed)
         if self.workers is not None:
@@ -1551,6 +1556,64 @@ class ReplyBroken(Exception):
     def __init__(self, cause):
         super().__init__(cause)
         self.cause = cause
+
+
+class LongRow:
+    """One line of a CouchDB reply too long to hold, rewritten as it streams.
+
+    ``rewrite_row_line`` of the whole line, in pieces: carriage returns
+    dropped throughout, the row's start cut before its document, and the
+    last three bytes held back until the line ends, for the brace fix.
+    """
+
+    HELD = 3   # len(b"}},"): all that fix_closing_braces looks at
+
+    def __init__(self, head, is_row, designs, carriage_returns):
+        self.head = head
+        self.rows = 1 if is_row else 0
+        self.designs = designs
+        self.carriage_returns = carriage_returns
+        self.tail = b""
+        self.last = None
+
+    @classmethod
+    def start(cls, data, count_designs):
+        """The LongRow for a line beginning with ``data``; None while a row's
+        document has not begun in it (the row must then be held longer)."""
+        stripped = data.replace(b"\r", b"") if b"\r" in data else data
+        if _ROW_START.startswith(stripped):
+            return None           # too short to tell a row yet
+        is_row = stripped.startswith(_ROW_START)
+        if is_row:
+            mark = stripped.find(_DOC_MARK)
+            if mark < 0:
+                return None
+            stripped = stripped[mark + len(_DOC_MARK):]
+        designs = 1 if count_designs and data.startswith(b'{"id":"_design/') else 0
+        line = cls(b"", is_row, designs, data.count(b"\r"))
+        line.head = line.middle_stripped(stripped)
+        return line
+
+    def middle_stripped(self, data):
+        data = self.tail + data if self.tail else data
+        self.tail = data[-self.HELD:]
+        return data[:-self.HELD]
+
+    def middle(self, block):
+        if b"\r" in block:
+            stripped = block.replace(b"\r", b"")
+            self.carriage_returns += len(block) - len(stripped)
+            block = stripped
+        return self.middle_stripped(block)
+
+    def end(self, block):
+        """The last bytes of the line (without its newline), brace fix applied."""
+        if b"\r" in block:
+            stripped = block.replace(b"\r", b"")
+            self.carriage_returns += len(block) - len(stripped)
+            block = stripped
+        self.last = self.tail + block
+        return fix_closing_braces(self.last)
 
 
 class JsonRowScanner:
@@ -1935,22 +1998,31 @@ class CouchDBLayout:
     large enough to be worth it.
     """
 
-    def __init__(self, total_rows, count_designs=True, compress=False, workers=0):
+    def __init__(self, total_rows, count_designs=True, compress=False, workers=0, stream_long=True):
         self.total_rows = total_rows
         self.compress = compress
+        # A long line streamed to the file cannot be taken back: --resume,
+        # which drops the line a reply broke off in, holds it whole instead.
+        self.stream_long = stream_long
         # only --json reports the design documents: counting them costs a pass
         self.calls = BlockCalls(workers, rewrite_row_block, compress, count_designs)
+        self.count_designs = count_designs
         self.rows = 0
         self.designs = 0
         self.carriage_returns = 0
         self.pending = b""
         self.last_line = None
+        self.long_line = None   # a LongRow while one streams through
 
     def feed(self, block):
         """Returns the list of pieces of the dump now complete."""
+        if self.long_line is not None:
+            return self._feed_long(block)
         data = self.pending + block if self.pending else block
         cut = data.rfind(b"\n")
         if cut < 0:
+            if len(data) > self.LONG and self.stream_long:
+                return self._start_long(data)
             self.pending = data
             return []
         self.pending = data[cut + 1:]
@@ -1961,6 +2033,47 @@ class CouchDBLayout:
         previous = complete.rfind(b"\n", 0, len(complete) - 1)
         self.last_line = complete[previous + 1:-1].replace(b"\r", b"")
         return self._account(self.calls.submit(len(complete), complete))
+
+    # A line longer than this is not held whole: its middle streams through.
+    LONG = 2 << 20
+
+    def _start_long(self, data):
+        """A line longer than LONG began: rewrite its start and let it flow.
+
+        Only a row's start (up to its document) and its end (the closing
+        braces) change; the middle is copied as it comes.  The memory is
+        then a few blocks, however long the document (a large attachment).
+        """
+        line = LongRow.start(data, self.count_designs)
+        if line is None:          # a row whose document has not begun yet
+            self.pending = data
+            return []
+        self.long_line = line
+        self.pending = b""
+        pieces = self._drain_workers()
+        return pieces + self._stream(line.head)
+
+    def _feed_long(self, block):
+        line = self.long_line
+        cut = block.find(b"\n")
+        if cut < 0:
+            return self._stream(line.middle(block))
+        self.long_line = None
+        end = line.end(block[:cut])
+        self.rows += line.rows
+        self.designs += line.designs
+        self.last_line = line.last
+        pieces = self._stream(end + b"\n")
+        self.carriage_returns += line.carriage_returns
+        rest = block[cut + 1:]
+        return pieces + (self.feed(rest) if rest else [])
+
+    def _stream(self, data):
+        return [gzip_member(data)] if self.compress and data else [data] if data else []
+
+    def _drain_workers(self):
+        """What the workers still hold, in order: a long line's pieces come after."""
+        return self._account(self.calls.drain())
 
     def _account(self, results):
         pieces = []
@@ -1974,6 +2087,13 @@ class CouchDBLayout:
     def finish(self):
         """The last pieces; raises BackupFailed when the reply is not whole."""
         pieces = self.close()
+        if self.long_line is not None:
+            # The reply ended inside a long line: what sed keeps, then no footer.
+            line, self.long_line = self.long_line, None
+            pieces += self._stream(line.end(b""))
+            self.rows += line.rows
+            self.carriage_returns += line.carriage_returns
+            self.last_line = line.last
         tail = self.pending
         if tail:
             if self.last_line == FOOTER and tail.strip():
@@ -1994,6 +2114,8 @@ class CouchDBLayout:
 
     def ended(self):
         """Whether the reply's last line so far is its ']}' footer."""
+        if self.long_line is not None:
+            return False
         last = self.pending or self.last_line
         return last is not None and last.replace(b"\r", b"") == FOOTER
 
@@ -2008,6 +2130,8 @@ class CouchDBLayout:
         when none came yet.  The next reply's lines are fed as if they had
         followed it.
         """
+        if self.long_line is not None:   # never with stream_long=False, which --resume sets
+            raise BackupFailed("the reply broke off inside a document streamed to the file already")
         self.pending = b""
         return self.last_line
 
@@ -2445,7 +2569,7 @@ class Backup:
         # Worker processes compress their own blocks; otherwise the target
         # compresses in threads beside this one.
         layout = CouchDBLayout(total, count_designs=self.opts.json, compress=self.opts.compress and workers > 0,
-                               workers=workers)
+                               workers=workers, stream_long=self.resumer is None)
         put = target.writelines if layout.compress else lambda pieces: [target.write(p) for p in pieces]
         try:
             target.write(BACKUP_HEADER + b"\n")
@@ -3007,31 +3131,37 @@ class DumpFile:
         data saved) and the numbers are None.
         """
         line = 1
-        pending = b""
+        pending = []        # the reads of a line not yet whole: joined once, when it is
+        pending_size = 0
         with self._open() as handle:
             while True:
                 data = self._read(handle, line)
                 if not data:
                     break
                 newline = data.find(b"\n")
-                if len(pending) + (len(data) if newline < 0 else newline) > self.max_line:
+                if pending_size + (len(data) if newline < 0 else newline) > self.max_line:
                     raise DumpInvalid(line, "a line longer than %d MB (--max-line-mb)" % (self.max_line >> 20))
-                if pending:
-                    data = pending + data
                 if newline < 0:
-                    pending = data
+                    pending.append(data)
+                    pending_size += len(data)
                     continue
                 cut = data.rfind(b"\n") + 1
-                pending = data[cut:]
-                block = data[:cut]
+                pending.append(data[:cut] if cut < len(data) else data)
+                block = b"".join(pending) if len(pending) > 1 else pending[0]
+                pending = [data[cut:]] if cut < len(data) else []
+                pending_size = len(data) - cut
+                data = None
                 if b"\r" in block:
                     block = block.replace(b"\r\n", b"\n")
-                if not numbered:
-                    yield None, block, None
-                    continue
-                newlines = block.count(b"\n")
-                yield line, block, newlines
-                line += newlines
+                newlines = block.count(b"\n") if numbered else None
+                # Handed over without a reference kept here: a long line's
+                # block is freed as soon as the reader of the blocks drops it.
+                handed = [block]
+                block = None
+                yield (line if numbered else None), handed.pop(), newlines
+                if numbered:
+                    line += newlines
+        pending = b"".join(pending)
         if pending:
             if pending.endswith(b"\r"):
                 pending = pending[:-1]
@@ -3110,42 +3240,56 @@ def design_document_request(line, doc_id):
     return "/" + DESIGN_PREFIX + quote_path_segment(name), body + b"\n"
 
 
-_BLANK_LINE = re.compile(r"\n[ \t]*(?=\n)")
+_BLANK_LINE_BYTES = re.compile(rb"\n[ \t]*(?=\n)")
 
 
-def check_documents(text, first_line, want_keys=False):
-    """Prove that ``text`` holds whole lines of JSON objects, one a line.
+def check_documents(text, first_line, want_keys=False, start=0, end=None):
+    """Prove that ``text[start:end]`` holds whole lines of JSON objects, one a line.
 
-    A pure function, run inline or in a worker.  ``text`` ends where a
+    A pure function, run inline or in a worker.  The part ends where a
     document line ends, its last comma included or not.  Returns
     ``(documents, problem, keys)``: ``problem`` is ``(line, why)`` or None;
     ``keys`` (with ``want_keys``) the --verify keys of its documents and the
-    ids of its design documents.
+    ids of its design documents.  Memory: the part, its text and what it
+    parses to, once each (a long line is never copied twice more).
     """
-    try:
-        decoded = text.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return 0, (first_line + text.count(b"\n", 0, error.start), "bytes that are not UTF-8"), None
-    docs = decoded.strip(" \t\n")
-    if not docs:
+    end = len(text) if end is None else end
+    origin, stop = start, end
+    while start < end and text[start] in b" \t\n":   # blanks only: the rest is decoded
+        start += 1
+    while end > start and text[end - 1] in b" \t\n":
+        end -= 1
+    if start == end:
         return 0, None, None
-    if docs.endswith(","):
-        docs = docs[:-1]
+    # A last comma would make "[...]" invalid: a 0 after it stands for the
+    # document that is not there, and is dropped once parsed.
+    comma = text[end - 1] == 44   # ","
+    try:
+        docs = b"".join((b"[", memoryview(text)[start:end], b"0]" if comma else b"]")).decode("utf-8")
+    except UnicodeDecodeError as error:
+        return 0, (first_line + text.count(b"\n", origin, start + error.start - 1), "bytes that are not UTF-8"), None
     # Only --verify needs the documents themselves.  Otherwise each object
     # is turned into the class ``list`` as soon as it is read (hook=type; no
     # JSON value can be a class): the whole grammar is still checked, at
     # half the cost of building the dictionaries.
     try:
-        values = json.loads("[" + docs + "]", object_pairs_hook=None if want_keys else type)
+        values = json.loads(docs, object_pairs_hook=None if want_keys else type)
     except ValueError:
         values = None
-    if values is not None and len(values) != docs.count("\n") + 1:
+    docs = None
+    if values is not None and comma:
+        if values and type(values[-1]) is int and values[-1] == 0:
+            values.pop()
+        else:
+            values = None
+    lines = text.count(b"\n", start, end) + 1
+    if values is not None and len(values) != lines:
         # Blank lines are allowed (an empty database's dump has one).
-        if len(values) != docs.count("\n") + 1 - len(_BLANK_LINE.findall(docs)):
+        if len(values) != lines - len(_BLANK_LINE_BYTES.findall(text, start, end)):
             values = None
     if values is None or not (all(type(v) is dict for v in values) if want_keys
                               else all(v is list for v in values)):
-        return 0, find_bad_line(first_line, text), None
+        return 0, find_bad_line(first_line, bytes(text[origin:stop])), None
     keys = None
     if want_keys:
         index = RevisionIndex()
@@ -3178,12 +3322,12 @@ def find_bad_line(first_line, text):
 _NON_BLANK = re.compile(rb"[^ \t\n]")
 
 
-def _last_non_blank(text):
-    """The last byte of ``text`` that is not a blank, or b"" when none is."""
-    index = len(text) - 1
-    while index >= 0 and text[index] in b" \t\n":
+def _last_non_blank(text, start=0, end=None):
+    """Where the last byte of ``text[start:end]`` that is not a blank is (start - 1: none)."""
+    index = (len(text) if end is None else end) - 1
+    while index >= start and text[index] in b" \t\n":
         index -= 1
-    return text[index:index + 1]
+    return index
 
 
 class DumpSurvey:
@@ -3203,7 +3347,8 @@ class DumpSurvey:
     def __init__(self, dump, check=True, index=None, workers=1):
         self.dump = dump
         self.index = index       # a RevisionIndex to fill, for --verify
-        self.calls = BlockCalls(workers, check_documents, index is not None)
+        self.calls = BlockCalls(workers, check_documents)
+        self.want_keys = index is not None
         self.newlines = 0
         self.lines = 0
         self.documents = 0
@@ -3220,6 +3365,7 @@ class DumpSurvey:
                     if held is not None:
                         self._check_block(*held, final=False)
                     held = (number, block)
+                block = None
             if self.first is None:
                 raise DumpInvalid(1, "the file is empty: it is no dump")
             if check:
@@ -3227,16 +3373,19 @@ class DumpSurvey:
                 self._take(self.calls.drain())
         finally:
             self.calls.close()
+        block = self.last
+        end = len(block) - 1 if self.last_has_newline else len(block)
+        self.last = block[block.rfind(b"\n", 0, end) + 1:]   # the dump's last line, copied once
         self.design_lines = {number for number, _ in self.designs}
 
     def _survey(self, number, block, newlines):
         if self.first is None:
-            self.first = strip_newline(block.split(b"\n", 1)[0])
+            cut = block.find(b"\n")
+            self.first = block[:cut] if cut >= 0 else block
         self.lines += newlines + (0 if block.endswith(b"\n") else 1)
         self.newlines += newlines
         self.last_has_newline = block.endswith(b"\n")
-        end = len(block) - 1 if self.last_has_newline else len(block)
-        self.last = block[block.rfind(b"\n", 0, end) + 1:]
+        self.last = block   # its last line is cut out at the end: a block is not copied for it
         position = block.find(b"_design")
         while position >= 0:
             start = block.rfind(b"\n", 0, position) + 1
@@ -3249,30 +3398,41 @@ class DumpSurvey:
             position = block.find(b"_design", stop)
 
     def _check_block(self, number, block, final):
-        """Prove one block of lines; ``final`` when it is the dump's last."""
-        text = block
+        """Prove one block of lines; ``final`` when it is the dump's last.
+
+        The documents are ``block[start:end]``: positions, so that a block
+        holding a long line is never copied to cut its header or footer off.
+        """
+        start, end = 0, len(block)
         first_line = number
         if number == 1:
-            header, _, text = block.partition(b"\n")
-            self._check_header(header)
+            cut = block.find(b"\n")
+            self._check_header(block[:cut] if cut >= 0 else block)
+            start = cut + 1 if cut >= 0 else end
             first_line = 2
         if final:
-            body = text.rstrip(b"\n")
-            cut = body.rfind(b"\n") + 1
-            if body[cut:] != FOOTER:
-                self._fail(number + block.count(b"\n", 0, len(block.rstrip(b"\n"))),
+            body_end = end
+            while body_end > start and block[body_end - 1] == 10:   # "\n"
+                body_end -= 1
+            cut = max(block.rfind(b"\n", start, body_end) + 1, start)
+            if block[cut:body_end] != FOOTER:
+                self._fail(number + block.count(b"\n", 0, body_end),
                            "the dump ends without its ']}' footer: it was cut short")
-            text = body[:cut]
-        if not _NON_BLANK.search(text):
+            end = cut
+        if not _NON_BLANK.search(block, start, end):
             if final and self._comma_pending:
                 self._fail(first_line, "the last document is followed by a comma")
             return
         if self._comma_pending is False:
             self._fail(first_line - 1, "a document line without its trailing comma")
-        self._comma_pending = _last_non_blank(text) == b","
+        last = _last_non_blank(block, start, end)
+        self._comma_pending = block[last:last + 1] == b","
         if final and self._comma_pending:
-            self._fail(first_line + text.rstrip(b" \t\n").count(b"\n"), "the last document is followed by a comma")
-        self._take(self.calls.submit(len(text), text, first_line))
+            self._fail(first_line + block.count(b"\n", start, last), "the last document is followed by a comma")
+        if start or end < len(block):
+            if end - start < BlockCalls.INLINE_FROM:
+                block, start, end = block[start:end], 0, end - start   # a worker gets only its part
+        self._take(self.calls.submit(end - start, block, first_line, self.want_keys, start, end))
 
     def _take(self, results):
         for documents, problem, keys in results:
@@ -3329,13 +3489,78 @@ def chunk_suffix(index):
 
 
 class Chunk:
-    """One _bulk_docs body and what the script would say about its edges."""
+    """One _bulk_docs body and what the script would say about its edges.
 
-    def __init__(self, body, had_header, had_footer, documents):
-        self.body = body
+    The body is kept as its lines (``lines``, each without its newline: the
+    text's header line first, its footer line last, the document lines
+    between), never joined into one copy for the upload: ``stream`` is the
+    ``(length, blocks)`` pair ``CouchSession.open`` sends, ``blocks``
+    joining lines a megabyte at a time and handing a long line over as it
+    is.  A chunk holding a 33 MB document thus costs 33 MB, not twice or
+    three times.  Every attempt streams the same bytes again.
+
+    To send part of a chunk again (a server refusing a body as too large,
+    HTTP 413), ``halves`` makes two chunks of its documents, each a
+    complete body; ``Chunk.of_lines`` makes one of any run of the text's
+    lines, as ``RestoreText.chunks`` does.
+    """
+
+    GROUP = 1 << 20   # lines joined into pieces of about this size to be sent
+
+    def __init__(self, lines, newline, had_header, had_footer, documents):
+        self.lines = lines
+        self.newline = newline   # the body ends with a newline
         self.had_header = had_header
         self.had_footer = had_footer
         self.documents = documents
+        self.size = sum(map(len, lines)) + len(lines) - 1 + newline
+
+    @classmethod
+    def of_lines(cls, piece, header, footer, newline):
+        """A chunk of the text's lines ``piece`` (a list, taken over), made a
+        whole body as the script makes a split file one: the header line
+        prepended unless it is the first, and unless the footer line is
+        the last, the last line's trailing comma dropped and the footer
+        appended."""
+        had_header = piece[0] == header
+        had_footer = piece[-1] == footer
+        documents = len(piece) - had_header - had_footer - piece.count(b"")
+        if not had_footer and piece[-1].endswith(b","):
+            piece[-1] = piece[-1][:-1]
+        lines = piece if had_header else [header] + piece
+        if not had_footer:
+            lines.append(footer)
+            newline = True
+        return cls(lines, newline, had_header, had_footer, documents)
+
+    def halves(self):
+        """Two chunks: the first half of this one's document lines, then the rest."""
+        header, footer, documents = self.lines[0], self.lines[-1], self.lines[1:-1]
+        half = len(documents) // 2
+        return (Chunk.of_lines([header] + documents[:half], header, footer, True),
+                Chunk.of_lines(documents[half:] + [footer], header, footer, self.newline))
+
+    @property
+    def stream(self):
+        """The body as ``CouchSession.open`` sends it without joining it."""
+        return self.size, self.blocks
+
+    @property
+    def body(self):
+        """The body as one bytes object (a copy: for tests and small chunks)."""
+        return b"".join(self.blocks())
+
+    def blocks(self):
+        """The body's bytes: runs of lines joined up to GROUP bytes, newlines between."""
+        lines = self.lines
+        ends = list(accumulate(map(len, lines)))
+        start = 0
+        while start < len(lines):
+            stop = max(bisect_right(ends, ends[start] - len(lines[start]) + self.GROUP), start + 1)
+            yield b"\n".join(lines[start:stop])
+            if stop < len(lines) or self.newline:
+                yield b"\n"
+            start = stop
 
 
 class RestoreText:
@@ -3359,6 +3584,7 @@ class RestoreText:
         kept = 0
         for first, block, _ in self.dump.blocks(numbered=bool(self.design_lines)):
             lines = block.split(b"\n")
+            block = None   # a long line is then held once, in ``lines``
             newline = not lines[-1]
             if newline:
                 lines.pop()
@@ -3415,22 +3641,7 @@ class RestoreText:
             del waiting[:lines_per_chunk]
             yield self._chunk(piece, header, footer, newline or bool(waiting))
 
-    @staticmethod
-    def _chunk(piece, header, footer, newline):
-        had_header = piece[0] == header
-        had_footer = piece[-1] == footer
-        documents = len(piece) - had_header - had_footer - piece.count(b"")
-        if not had_footer and piece[-1].endswith(b","):
-            piece[-1] = piece[-1][:-1]
-        parts = [] if had_header else [header]
-        parts.extend(piece)
-        if not had_footer:
-            parts.append(footer)
-            newline = True
-        body = b"\n".join(parts)
-        if newline:
-            body += b"\n"
-        return Chunk(body, had_header, had_footer, documents)
+    _chunk = staticmethod(Chunk.of_lines)
 
 
 class RestoreStopped(Exception):
@@ -3830,7 +4041,7 @@ class ChunkUpload:
 
     def _post_chunk(self, name, chunk):
         return self.retry.request(
-            "POST", self.path, chunk.body, "application/json",
+            "POST", self.path, chunk.stream, "application/json",
             transfer_warn=("... WARN: Failed to import %s - Attempt %d/%s - Retrying...", name),
             transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to restore %s - Stopping"
                                                        % name),
@@ -3840,7 +4051,7 @@ class ChunkUpload:
     def _chunk_done(self, chunk, reply):
         counts = self.counts
         counts.chunks_written += 1
-        counts.bytes_sent += len(chunk.body)
+        counts.bytes_sent += chunk.size
         refused = report_refusals(self.out, reply)
         counts.refused += refused
         counts.documents_written += chunk.documents - refused

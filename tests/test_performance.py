@@ -175,3 +175,104 @@ def test_chunked_body_refuses_a_broken_body(raw):
     import urllib3
     with pytest.raises(urllib3.exceptions.ProtocolError):
         unframe(raw, [3] * 20, 4)
+
+
+# -- long lines: a document with a large attachment ---------------------------
+
+def big_document(megabytes=25):
+    """A document with an attachment of ``megabytes`` MB: a ~1.33x longer line in base64."""
+    import base64
+    import os as _os
+    data = base64.b64encode(_os.urandom(megabytes << 20)).decode("ascii")
+    return {"_id": "big", "_rev": "1-%032x" % 7, "name": "Zoë",
+            "_attachments": {"file.bin": {"content_type": "application/octet-stream", "revpos": 1,
+                                          "digest": "md5-x", "data": data}}}
+
+
+def dump_line(doc):
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("options", [[], ["-z", "-t", "2"]])
+def test_a_33_mb_line_backs_up_and_restores_with_the_same_bytes(tmp_path, options):
+    big = big_document()
+    small = [{"_id": "a%d" % i, "_rev": "1-%032x" % i, "n": i} for i in range(3)] + \
+        [{"_id": "z", "_rev": "1-%032x" % 9, "n": 9}]
+    with CouchStub(databases=["db"], chunking=couchdb_chunks) as stub:
+        for doc in small + [big]:
+            stub.store.databases["db"][doc["_id"]] = doc
+        data = backup(stub, tmp_path, "dump.json", *options)
+    text = gzip.decompress(data) if "-z" in options else data
+    lines = [dump_line(doc) for doc in sorted(small + [big], key=lambda d: d["_id"])]
+    assert len(lines[3]) > 33 << 20
+    assert text == HEADER + b"\n" + b",\n".join(lines) + b"\n" + FOOTER + b"\n"
+    (tmp_path / "plain.json").write_bytes(text)
+    with CouchStub(databases=["db"]) as stub:
+        result = run(["-r", "-q", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "plain.json",
+                      "-l", "2"], tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        bodies = [r.body for r in stub.requests if r.path.endswith("/_bulk_docs")]
+        assert stub.store.databases["db"]["big"] == big
+    # -l 2 as split cuts the 7 lines: header and a0, a1 and a2, big and z, the footer.
+    assert bodies[2] == HEADER + b"\n" + lines[3] + b",\n" + lines[4] + b"\n" + FOOTER + b"\n"
+
+
+def layout_output(blocks, long_limit, compress=False, total_rows=0):
+    layout = couchdb_dump.CouchDBLayout(total_rows, count_designs=True, compress=compress)
+    layout.LONG = long_limit
+    pieces = []
+    for block in blocks:
+        pieces += layout.feed(block)
+    try:
+        pieces += layout.finish()
+        error = None
+    except couchdb_dump.BackupFailed as failure:
+        error = str(failure)
+    data = b"".join(pieces)
+    return (gzip.decompress(data) if compress and data else data), layout.rows, layout.designs, \
+        layout.carriage_returns, error
+
+
+_ROW_TEXT = st.text(alphabet=st.sampled_from('ab"\\{}é,:'), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["doc", "_design/d", "x\\\"y"]), _ROW_TEXT,
+                               st.integers(0, 3)), max_size=8),
+       crlf=st.booleans(), footer=st.booleans(), cuts=st.lists(st.integers(1, 60), max_size=40),
+       limit=st.integers(0, 50))
+def test_a_long_row_streamed_through_gives_the_bytes_of_the_whole_row(rows, crlf, footer, cuts, limit):
+    end = b"\r\n" if crlf else b"\n"
+    lines = [b'{"total_rows":%d,"offset":0,"rows":[' % len(rows)]
+    for doc_id, text, repeat in rows:
+        body = json.dumps({"_id": doc_id, "t": text * (repeat * 5)}, ensure_ascii=False).encode()
+        lines.append(b'{"id":"%s","key":"%s","value":{"rev":"1-a"},"doc":%s}'
+                     % (doc_id.encode(), doc_id.encode(), body))
+    reply = (b"," + end).join(lines[1:])
+    reply = lines[0] + end + reply + (end + b"]}\n" if footer else b"")
+    reply = reply[len(lines[0]) + len(end):]   # the header line is read before the layout
+    blocks, position = [], 0
+    for cut in cuts:
+        blocks.append(reply[position:position + cut])
+        position += cut
+    blocks.append(reply[position:])
+    whole = layout_output(blocks, 1 << 30, total_rows=len(rows))
+    streamed = layout_output(blocks, limit, total_rows=len(rows))
+    assert streamed[4] == whole[4]
+    assert (whole[4] is None) == footer
+    if footer:     # a reply cut short fails either way; its bytes are thrown away
+        assert streamed == whole
+        assert layout_output(blocks, limit, compress=True, total_rows=len(rows)) == whole
+
+
+def test_a_chunk_streams_the_bytes_of_its_body_and_halves_into_whole_bodies():
+    lines = [b'{"_id":"%d","x":"%s"},' % (i, b"y" * (i * 300)) for i in range(12)]
+    chunk = couchdb_dump.Chunk.of_lines([HEADER] + lines, HEADER, FOOTER, True)
+    whole = HEADER + b"\n" + b"\n".join(lines)[:-1] + b"\n" + FOOTER + b"\n"
+    for group in (1, 500, 1 << 20):
+        chunk.GROUP = group
+        assert chunk.size == len(whole) and b"".join(chunk.stream[1]()) == whole == chunk.body
+    first, second = chunk.halves()
+    assert (first.documents, second.documents) == (6, 6)
+    docs = [doc for half in (first, second) for doc in json.loads(half.body)["docs"]]
+    assert docs == [json.loads(line[:-1]) for line in lines]
