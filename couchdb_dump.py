@@ -3146,21 +3146,32 @@ class DumpFile:
                     pending_size += len(data)
                     continue
                 cut = data.rfind(b"\n") + 1
-                pending.append(data[:cut] if cut < len(data) else data)
-                block = b"".join(pending) if len(pending) > 1 else pending[0]
+                if pending_size > self.BLOCK:
+                    # A line longer than a read is a block of its own: the
+                    # lines after it are not decoded with it (one emoji
+                    # there would make its text take 4 bytes a character).
+                    pending.append(data[:newline + 1])
+                    ready = [b"".join(pending)]
+                    if newline + 1 < cut:
+                        ready.append(data[newline + 1:cut])
+                else:
+                    pending.append(data[:cut] if cut < len(data) else data)
+                    ready = [b"".join(pending) if len(pending) > 1 else pending[0]]
                 pending = [data[cut:]] if cut < len(data) else []
                 pending_size = len(data) - cut
                 data = None
-                if b"\r" in block:
-                    block = block.replace(b"\r\n", b"\n")
-                newlines = block.count(b"\n") if numbered else None
-                # Handed over without a reference kept here: a long line's
-                # block is freed as soon as the reader of the blocks drops it.
-                handed = [block]
-                block = None
-                yield (line if numbered else None), handed.pop(), newlines
-                if numbered:
-                    line += newlines
+                while ready:
+                    block = ready.pop(0)
+                    if b"\r" in block:
+                        block = block.replace(b"\r\n", b"\n")
+                    newlines = block.count(b"\n") if numbered else None
+                    # Handed over without a reference kept here: a long line's
+                    # block is freed as soon as the reader of the blocks drops it.
+                    handed = [block]
+                    block = None
+                    yield (line if numbered else None), handed.pop(), newlines
+                    if numbered:
+                        line += newlines
         pending = b"".join(pending)
         if pending:
             if pending.endswith(b"\r"):
@@ -4290,7 +4301,10 @@ def tune_memory():
     glibc hands megabyte blocks back to the kernel as soon as they are
     freed, so every new block costs a page fault per 4 KB: a third of a
     large backup's time went there.  Setting fixed thresholds keeps them in
-    the heap; memory stays bounded by the blocks in use.  Elsewhere a no-op.
+    the heap; memory stays bounded by the blocks in use.  A long line's
+    memory is still given back: anything from 8 MB on is mapped on its
+    own, and more than 8 MB free at the heap's top (the reads a long line
+    was gathered from) is returned.  Elsewhere a no-op.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -4300,8 +4314,8 @@ def tune_memory():
     except (ImportError, OSError, AttributeError):
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 64 << 20)
-    mallopt(m_trim_threshold, 128 << 20)
+    mallopt(m_mmap_threshold, 8 << 20)
+    mallopt(m_trim_threshold, 8 << 20)
 
 
 def main(argv=None, environ=None, stdout=None):

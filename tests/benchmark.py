@@ -994,6 +994,80 @@ def print_rss_comparison(small, large):
             dict(STAGES)[key], a, b, change * 100, verdict(ok), ta, tb))
 
 
+# ---------------------------------------------------------------------------
+# A long line: one document with a 25 MB attachment
+# ---------------------------------------------------------------------------
+
+ATTACHMENT_MB = 25
+LONG_LINE_BASE_MB, BACKUP_LINE_FACTOR, RESTORE_LINE_FACTOR = 64.0, 1.5, 3.0
+
+
+def make_long_line_dataset():
+    """An _all_docs reply of 4 small documents and one with a 25 MB attachment
+    (base64: a ~33 MB line in the dump), as CouchDB lays it out."""
+    import base64
+    import random
+    path = CACHE_DIR / ("all_docs-long-line-v%d-%d.json" % (DATASET_VERSION, ATTACHMENT_MB))
+    if path.exists():
+        return path
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    data = base64.b64encode(random.Random(10).randbytes(ATTACHMENT_MB << 20))
+    rows = [dataset_row(i, 7).encode("utf-8") for i in (1, 2)]
+    doc = (b'{"_id":"photo","_rev":"%s","type":"bench","_attachments":{"photo.jpg":{"content_type":"image/jpeg",'
+           b'"revpos":1,"digest":"md5-bench","length":%d,"data":"%s"}}}' % (revision(7).encode(), ATTACHMENT_MB << 20,
+                                                                            data))
+    rows.append(b'{"id":"photo","key":"photo","value":{"rev":"%s"},"doc":%s}' % (revision(7).encode(), doc))
+    rows += [dataset_row(i, 7).encode("utf-8").replace(b"doc000000", b"zzz000000") for i in (3, 4)]
+    temp = path.with_suffix(".part")
+    temp.write_bytes(b'{"total_rows":5,"offset":0,"rows":[\r\n' + b",\r\n".join(rows) + b"\r\n]}\n")
+    os.replace(str(temp), str(path))
+    return path
+
+
+def run_long_line(runs, port, top):
+    """Peak RSS of a backup and a restore of a dump whose longest line is ~33 MB."""
+    reply = make_long_line_dataset()
+    framed = couchdb_framed(reply)
+    workdir = Path(tempfile.mkdtemp(prefix="long-", dir=str(top)))
+    results = {"backup": [], "restore": []}
+    problems = []
+    try:
+        with Server(workdir, reply, framed) as server:
+            runner = Runner(workdir)
+            dump = workdir / "long.json"
+            for round_ in range(runs):
+                if dump.exists():
+                    dump.unlink()
+                results["backup"].append(runner.run(port_command(port, server, "-b", "-f", dump),
+                                                    "the port's backup of a long line"))
+                server.reset()
+                results["restore"].append(runner.run(port_command(port, server, "-r", "-f", dump),
+                                                     "the port's restore of a long line"))
+                stats = server.stats()
+                _, size, crc_sum, documents = split_dump(dump, None)
+                if stats["bulk_docs"] != documents or stats["bulk_bytes"] != size \
+                        or stats["bulk_crc_sum"] != crc_sum:
+                    problems.append("long line: the sink did not receive the dump's exact chunk bodies")
+            with open(str(dump), "rb") as handle:
+                longest = max(len(line) for line in handle)
+    finally:
+        shutil.rmtree(str(workdir), ignore_errors=True)
+    line_mb = longest / (1 << 20)
+    print("\n=== a long line: 5 documents, one with a %d MB attachment: the longest dump line is %.1f MB;"
+          " %d run%s ===" % (ATTACHMENT_MB, line_mb, runs, "s" if runs > 1 else ""))
+    for key, factor in (("backup", BACKUP_LINE_FACTOR), ("restore", RESTORE_LINE_FACTOR)):
+        runs_ = results[key]
+        peak = max(r["maxrss_kib"] for r in runs_) / 1024
+        limit = LONG_LINE_BASE_MB + factor * line_mb
+        print("  port %-8s peak RSS %6.1f MB (%.1fx the line)   <= %.0f MB + %.1fx = %.0f MB  %s   "
+              "time %.2f s (median); whole tree: %s" % (
+                  key, peak, peak / line_mb, LONG_LINE_BASE_MB, factor, limit, verdict(peak <= limit),
+                  statistics.median(r["wall"] for r in runs_), tree_text(max(runs_, key=lambda r: r["tree_kib"]))))
+    print("checks: " + ("the restore sent the dump's exact chunk bodies every run" if not problems
+                        else "FAILED: " + "; ".join(problems)))
+    return problems
+
+
 def run_suite(n, runs, port, top, mode="couchdb"):
     reply = make_dataset(n)
     framed = couchdb_framed(reply)
@@ -1117,6 +1191,9 @@ def main(argv=None):
                              " (the default without --docs and --quick)")
     parser.add_argument("--profile", choices=("backup", "restore"),
                         help="run the port once under cProfile and print the top 25 entries")
+    parser.add_argument("--long-line", action="store_true",
+                        help="only the long-line part: peak RSS of a backup and a restore of a dump whose"
+                             " longest line is ~33 MB (it also runs after the others)")
     parser.add_argument("--http-chunks", choices=("couchdb", "1mib"), default="couchdb",
                         help="how the server cuts the _all_docs reply: as Apache CouchDB does (chunks of"
                              " at most 1,490 bytes, whole rows) or in 1 MiB chunks [default: couchdb];"
@@ -1132,7 +1209,10 @@ def main(argv=None):
     try:
         port, description = snapshot_port(top)
         print("couchdb_dump.py benchmark (%s)\nport: %s" % (versions(), description), flush=True)
-        if args.quick:
+        suites = []
+        if args.long_line:
+            pass
+        elif args.quick:
             suites = [run_suite(args.docs or SMALL, runs, port, top, args.http_chunks)]
         elif args.compare_sizes or args.docs is None:
             suites = [run_suite(SMALL, runs, port, top, args.http_chunks),
@@ -1140,9 +1220,10 @@ def main(argv=None):
             print_rss_comparison(*suites)
         else:
             suites = [run_suite(args.docs, runs, port, top, args.http_chunks)]
+        long_line_problems = run_long_line(runs, port, top)
     finally:
         shutil.rmtree(str(top), ignore_errors=True)
-    return 1 if any(suite.problems for suite in suites) else 0
+    return 1 if long_line_problems or any(suite.problems for suite in suites) else 0
 
 
 if __name__ == "__main__":
