@@ -5,6 +5,7 @@
     python3 tests/benchmark.py --quick          # smoke check: 100,000 docs, 1 run
     python3 tests/benchmark.py --docs N --runs K [--compare-sizes]
     python3 tests/benchmark.py --profile backup|restore [--docs N]   # cProfile's top 25 by cumulative time
+    python3 tests/benchmark.py --complete [--docs N] [--runs K]  # --complete backup beside the default one
 
 Not a test (pytest does not collect it) and it never fails on a time: it
 prints ratios of figures measured side by side in one run, on one machine,
@@ -1167,6 +1168,90 @@ def profile(mode, n, top=25, chunks="couchdb"):
 
 
 # ---------------------------------------------------------------------------
+# --complete: a complete backup beside the default one (issue #13)
+# ---------------------------------------------------------------------------
+
+def complete_leaves(n, width):
+    """N documents for the stub, as leaves: the bench rows' documents; one in
+    100 has two conflicting leaves, and one in 100 (another) is deleted."""
+    for i in range(n):
+        row = json.loads(dataset_row(i, width))
+        doc = row["doc"]
+        number, _, digest = doc["_rev"].partition("-")
+        doc["_revisions"] = {"start": 1, "ids": [digest]}
+        yield doc
+        if i % 100 == 50:
+            for branch in ("a", "b"):
+                tip = "%s%031x" % (branch, i)
+                yield dict(doc, _rev="2-" + tip, _revisions={"start": 2, "ids": [tip, digest]}, branch=branch)
+        elif i % 100 == 75:
+            yield {"_id": doc["_id"], "_rev": "2-%032x" % i, "_deleted": True,
+                   "_revisions": {"start": 2, "ids": ["%032x" % i, digest]}}
+
+
+def run_complete(n, runs, port, top):
+    """Back up the same stub database with and without --complete, `runs`
+    times round-robin; print time, CPU, peak RSS, file sizes and ratios."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from couch_stub import CouchStub
+    workdir = top / ("complete-%d" % n)
+    workdir.mkdir()
+    runner = Runner(workdir)
+    stub = CouchStub(databases=["db"])
+    started = time.monotonic()
+    batch = []
+    for doc in complete_leaves(n, max(7, len(str(n)))):
+        batch.append(doc)
+        if len(batch) >= 10000:
+            stub.put_leaves("db", batch)
+            batch = []
+    stub.put_leaves("db", batch)
+    leaves = sum(len(tree) for tree in stub.store.leaves["db"].values())
+    stub.store.security["db"] = {"members": {"names": ["reader"], "roles": []}, "admins": {"names": [], "roles": []}}
+    print("\n=== --complete: N = {:,} documents ({:,} leaves) in the stub server (tests/couch_stub.py), "
+          "filled in {:.1f} s; {} run{} ===".format(n, leaves, time.monotonic() - started, runs,
+                                                  "s" if runs > 1 else ""), flush=True)
+    stages = (("default backup (-b)", "default.json", ()), ("complete backup (-b --complete)", "complete.json",
+                                                            ("--complete",)))
+    results = {name: [] for name, _, _ in stages}
+    sizes, problems = {}, []
+    with stub:
+        class Where:
+            port = stub.port
+        for _ in range(runs):
+            for name, file_name, options in stages:
+                target = workdir / file_name
+                if target.exists():
+                    target.unlink()
+                before = len(stub.requests)
+                result = runner.run(port_command(port, Where, "-b", "-f", file_name, *options), name)
+                result["requests"] = len(stub.requests) - before
+                results[name].append(result)
+                sizes[name] = target.stat().st_size
+                with open(str(target), "rb") as handle:
+                    lines = sum(block.count(b"\n") for block in plain_blocks(handle))
+                expected = (leaves if options else n - n // 100) + 2
+                if lines != expected:
+                    problems.append("%s: %d lines, expected %d" % (name, lines, expected))
+    print("%-34s %9s %9s %10s %9s %10s %12s" % ("stage", "median s", "CPU s", "peak RSS", "requests", "file",
+                                                "documents/s"))
+    medians = {}
+    for name, _, _ in stages:
+        runs_of = results[name]
+        wall = statistics.median(r["wall"] for r in runs_of)
+        medians[name] = (wall, statistics.median(r["cpu"] for r in runs_of))
+        print("%-34s %9.2f %9.2f %7.1f MB %9d %10s %12s" % (
+            name, wall, medians[name][1], max(r["maxrss_kib"] for r in runs_of) / 1024, runs_of[-1]["requests"],
+            mb(sizes[name]), "{:,.0f}".format(n / wall)))
+    default, complete = (medians[name] for name, _, _ in stages)
+    print("ratio complete/default: time %.2f, CPU of the port %.2f (the stub server's own work is in the time,"
+          " not in the CPU)" % (complete[0] / default[0], complete[1] / default[1]))
+    for problem in problems:
+        print("PROBLEM: " + problem)
+    return problems
+
+
+# ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
 
@@ -1189,6 +1274,9 @@ def main(argv=None):
     parser.add_argument("--compare-sizes", action="store_true",
                         help="run at 100,000 and 1,000,000 documents and compare peak RSS"
                              " (the default without --docs and --quick)")
+    parser.add_argument("--complete", action="store_true",
+                        help="a --complete backup beside the default one, against the stub server"
+                             " [default: 100,000 documents]")
     parser.add_argument("--profile", choices=("backup", "restore"),
                         help="run the port once under cProfile and print the top 25 entries")
     parser.add_argument("--long-line", action="store_true",
@@ -1209,6 +1297,8 @@ def main(argv=None):
     try:
         port, description = snapshot_port(top)
         print("couchdb_dump.py benchmark (%s)\nport: %s" % (versions(), description), flush=True)
+        if args.complete:
+            return 1 if run_complete(args.docs or SMALL, runs, port, top) else 0
         suites = []
         if args.long_line:
             pass
