@@ -111,6 +111,7 @@ LONG_OPTIONS = {
     "max-line-mb": True,
     "complete": False,
     "resume": False,
+    "no-security": False,
 }
 
 # -l when --jobs is given without it (the bash default, 5000, otherwise).
@@ -160,6 +161,7 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 \t                    Backup: continue a reply that broke off after its last complete row.
 \t-s NAME             Restore: start at the chunk of that split-file name (upstream's newer option).
 \t-D SECONDS          Restore: wait that long between import requests (upstream's newer option).
+\t--no-security       Restore of a complete backup: leave the database's _security object as it is.
 \t-f -                Backup to standard output, or restore from standard input (gzip too).
 \t--help              Display this text [exit 0; -h exits 1, as the script].
 \t--version           Display version information [exit 0; -V exits 1, as the script].
@@ -248,6 +250,7 @@ class Options:
         # A long option was given: the run is no longer the script's, so it may
         # send requests the script never sends (the script's runs send its own).
         self.extended = False
+        self.no_security = False
         self.cores = 1
         self.url = ""
 
@@ -433,6 +436,8 @@ def parse_options(argv, environ, out, prog):
             opts.complete = True
         elif option == "--resume":
             opts.resume = True
+        elif option == "--no-security":
+            opts.no_security = True
     out.quiet = opts.quiet
     if jobs_given and not lines_given:
         # CouchDB 3.5 digests _bulk_docs of 500-1,000 documents faster than
@@ -3204,6 +3209,27 @@ def strip_newline(line):
     return line[:-1] if line.endswith(b"\n") else line
 
 
+def complete_header_security(header):
+    """The ``_security`` object a complete backup's header carries, else None."""
+    if b'"_security"' not in header:
+        return None
+    try:
+        value = json.loads(header + b"]}")
+    except ValueError:
+        return None
+    security = value.get("_security") if isinstance(value, dict) else None
+    return security if isinstance(security, dict) else None
+
+
+def has_revisions(line):
+    """Whether a dump line is a document carrying ``_revisions`` (a complete backup's)."""
+    try:
+        doc = json.loads(strip_newline(line).rstrip(b" \t,"))
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and "_revisions" in doc
+
+
 def design_document_id(line):
     """The ``_design/…`` id of a dump line, or None for any other line.
 
@@ -3352,7 +3378,9 @@ class DumpSurvey:
     JSON object a line with a comma after every one but the last, the
     ``]}`` footer last, UTF-8 throughout.  It parses each block of lines as
     one JSON array, which keeps the cost in the C parser, in worker
-    processes when the dump is large.
+    processes when the dump is large.  It also tells a complete backup
+    (``complete``): a header carrying ``_security`` (kept in ``security``),
+    or a document line with ``_revisions``.
     """
 
     def __init__(self, dump, check=True, index=None, workers=1):
@@ -3367,6 +3395,8 @@ class DumpSurvey:
         self.first = None
         self.last = b""
         self.last_has_newline = True
+        self.complete = False
+        self.security = None
         self._comma_pending = None   # the last document line seen ended with a comma
         held = None
         try:
@@ -3393,6 +3423,10 @@ class DumpSurvey:
         if self.first is None:
             cut = block.find(b"\n")
             self.first = block[:cut] if cut >= 0 else block
+            self.security = complete_header_security(self.first)
+            self.complete = self.security is not None
+        if not self.complete and b'"_revisions"' in block:
+            self.complete = any(has_revisions(line) for line in block.split(b"\n") if b'"_revisions"' in line)
         self.lines += newlines + (0 if block.endswith(b"\n") else 1)
         self.newlines += newlines
         self.last_has_newline = block.endswith(b"\n")
@@ -3470,6 +3504,10 @@ class DumpSurvey:
     def remaining_newlines(self):
         """``wc -l`` of the text left once the design documents are out."""
         return self.newlines - sum(1 for n, _ in self.designs if n != self.lines - 1 or self.last_has_newline)
+
+    def keep_designs_in_text(self):
+        """A complete backup: its design documents go to _bulk_docs with the others."""
+        self.bulk_designs, self.designs, self.design_lines = self.designs, [], set()
 
 
 def database_names(reply):
@@ -4071,6 +4109,117 @@ class ChunkUpload:
         self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
 
 
+class CompleteRestore:
+    """What a restore does more for a complete backup (``--complete``).
+
+    Every line, design documents included, goes to ``_bulk_docs`` with
+    ``new_edits:false``, so every revision is kept exactly: the script PUTs
+    design documents, which gives them a new revision and cannot write a
+    conflict or a deletion.  ``_security`` is PUT once the database is
+    ready, unless --no-security; an empty one is not (on CouchDB 3 it would
+    open a new database, admin-only by default, to everyone).  --verify
+    asks ``_revs_diff`` about every leaf and compares ``_security``.
+    """
+
+    BATCH = 500   # revisions a _revs_diff request
+
+    def __init__(self, restore, survey):
+        self.opts, self.out, self.retry = restore.opts, restore.out, restore.retry
+        self.counts = restore.counts
+        self.counts.complete = True
+        self.path = restore.db_path
+        self.security = survey.security
+        survey.keep_designs_in_text()
+        self.designs = len(survey.bulk_designs)
+
+    def announce(self):
+        self.out.info("... INFO: Complete backup: every revision goes to _bulk_docs as it is,"
+                      " %d design documents included." % self.designs)
+        self.counts.design_documents = self.designs
+
+    def put_security(self, before_change):
+        opts, out = self.opts, self.out
+        if opts.no_security or not self.security:
+            why = "--no-security" if opts.no_security else "the dump's is empty" if self.security == {} \
+                else "the dump carries none"
+            out.info("... INFO: The _security object of %s is left as it is (%s)." % (opts.db, why))
+            self.security = None
+            return
+        before_change()
+        out.info("... INFO: Restoring the _security object of %s" % opts.db)
+
+        def refused(reply):
+            self.retry.couchdb_reported(reply)
+            out.info("... HINT: only an admin can set _security; --no-security restores the documents without it")
+        self.retry.request(
+            "PUT", self.path + "/_security", json_bytes(self.security), "application/json",
+            transfer_warn=("... WARN: Curl failed to restore the _security object of %s - Attempt %d/%s. Retrying...",
+                           opts.db),
+            transfer_final=lambda error: out.line("... ERROR: Curl failed to restore the _security object of %s"
+                                                  " - Stopping" % opts.db),
+            reply_warn="... WARN: CouchDB Reported an error restoring _security - Attempt %d/%s - Retrying...",
+            reply_final=refused)
+
+    def verify(self, dump):
+        """--verify: every leaf of the dump is known to the database, and its
+        _security is the dump's.  Returns None, or the summary for --json."""
+        opts, out = self.opts, self.out
+        out.info("... INFO: Verifying %s against %s (every revision, by _revs_diff)" % (opts.db, opts.file))
+        missing, total, batch = [], 0, {}
+        for line in dump.lines():
+            try:
+                doc = json.loads(strip_newline(line).rstrip(b" \t,"))
+            except ValueError:   # the header, the footer, a blank line
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("_id"), str) and isinstance(doc.get("_rev"), str):
+                batch.setdefault(doc["_id"], []).append(doc["_rev"])
+                total += 1
+                if total % self.BATCH == 0:
+                    missing += self._revs_diff(batch)
+                    batch = {}
+        missing += self._revs_diff(batch)
+        security = None
+        if self.security is not None:
+            reply = self.retry.request("GET", self.path + "/_security", transfer_warn=(
+                "... WARN: Curl failed to read the _security object of %s - Attempt %d/%s. Retrying...", opts.db),
+                transfer_final=lambda error: out.line("... ERROR: Verify failed: could not read the _security"
+                                                      " object of %s" % opts.db))
+            security = json.loads(reply.body)
+        if not missing and security == self.security:
+            out.info("... INFO: Verified: all %d revisions of the dump are in %s%s." % (
+                total, opts.db, ", and its _security object" if self.security is not None else ""))
+            return None
+        problems = []
+        if missing:
+            problems.append("Verify: %d of %d revisions of the dump are missing from %s" % (len(missing), total, opts.db))
+            out.line("... ERROR: %s:" % problems[-1])
+            for doc_id, rev in missing:
+                out.line("... ERROR:   missing: %s at revision %s" % (json.dumps(doc_id, ensure_ascii=False), rev))
+        if security != self.security:
+            problems.append("Verify: the _security object of %s is not the dump's" % opts.db)
+            out.line("... ERROR: %s: %s" % (problems[-1], json_bytes(security).decode("utf-8")))
+        return "; ".join(problems)
+
+    def _revs_diff(self, batch):
+        """The (id, revision) pairs of ``batch`` the database does not know."""
+        if not batch:
+            return []
+
+        def answered(reply):
+            try:
+                return reply.ok and isinstance(json.loads(reply.body), dict)
+            except ValueError:
+                return False
+        reply = self.retry.request(
+            "POST", self.path + "/_revs_diff", json_bytes(batch), "application/json", accept=answered,
+            transfer_warn="... WARN: Curl failed to check revisions (_revs_diff) - Attempt %d/%s. Retrying...",
+            transfer_final=lambda error: self.out.line("... ERROR: Verify failed: _revs_diff could not be read"),
+            reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...")
+        answer = json.loads(reply.body)
+        return [(doc_id, rev) for doc_id, revs in batch.items()
+                for rev in revs if rev in ((answer.get(doc_id) or {}).get("missing") or ())]
+
+
 class RestoreCounts:
     """What a restore has done, counted in one place; its --json summary.
 
@@ -4090,10 +4239,14 @@ class RestoreCounts:
         self.chunks_written = 0
         self.bytes_sent = 0
         self.failed_chunk = None
+        self.complete = False        # a complete backup: documents counts its revisions
 
     def summary(self):
-        return {"mode": "restore", "db": self.db, "file": self.file, "documents": self.documents_written,
-                "design_documents": self.design_documents, "bytes": self.file_bytes}
+        summary = {"mode": "restore", "db": self.db, "file": self.file, "documents": self.documents_written,
+                   "design_documents": self.design_documents, "bytes": self.file_bytes}
+        if self.complete:
+            summary["complete"] = True
+        return summary
 
 
 class Restore:
@@ -4116,6 +4269,7 @@ class Restore:
         self.counts = RestoreCounts(opts)
         self.retry = Retry(session, out, opts, self.stop)
         self.db_path = "/" + quote_database(opts.db)
+        self.complete = None     # a CompleteRestore, for a complete backup
 
     @property
     def summary(self):
@@ -4134,9 +4288,13 @@ class Restore:
         survey = self.survey(dump, index)
         counts.total_documents = survey.documents
         counts.file_bytes = dump.size
+        if survey.complete:
+            self.complete = CompleteRestore(self, survey)
         self.plan(survey)
         out.info("... INFO: Checking for database")
         TargetDatabase(opts, out, self.retry, self.db_path).prepare(self.refuse_plan)
+        if self.complete is not None:
+            self.complete.put_security(self.refuse_plan)
         self.stop.graceful = True
         try:
             self.restore_documents(dump, survey)
@@ -4161,7 +4319,8 @@ class Restore:
             problems.append(out.last_error)
         if index is not None:
             # Refused or not, --verify says what the database holds.
-            problems.append(verify_restore(self.session, out, opts, self.db_path, dump, index))
+            problems.append(self.complete.verify(dump) if self.complete is not None
+                            else verify_restore(self.session, out, opts, self.db_path, dump, index))
         if any(problems):
             out.summarize("; ".join(problem for problem in problems if problem))
             raise Exit(1)
@@ -4216,11 +4375,13 @@ class Restore:
 
     def restore_documents(self, dump, survey):
         opts, out = self.opts, self.out
+        text_name = opts.file
+        fix_line = None
         out.info("... INFO: Checking for Design documents")
-        if not survey.designs:
+        if self.complete is not None:
+            self.complete.announce()
+        elif not survey.designs:
             out.info("... INFO: No Design Documents found for import.")
-            text_name = opts.file
-            fix_line = None
         else:
             out.script_steps("strip_designs")
             text_name = opts.file + "-nodesign"
@@ -4229,7 +4390,7 @@ class Restore:
             self.refuse_plan()
             self.put_design_documents(dump, survey)
             out.info("... INFO: Successfully imported %d Design Documents" % len(survey.designs))
-        self.counts.design_documents = len(survey.designs)
+            self.counts.design_documents = len(survey.designs)
         footer = None if survey.lines - 1 in survey.design_lines else strip_newline(survey.last)
         text = RestoreText(dump, survey.design_lines, fix_line, survey.first, footer)
         if self.single:

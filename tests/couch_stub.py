@@ -381,6 +381,11 @@ class CouchStub:
                 return 412, b'{"error":"file_exists","reason":"The database could not be created, the file already exists."}\n'
             dbs[db] = {}
             return 201, b'{"ok":true}\n'
+        if parts[1:] == ["_security"]:
+            if request.method == "PUT":
+                self.store.security[db] = json.loads(request.body)
+                return 200, b'{"ok":true}\n'
+            return 200, json.dumps(self.store.security.get(db, {})).encode() + b"\n"
         if request.method == "PUT" and len(parts) >= 2:
             doc_id = "/".join(parts[1:])
             doc = json.loads(request.body)
@@ -406,11 +411,6 @@ class CouchStub:
                     self.store.known.setdefault(db, {}).setdefault(doc["_id"], set()).add(doc["_rev"])
                     self._changed(db, doc["_id"])
             return 201, b"[]\n"
-        if parts[1:] == ["_security"]:
-            if request.method == "PUT":
-                self.store.security[db] = json.loads(request.body)
-                return 200, b'{"ok":true}\n'
-            return 200, json.dumps(self.store.security.get(db, {})).encode() + b"\n"
         if request.method == "GET" and parts[1:] == ["_changes"]:
             return self._changes(db, query)
         if request.method == "POST" and parts[1:] == ["_bulk_get"]:

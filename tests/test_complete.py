@@ -267,13 +267,146 @@ def test_a_document_purged_between_its_listing_and_its_reading_is_left_out_with_
         in result.stdout.decode()
 
 
-def test_complete_file_passes_the_restores_check_and_loads_through_the_default_path(tmp_path):
-    assert backup_from(stub_with(), tmp_path).returncode == 0
-    data = (tmp_path / "complete.json").read_bytes()
-    with CouchStub(databases=["copy"]) as stub:
-        result = run_port(stub.port, ["-r", "-d", "copy", "-f", "complete.json"], tmp_path)
+# -- restoring a complete backup (stub) ----------------------------------------
+
+def complete_file(tmp_path, **options):
+    """A complete backup of the stub's database; returns (its path, the source stub)."""
+    source = stub_with(**options)
+    result = backup_from(source, tmp_path)
     assert result.returncode == 0, says(result)
-    assert len(dump_lines(data)) == len(STUB_LEAVES) + 40
+    return tmp_path / "complete.json", source
+
+
+def restore_into(tmp_path, path, *extra, stub=None, databases=()):
+    stub = stub or CouchStub(databases=list(databases))
+    with stub:
+        result = run_port(stub.port, ["-r", "-d", "copy", "-f", str(path), *extra], tmp_path)
+    return result, stub
+
+
+def leaves_of(stub, db):
+    return {doc_id: stub.leaves_of(db, doc_id) for _, doc_id in stub._feed(db)}
+
+
+def test_complete_restore_sends_every_revision_to_bulk_docs_and_puts_security_after_creating(tmp_path):
+    path, source = complete_file(tmp_path)
+    result, stub = restore_into(tmp_path, path, "-c", "--json")
+    assert result.returncode == 0, says(result)
+    sent = [(r.method, r.path.split("?")[0]) for r in stub.requests]
+    assert sent == [("GET", "/_all_dbs"), ("PUT", "/copy"), ("PUT", "/copy/_security"), ("POST", "/copy/_bulk_docs")]
+    body = json.loads(stub.requests[-1].body)
+    assert body["new_edits"] is False and body["_security"] == SECURITY
+    assert {(d["_id"], d["_rev"]) for d in body["docs"]} >= {("_design/app", "3-z"), ("gone", "3-c")}
+    assert leaves_of(stub, "copy") == leaves_of(source, "db")
+    assert stub.store.security["copy"] == SECURITY
+    out = result.stdout.decode()
+    assert "Inserting Design documents" not in out
+    assert "... INFO: Complete backup: every revision goes to _bulk_docs as it is, 1 design documents included." \
+        in out
+    summary = json.loads(out.splitlines()[-1])
+    assert (summary["complete"], summary["documents"], summary["design_documents"]) == (True, len(STUB_LEAVES) + 40,
+                                                                                         1)
+
+
+def test_complete_restore_in_chunks_keeps_every_revision(tmp_path):
+    path, source = complete_file(tmp_path)
+    result, stub = restore_into(tmp_path, path, "-c", "-l", "7", "--jobs", "2")
+    assert result.returncode == 0, says(result)
+    assert sum(r.path == "/copy/_bulk_docs" for r in stub.requests) > 5
+    assert leaves_of(stub, "copy") == leaves_of(source, "db")
+
+
+def test_no_security_leaves_the_databases_security_alone(tmp_path):
+    path, _ = complete_file(tmp_path)
+    result, stub = restore_into(tmp_path, path, "-c", "--no-security")
+    assert result.returncode == 0, says(result)
+    assert not [r for r in stub.requests if "_security" in r.path]
+    assert "... INFO: The _security object of copy is left as it is (--no-security)." in result.stdout.decode()
+
+
+def test_empty_security_object_is_not_put(tmp_path):
+    source = stub_with()
+    source.store.security["db"] = {}
+    assert backup_from(source, tmp_path).returncode == 0
+    assert (tmp_path / "complete.json").read_bytes().startswith(b'{"new_edits":false,"_security":{},"docs":[\n')
+    result, stub = restore_into(tmp_path, tmp_path / "complete.json", "-c", "--verify")
+    assert result.returncode == 0, says(result)
+    assert not [r for r in stub.requests if "_security" in r.path]
+    assert "left as it is (the dump's is empty)" in result.stdout.decode()
+
+
+def test_a_line_with_revisions_makes_a_complete_backup_without_security_in_its_header(tmp_path):
+    path, source = complete_file(tmp_path)
+    data = path.read_bytes()
+    plain_header = b'{"new_edits":false,"docs":[' + data[data.index(b"\n"):]
+    path.write_bytes(plain_header)
+    result, stub = restore_into(tmp_path, path, "-c")
+    assert result.returncode == 0, says(result)
+    assert not [r for r in stub.requests if r.method == "PUT" and "_design" in r.path]
+    assert not [r for r in stub.requests if "_security" in r.path]
+    assert leaves_of(stub, "copy") == leaves_of(source, "db")
+
+
+def test_verify_of_a_complete_restore_checks_every_revision_with_revs_diff(tmp_path):
+    path, _ = complete_file(tmp_path)
+    result, stub = restore_into(tmp_path, path, "-c", "--verify")
+    assert result.returncode == 0, says(result)
+    diffs = [json.loads(r.body) for r in stub.requests if r.path == "/copy/_revs_diff"]
+    assert sum(len(revs) for diff in diffs for revs in diff.values()) == len(STUB_LEAVES) + 40
+    assert ("GET", "/copy/_security") == (stub.requests[-1].method, stub.requests[-1].path)
+    assert "... INFO: Verified: all %d revisions of the dump are in copy, and its _security object." \
+        % (len(STUB_LEAVES) + 40) in result.stdout.decode()
+
+
+def test_verify_names_a_lost_revision_and_a_security_object_that_did_not_stick(tmp_path):
+    path, _ = complete_file(tmp_path)
+
+    class Forgetful(CouchStub):
+        def _store_leaf(self, db, doc):
+            if (doc["_id"], doc["_rev"]) != ("three", "2-c"):
+                super()._store_leaf(db, doc)
+    ignore = only(("/copy/_security", None))
+
+    def faults(index, method, path):
+        if method == "PUT" and path == "/copy/_security":
+            return Fault("status", status=200, body=b'{"ok":true}\n')
+        return ignore(index, method, path)
+    result, _ = restore_into(tmp_path, path, "-c", "--verify", stub=Forgetful(faults=faults))
+    assert result.returncode == 1, says(result)
+    out = result.stdout.decode()
+    assert '... ERROR:   missing: "three" at revision 2-c' in out
+    assert "... ERROR: Verify: 1 of %d revisions of the dump are missing from copy:" % (len(STUB_LEAVES) + 40) in out
+    assert "... ERROR: Verify: the _security object of copy is not the dump's: {}" in out
+
+
+def test_security_refused_stops_before_any_document_and_hints_at_no_security(tmp_path):
+    path, _ = complete_file(tmp_path)
+    refuse = only(("/copy/_security", Fault("status", status=403, body=(
+        b'{"error":"forbidden","reason":"You are not a db or server admin."}\n'))))
+    result, stub = restore_into(tmp_path, path, stub=CouchStub(databases=["copy"], faults=refuse))
+    assert result.returncode == 1, says(result)
+    out = result.stdout.decode()
+    assert '... ERROR: CouchDB Reported: {"error":"forbidden"' in out and "--no-security" in out
+    assert out.count("... WARN: CouchDB Reported an error restoring _security - Attempt") == 2
+    assert not [r for r in stub.requests if "_bulk_docs" in r.path]
+
+
+def test_complete_file_passes_the_default_restore_path_of_an_older_dump(tmp_path, monkeypatch):
+    """The path a plain dump takes (design documents PUT, the rest in
+    _bulk_docs) loads a complete file too: what an older port and the bash
+    script do with it."""
+    import io
+    import couchdb_dump
+    path, _ = complete_file(tmp_path)
+    monkeypatch.setattr(couchdb_dump, "complete_header_security", lambda header: None)
+    monkeypatch.setattr(couchdb_dump, "has_revisions", lambda line: False)
+    with CouchStub(databases=["copy"]) as stub:
+        out = io.BytesIO()
+        code = couchdb_dump.main(["-r", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "copy", "-f", str(path),
+                                  "-q", "--no-progress"], clean_environment(), out)
+    assert code == 0, out.getvalue()
+    assert [r.path for r in stub.requests if r.method == "PUT"] == ["/copy/_design/app"]
+    assert "_security" not in {r.path for r in stub.requests}
 
 
 # -- PouchDB Server -----------------------------------------------------------
@@ -398,3 +531,44 @@ def test_complete_file_posted_whole_to_bulk_docs_recreates_every_leaf(pouchdb_ur
     assert [a for a in answers if "error" in a] == []
     assert all_leaves(pouchdb_url, target) == complete_source["leaves"]
     assert winners(pouchdb_url, target) == complete_source["winners"]
+
+
+def feed(server, db):
+    """`_changes?style=all_docs` as {id: (sorted leaf revisions, deleted)}."""
+    rows = http("GET", db_url(server, db) + "/_changes?style=all_docs")["results"]
+    return {row["id"]: (sorted(c["rev"] for c in row["changes"]), row.get("deleted", False)) for row in rows}
+
+
+def test_complete_backup_restored_into_a_new_database_has_every_leaf_history_and_the_security(
+        pouchdb_url, complete_source):
+    target = unique("restored")
+    result = run_port(complete_source["port"], ["-r", "-d", target, "-c", "-f", "complete.json", "--verify"],
+                      complete_source["cwd"])
+    assert result.returncode == 0, says(result)
+    assert feed(pouchdb_url, target) == feed(pouchdb_url, complete_source["db"])
+    restored = all_leaves(pouchdb_url, target)
+    assert restored == complete_source["leaves"]     # bodies, _revisions, attachments
+    assert restored[("three", "2-d")]["_revisions"] == revisions("2-d", "a")
+    assert winners(pouchdb_url, target) == complete_source["winners"]
+    assert http("GET", db_url(pouchdb_url, target) + "/_security") == SECURITY
+    design = [rev for (doc_id, rev) in restored if doc_id == "_design/app"]
+    assert len(design) == 1 and design[0].startswith("3-")
+    assert "Verified: all %d revisions" % len(restored) in result.stdout.decode()
+
+
+def test_complete_file_through_the_default_restore_path_of_an_older_dump_succeeds(pouchdb_url, complete_source,
+                                                                                   monkeypatch):
+    import io
+    import couchdb_dump
+    monkeypatch.setattr(couchdb_dump, "complete_header_security", lambda header: None)
+    monkeypatch.setattr(couchdb_dump, "has_revisions", lambda line: False)
+    target = unique("older")
+    out = io.BytesIO()
+    code = couchdb_dump.main(["-r", "-H", "127.0.0.1", "-P", str(complete_source["port"]), "-d", target, "-c",
+                              "-f", str(complete_source["file"]), "--no-progress"], clean_environment(), out)
+    assert code == 0, out.getvalue().decode()
+    assert b"Successfully imported 1 Design Documents" in out.getvalue()
+    # The documents' leaves all arrive; the design document gets a new revision from its PUT.
+    expected = {key for key in complete_source["leaves"] if key[0] != "_design/app"}
+    got = set(all_leaves(pouchdb_url, target))
+    assert {key for key in got if key[0] != "_design/app"} == expected
