@@ -3006,15 +3006,23 @@ class CompleteBackup(Backup):
         reply, or the ``Reply`` itself when its status is in ``tolerate``.
 
         A broken transfer, a 5xx or a reply that is not the JSON expected is
-        tried again; a CouchDB error with a 4xx status ends the run.
+        tried again; a CouchDB error with a 4xx status ends the run.  A
+        server pushing back (``BackPressure``) is waited out, no attempt used.
         """
         opts, out = self.opts, self.out
         attempt = 0
+        pressure = BackPressure()
         while True:
-            attempt += 1
             try:
                 reply = self.session.request(method, path, body, "application/json" if body is not None else None,
                                              accept="application/json")
+                wait = pressure.delay(reply.status, reply.headers)
+                if wait is not None:
+                    out.detail("couchdb_dump: the server answered HTTP %d: asking again in %.1f s"
+                               % (reply.status, wait))
+                    time.sleep(wait)
+                    continue
+                attempt += 1
                 if reply.status in tolerate:
                     return reply
                 if reply.ok:
@@ -3024,6 +3032,7 @@ class CompleteBackup(Backup):
                     raise Exit(1)
                 problem = "HTTP %d" % reply.status
             except TransferFailed as error:
+                attempt += 1
                 problem = str(error)
             except ValueError as error:   # UnicodeDecodeError and JSONDecodeError too
                 problem = "the reply is not the JSON expected: %s" % error

@@ -213,6 +213,20 @@ def test_a_fault_that_happens_once_is_retried_and_gives_the_same_file(tmp_path, 
     assert (tmp_path / "clean" / "complete.json").read_bytes() == (tmp_path / "fault" / "complete.json").read_bytes()
 
 
+def test_a_server_pushing_back_is_waited_out_without_using_an_attempt(tmp_path):
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "busy").mkdir()
+    assert backup_from(stub_with(), tmp_path / "clean").returncode == 0
+    busy = ("/db/_bulk_get", Fault("status", status=429, headers={"Retry-After": "0"},
+                                   body=b'{"error":"too_many_requests","reason":"slow down"}\n'))
+    stub = stub_with(faults=only(busy, times=4))
+    result = backup_from(stub, tmp_path / "busy")
+    assert result.returncode == 0, says(result)
+    assert "WARN" not in result.stdout.decode()
+    assert sum(r.path.startswith("/db/_bulk_get") for r in stub.requests) == 5
+    assert (tmp_path / "clean" / "complete.json").read_bytes() == (tmp_path / "busy" / "complete.json").read_bytes()
+
+
 def test_unreadable_security_object_fails_the_backup_with_no_file(tmp_path):
     refuse = ("/db/_security", Fault("status", status=403,
                                      body=b'{"error":"forbidden","reason":"You are not a db or server admin."}\n'))
