@@ -4200,7 +4200,8 @@ class CompleteRestore:
             return None
         problems = []
         if missing:
-            problems.append("Verify: %d of %d revisions of the dump are missing from %s" % (len(missing), total, opts.db))
+            problems.append("Verify: %d of %d revisions of the dump are missing from %s"
+                            % (len(missing), total, opts.db))
             out.line("... ERROR: %s:" % problems[-1])
             for doc_id, rev in missing:
                 out.line("... ERROR:   missing: %s at revision %s" % (json.dumps(doc_id, ensure_ascii=False), rev))

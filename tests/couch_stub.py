@@ -309,7 +309,8 @@ class CouchStub:
         for doc_id in sorted(set(self.store.databases[db]) - set(seqs)):
             self._changed(db, doc_id)   # stored by a test directly: listed now
         trees = self.store.leaves.get(db, {})
-        return [(seq, doc_id) for doc_id, seq in seqs.items() if trees.get(doc_id) or doc_id in self.store.databases[db]]
+        return [(seq, doc_id) for doc_id, seq in seqs.items()
+                if trees.get(doc_id) or doc_id in self.store.databases[db]]
 
     def _changes(self, db, query):
         args = parse_qs(query)
