@@ -1189,7 +1189,6 @@ class ChunkedBody:
             yield b"".join(pieces)
 
     def _read(self, size):
-        import socket
         import urllib3
         try:
             raw = self.raw.read1(size)
