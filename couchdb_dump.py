@@ -625,6 +625,7 @@ class Messages:
         self.last_error = None   # the text of the last "... ERROR:" line, for --json
         self.progress = None     # the Progress line to clear before a line and draw again after it
         self.line_open = False   # the last bytes written did not end a line
+        self.last_cause = None   # why the last transfer failed, in words (``cause``)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -677,6 +678,23 @@ class Messages:
         """The INFO lines the script prints for one of its ``SCRIPT_STEPS``."""
         for text in SCRIPT_STEPS[step]:
             self.info("... INFO: " + text)
+
+    def cause(self, why):
+        """Why a transfer failed, in words, on standard error.
+
+        bash's own error lines for those (``Curl encountered an issue…``,
+        ``Curl failed to…``) say nothing of the cause: --json's ``error``
+        takes these words instead (``error_text``).
+        """
+        self.last_cause = str(why)
+        self.detail("couchdb_dump: %s" % why)
+
+    def error_text(self):
+        """The run's error in words, for --json: the last error line, or the
+        cause of the failed transfer behind bash's vague curl lines."""
+        if self.last_error and self.last_error.startswith("Curl ") and self.last_cause:
+            return self.last_cause
+        return self.last_error
 
     def detail(self, text):
         """An explanation bash never printed: it goes to standard error."""
@@ -1087,10 +1105,18 @@ class CouchSession:
         try:
             data = response.read()
         except Exception as error:
-            raise TransferFailed(_describe(error))
+            raise TransferFailed(_describe(error, _bytes_read(response)))
         finally:
             response.release_conn()
         return Reply(response.status, data, response.headers)
+
+
+def _bytes_read(response):
+    """How much of the reply came over the wire before it failed."""
+    try:
+        return response.tell()
+    except Exception:
+        return None
 
 
 def read_blocks(response, size=1 << 20):
@@ -1298,12 +1324,15 @@ class _Body:
 
 
 def _causes(error):
-    """The error and those it was raised from or during, innermost last."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
+    """The error and every error inside it: its arguments, ``reason``, cause and context."""
+    chain, todo = [], [error]
+    while todo and len(chain) < 12:
+        link = todo.pop(0)
+        if not isinstance(link, BaseException) or any(link is seen for seen in chain):
+            continue
+        chain.append(link)
+        todo += list(getattr(link, "args", ())) + [getattr(link, "reason", None), link.__cause__, link.__context__]
+    return chain
 
 
 def _caused_by(error, kinds):
@@ -1322,13 +1351,68 @@ def _during_handshake(error):
     return False
 
 
-def _describe(error):
-    """Say what went wrong without quoting a URL that could carry a secret."""
+def _describe(error, received=None):
+    """Say in words what went wrong with an exchange, for a person to act on.
+
+    Connection failures (urllib3 1.26 and 2.x wrap the socket's error in
+    their own) become ``cannot connect to HOST:PORT: connection refused``,
+    ``host name HOST not found``, ``no answer for N s (--timeout)``, ``the
+    server closed the connection after 48.1 MB`` (``received``: the bytes of
+    the reply read so far, when the caller knows them).  Anything else is
+    named by its type.  Never a URL: it could carry a secret.
+    """
+    chain = _causes(error)
+    names = {type(link).__name__ for link in chain}
+    where = _connection_of(chain)
+    at = where or "the server"
+    if any(isinstance(link, socket.gaierror) for link in chain):
+        return "host name %s not found" % where.rpartition(":")[0] if where else "host name not found"
+    if any(isinstance(link, ConnectionRefusedError) for link in chain):
+        return "cannot connect to %s: connection refused" % at
+    if "NewConnectionError" in names or "NameResolutionError" in names:
+        why = next((link.strerror for link in chain if isinstance(link, OSError) and link.strerror), None)
+        return "cannot connect to %s: %s" % (at, (why or "failed").lower())
+    seconds = next((text for text in map(_timeout_of, chain) if text), None)
+    if "ConnectTimeoutError" in names:
+        return "cannot connect to %s: no answer for %s s (--timeout)" % (at, seconds or "some")
+    if "ReadTimeoutError" in names or any(isinstance(link, socket.timeout) for link in chain):
+        return "no answer for %s s (--timeout)" % (seconds or "some")
+    if names & {"ProtocolError", "IncompleteRead", "InvalidChunkLength", "RemoteDisconnected",
+                "ConnectionResetError", "BrokenPipeError", "ConnectionAbortedError"}:
+        if received:
+            return "the server closed the connection after %s" % _size_text(received)
+        return "the server closed the connection without answering"
     text = type(error).__name__
     reason = getattr(error, "reason", None)
     if reason is not None:
         text += ": " + type(reason).__name__
     return text
+
+
+def _connection_of(chain):
+    """``host:port`` of the connection that failed, from urllib3's error."""
+    for link in chain:
+        # 2.x names it conn; 1.26 passes it first (as ``pool``); a pool has them too.
+        for holder in (vars(link).get("conn"), vars(link).get("pool")) + tuple(link.args[:1]):
+            host, port = getattr(holder, "host", None), getattr(holder, "port", None)
+            if isinstance(host, str) and host:
+                return "%s:%s" % (host, port) if port else host
+    return None
+
+
+def _timeout_of(error):
+    """The read or connect timeout in force when ``error`` happened, as text."""
+    pool = vars(error).get("pool") if hasattr(error, "__dict__") else None
+    timeout = getattr(pool, "timeout", None)
+    value = getattr(timeout, "read_timeout", None) if timeout is not None else None
+    if isinstance(value, (int, float)):
+        return "%g" % value
+    found = re.search(r"(?:read|connect) timeout=([0-9.]+)", str(error))
+    return "%g" % float(found.group(1)) if found else None
+
+
+def _size_text(size):
+    return "%.1f MB" % (size / 1e6) if size >= 1e6 else "%d bytes" % size
 
 
 # ---------------------------------------------------------------------------
@@ -2453,7 +2537,7 @@ class Backup:
                     raise Exit(1)
             if os.path.isdir(final):
                 out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-                out.detail("couchdb_dump: %s is a directory" % final)
+                out.cause("%s is a directory" % final)
                 raise Exit(1)
 
         path = "/" + quote_database(opts.db) + ALL_DOCS_QUERY
@@ -2465,7 +2549,7 @@ class Backup:
                 target = BackupFile(final, opts.compress, threads)
         except OSError as error:
             out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-            out.detail("couchdb_dump: cannot write %s: %s" % (final, error.strerror))
+            out.cause("cannot write %s: %s" % (final, error.strerror))
             raise Exit(1)
         try:
             had_cr, size = self._transfer(path, target)
@@ -2557,7 +2641,7 @@ class Backup:
             raise
         except Exception as error:
             # A broken transfer or a failed write: bash's curl -o says the same.
-            self._curl_failed(error)
+            self._curl_failed(error, _bytes_read(response))
         finally:
             response.release_conn()
             if self.resumer is not None:
@@ -2639,9 +2723,9 @@ class Backup:
             text = text.replace(secret, "********")
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
-    def _curl_failed(self, error):
+    def _curl_failed(self, error, received=None):
         self.out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-        self.out.detail("couchdb_dump: %s" % (error if isinstance(error, TransferFailed) else _describe(error)))
+        self.out.cause(error if isinstance(error, Failure) else _describe(error, received))
         raise Exit(1)
 
 
@@ -3796,7 +3880,7 @@ class Retry:
                 reply = self.session.request(method, path, body, content_type)
             except TransferFailed as error:
                 attempt += 1
-                self.out.detail("couchdb_dump: %s" % error)
+                self.out.cause(error)
                 self._failed(attempt, error, transfer_warn, transfer_final)
             else:
                 if accept(reply):
@@ -4546,7 +4630,7 @@ def main(argv=None, environ=None, stdout=None):
         report.update(summary)
         report["seconds"] = round(time.monotonic() - started, 3)
         if code != 0:
-            report["error"] = out.last_error or "exit code %d" % code
+            report["error"] = out.error_text() or "exit code %d" % code
             report["exit_code"] = code
         line = json.dumps(report, ensure_ascii=False).encode("utf-8") + b"\n"
         target = json_stream or out.stream
