@@ -2369,10 +2369,16 @@ class BackupFile(DumpTarget):
 
 
 def timestamped_name(name, now=None):
-    """-T: put ``-YYYYMMDD-hhmmss`` before the extension, or at the end."""
+    """-T: put ``-YYYYMMDD-hhmmss`` before the extension, or at the end.
+
+    The leading dots of a hidden file's name are part of its name, not an
+    extension: ``.hidden`` gets ``.hidden-STAMP`` (bash made it
+    ``-STAMP.hidden``, a name starting with a dash).
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     head, slash, base = name.rpartition("/")
-    if re.search(r"\.[a-zA-Z0-9][a-zA-Z0-9_]*", name) and "." in base:
+    hidden = base[:len(base) - len(base.lstrip("."))]
+    if re.search(r"\.[a-zA-Z0-9][a-zA-Z0-9_]*", name) and "." in base[len(hidden):]:
         stem, _, extension = base.rpartition(".")
         return "%s%s%s-%s.%s" % (head, slash, stem, stamp, extension)
     return "%s-%s" % (name, stamp)

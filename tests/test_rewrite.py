@@ -148,6 +148,9 @@ def test_compact_json_keeps_strings_verbatim():
     ("a.tar.gz", "a.tar-STAMP.gz"),
     ("dir/out.json", "dir/out-STAMP.json"),
     ("name.", "name.-STAMP"),
+    (".hidden", ".hidden-STAMP"),          # bash: -STAMP.hidden (a divergence)
+    ("dir/.hidden", "dir/.hidden-STAMP"),
+    (".hidden.json", ".hidden-STAMP.json"),
 ])
 def test_timestamp_goes_before_the_extension(name, expected):
     stamp = cd.time.strftime("%Y%m%d-%H%M%S", cd.time.localtime(0))
