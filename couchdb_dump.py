@@ -3203,12 +3203,17 @@ class DumpFile:
         in an unnamed temporary file that is gone when the run ends.
         """
         spool = tempfile.SpooledTemporaryFile(max_size=32 << 20)
+        first_byte = None
         while True:
             data = stream.read(1 << 20)
             if not data:
                 break
+            if first_byte is None:
+                first_byte = time.monotonic()
             spool.write(data)
-        return cls("-", max_line, spool)
+        dump = cls("-", max_line, spool)
+        dump.first_byte = first_byte   # the work starts there, not at the wait for the writer
+        return dump
 
     def _open(self):
         if self.spool is not None:
@@ -4427,7 +4432,9 @@ class Restore:
     def open_dump(self):
         opts, out = self.opts, self.out
         if opts.file == "-":
-            return DumpFile.from_stream(sys.stdin.buffer, opts.max_line)
+            dump = DumpFile.from_stream(sys.stdin.buffer, opts.max_line)
+            self.progress.restart(dump.first_byte)   # the rate counts from the first byte, not the wait
+            return dump
         if not os.path.isfile(opts.file):
             out.line("... ERROR: Input file %s not found." % opts.file)
             raise Exit(1)

@@ -557,13 +557,25 @@ def test_messages_clear_the_progress_line_and_draw_it_again(monkeypatch):
         "\r10 documents, 2.0 MB sent, 10 documents/s, 50%, 1 s left\x1b[K")
 
 
-def run_in_terminal(args, cwd, seconds=120):
-    """Run the port with stdout and stderr on one pseudo-terminal; returns (exit code, what it showed)."""
+def run_in_terminal(args, cwd, seconds=120, feed=None, after=0.0):
+    """Run the port with stdout and stderr on one pseudo-terminal; returns (exit code, what it showed).
+
+    ``feed``: bytes written to its standard input ``after`` seconds (else it is empty)."""
     import pty
+    import threading
     master, slave = pty.openpty()
     process = subprocess.Popen([sys.executable, str(PROGRAM), *args], cwd=cwd, env=environment(),
-                               stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+                               stdin=subprocess.PIPE, stdout=slave, stderr=slave)
     os.close(slave)
+
+    def writer():
+        time.sleep(after)
+        try:
+            process.stdin.write(feed or b"")
+        finally:
+            process.stdin.close()
+
+    threading.Thread(target=writer, daemon=True).start()
     shown = b""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -598,6 +610,21 @@ def test_progress_line_and_messages_do_not_glue_in_a_terminal(tmp_path):
     final = text.rsplit("documents/s", 1)[0].rsplit("\r", 1)[1]
     assert final.startswith("12 documents, ") and " MB sent, " in final
     assert text.rsplit("documents/s", 1)[1].startswith(", 100%, ")
+
+
+def test_restore_from_a_pipe_counts_its_rate_from_the_first_byte(tmp_path):
+    """The writer of the pipe takes 4 s to start: the final line's time and
+    rate count from its first byte, not from the start of the process."""
+    docs = [b'{"_id":"d%02d","_rev":"1-a","v":%d}' % (i, i) for i in range(12)]
+    dump = b"\n".join([b'{"new_edits":false,"docs":['] + [d + b"," for d in docs[:-1]] + docs[-1:] + [b"]}"])
+    slow = lambda index, method, path: Fault("delay", seconds=0.2) if path.endswith("_bulk_docs") else None
+    with CouchStub(databases=["db"], faults=slow) as stub:
+        code, shown = run_in_terminal(["-r", "-H", stub.url, "-d", "db", "-f", "-", "-l", "2"], tmp_path,
+                                      feed=dump + b"\n", after=4.0)
+    text = shown.decode("utf-8", "replace")
+    assert code == 0, text
+    final = text.rsplit("documents/s, 100%, ", 1)[1].split(" s", 1)[0]
+    assert float(final) < 4, text   # 6 chunks of 0.2 s: about 1.5 s; from the process start it would be over 4
 
 
 def test_backup_progress_counts_the_file_not_the_reply(tmp_path):
