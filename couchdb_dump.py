@@ -764,16 +764,20 @@ class Progress:
 
     def _write(self, text):
         with self._lock:
-            try:
-                if self.tty:
-                    self.stream.write("\r" + text + "\x1b[K")
-                    self.drawn = True
-                else:
-                    self.stream.write("progress: " + text + "\n")
-                self.stream.flush()
-                self.shown = True
-            except (BrokenPipeError, ValueError):
-                pass
+            if self.tty:
+                self.drawn = self._put("\r" + text + "\x1b[K")
+            else:
+                self._put("progress: " + text + "\n")
+            self.shown = True
+
+    def _put(self, text):
+        """Write and flush; a closed standard error is no reason to stop a run."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+            return True
+        except (BrokenPipeError, ValueError):
+            return False
 
     def resize(self, size):
         """Correct the byte count of the last figures (the file, once complete)."""
@@ -784,11 +788,7 @@ class Progress:
         """Clear the line on the terminal before another line is printed there."""
         with self._lock:
             if self.drawn:
-                try:
-                    self.stream.write("\r\x1b[K")
-                    self.stream.flush()
-                except (BrokenPipeError, ValueError):
-                    pass
+                self._put("\r\x1b[K")
 
     def show(self):
         """Draw the line again after ``hide``, with the last figures."""
@@ -802,11 +802,7 @@ class Progress:
             if self.enabled and self.shown and self.figures is not None:
                 self._write(self._text(time.monotonic(), *self.figures, final=True))
             if self.drawn:
-                try:
-                    self.stream.write("\n")
-                    self.stream.flush()
-                except (BrokenPipeError, ValueError):
-                    pass
+                self._put("\n")
             self.drawn = False
             self.shown = False
             self.figures = None
