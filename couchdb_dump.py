@@ -1086,7 +1086,7 @@ class CouchSession:
         except Exception as error:  # urllib3 wraps every socket failure
             if self._tls_server and _during_handshake(error):
                 raise TransferFailed(self._tls_failure(error))
-            raise TransferFailed(_describe(error))
+            raise TransferFailed(_describe(error, timeout=self.timeout))
 
     def _tls_failure(self, error):
         if _caused_by(error, (socket.timeout, TimeoutError)):
@@ -1101,7 +1101,7 @@ class CouchSession:
         try:
             data = response.read()
         except Exception as error:
-            raise TransferFailed(_describe(error, _bytes_read(response)))
+            raise TransferFailed(_describe(error, _bytes_read(response), self.timeout))
         finally:
             response.release_conn()
         return Reply(response.status, data, response.headers)
@@ -1184,6 +1184,7 @@ class ChunkedBody:
         self.started = False
         self.done = False
         self.carry = b""            # raw bytes of a size line not yet whole
+        self.received = 0           # raw bytes read from the socket so far
 
     @classmethod
     def of(cls, response):
@@ -1199,14 +1200,18 @@ class ChunkedBody:
 
     def blocks(self, size):
         pieces, have = [], 0
-        while not self.done:
-            new = self._unframe(self._read(size))
-            pieces.extend(new)
-            have += sum(map(len, new))   # no Python loop over CouchDB's ~1,490-byte chunks
-            while have >= size:
-                block, pieces = _cut(pieces, size)
-                have -= size
-                yield block
+        try:
+            while not self.done:
+                new = self._unframe(self._read(size))
+                pieces.extend(new)
+                have += sum(map(len, new))   # no Python loop over CouchDB's ~1,490-byte chunks
+                while have >= size:
+                    block, pieces = _cut(pieces, size)
+                    have -= size
+                    yield block
+        except Exception as error:
+            error.received = self.received   # for the message: how much came before the failure
+            raise
         if have:
             yield b"".join(pieces)
 
@@ -1220,6 +1225,7 @@ class ChunkedBody:
             raise urllib3.exceptions.ProtocolError("Connection broken: %r" % error, error)
         if not raw:
             self._broken("the reply ended inside its chunked body")
+        self.received += len(raw)
         return raw
 
     @staticmethod
@@ -1347,14 +1353,15 @@ def _during_handshake(error):
     return False
 
 
-def _describe(error, received=None):
+def _describe(error, received=None, timeout=None):
     """Say in words what went wrong with an exchange, for a person to act on.
 
     Connection failures (urllib3 1.26 and 2.x wrap the socket's error in
     their own) become ``cannot connect to HOST:PORT: connection refused``,
     ``host name HOST not found``, ``no answer for N s (--timeout)``, ``the
     server closed the connection after 48.1 MB`` (``received``: the bytes of
-    the reply read so far, when the caller knows them).  Anything else is
+    the reply read so far, when the caller knows them; ``timeout``: the
+    --timeout in force, else urllib3's error tells it).  Anything else is
     named by its type.  Never a URL: it could carry a secret.
     """
     chain = _causes(error)
@@ -1368,11 +1375,12 @@ def _describe(error, received=None):
     if "NewConnectionError" in names or "NameResolutionError" in names:
         why = next((link.strerror for link in chain if isinstance(link, OSError) and link.strerror), None)
         return "cannot connect to %s: %s" % (at, (why or "failed").lower())
-    seconds = next((text for text in map(_timeout_of, chain) if text), None)
+    seconds = "%g" % timeout if timeout else next((text for text in map(_timeout_of, chain) if text), None)
+    silence = "no answer for %s s (--timeout)" % seconds if seconds else "no answer within --timeout"
     if "ConnectTimeoutError" in names:
-        return "cannot connect to %s: no answer for %s s (--timeout)" % (at, seconds or "some")
+        return "cannot connect to %s: %s" % (at, silence)
     if "ReadTimeoutError" in names or any(isinstance(link, socket.timeout) for link in chain):
-        return "no answer for %s s (--timeout)" % (seconds or "some")
+        return silence
     if names & {"ProtocolError", "IncompleteRead", "InvalidChunkLength", "RemoteDisconnected",
                 "ConnectionResetError", "BrokenPipeError", "ConnectionAbortedError"}:
         if received:
@@ -2643,7 +2651,8 @@ class Backup:
             raise
         except Exception as error:
             # A broken transfer or a failed write: bash's curl -o says the same.
-            self._curl_failed(error, _bytes_read(response))
+            # How much of the reply came: urllib3 counts it, or ChunkedBody when it read the socket.
+            self._curl_failed(error, max(_bytes_read(response) or 0, getattr(error, "received", 0)))
         finally:
             response.release_conn()
             if self.resumer is not None:
@@ -2727,7 +2736,7 @@ class Backup:
 
     def _curl_failed(self, error, received=None):
         self.out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-        self.out.cause(error if isinstance(error, Failure) else _describe(error, received))
+        self.out.cause(error if isinstance(error, Failure) else _describe(error, received, self.session.timeout))
         raise Exit(1)
 
 

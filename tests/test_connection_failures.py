@@ -71,11 +71,12 @@ def test_host_name_not_found(tmp_path, monkeypatch):
     assert json.loads(lines[-1])["error"] == "host name db.example not found"
 
 
-def test_server_that_closes_the_connection_mid_reply_says_after_how_much(tmp_path):
+@pytest.mark.parametrize("kind", ["cut", "chunked_cut"], ids=["content-length", "chunked"])
+def test_server_that_closes_the_connection_mid_reply_says_after_how_much(kind, tmp_path):
     rows = b"".join(b'{"id":"d%06d","key":"d%06d","value":{"rev":"1-a"},"doc":{"_id":"d%06d","_rev":"1-a",'
                     b'"pad":"%s"}},\r\n' % (i, i, i, b"x" * 400) for i in range(3000))
     body = b'{"total_rows":5000,"offset":0,"rows":[\r\n' + rows
-    cut = lambda index, method, path: Fault("cut", body=body) if "_all_docs" in path else None
+    cut = lambda index, method, path: Fault(kind, body=body) if "_all_docs" in path else None
     with CouchStub(databases=["db"], faults=cut) as stub:
         code, stdout, stderr, report = run("-b", "-H", stub.url, "-d", "db", "-f", "b.json", cwd=tmp_path)
     words = "the server closed the connection after %.1f MB" % (len(body) / 1e6)

@@ -62,7 +62,7 @@ def externally_managed_python(where):
         pytest.skip("this interpreter's layout (%s) is not prefix/lib/pythonX.Y" % stdlib)
     (where / "bin").mkdir(parents=True)
     for entry in (base / "lib").iterdir():   # libpython for builds linked against $ORIGIN/../lib
-        if entry.name != stdlib.name:
+        if entry.name.startswith("libpython"):   # not Debian's lib/python3/dist-packages
             (where / "lib" / entry.name).parent.mkdir(parents=True, exist_ok=True)
             (where / "lib" / entry.name).symlink_to(entry)
     copy = where / "lib" / stdlib.name
