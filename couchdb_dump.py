@@ -1378,7 +1378,9 @@ def _describe(error, received=None, timeout=None):
     seconds = "%g" % timeout if timeout else next((text for text in map(_timeout_of, chain) if text), None)
     silence = "no answer for %s s (--timeout)" % seconds if seconds else "no answer within --timeout"
     if "ConnectTimeoutError" in names:
-        return "cannot connect to %s: %s" % (at, silence)
+        # The connect has its own limit (at most 30 s): urllib3's error tells it.
+        limit = next((text for text in map(_timeout_of, chain) if text), None)
+        return "cannot connect to %s: no answer%s" % (at, " within %s s" % limit if limit else "")
     if "ReadTimeoutError" in names or any(isinstance(link, socket.timeout) for link in chain):
         return silence
     if names & {"ProtocolError", "IncompleteRead", "InvalidChunkLength", "RemoteDisconnected",

@@ -113,3 +113,14 @@ def test_errors_without_a_connection_are_said_as_well_as_can_be():
     assert couchdb_dump._describe(ConnectionRefusedError(111, "Connection refused")) == \
         "cannot connect to the server: connection refused"
     assert couchdb_dump._describe(ValueError("http://u:secret@h/")) == "ValueError"
+
+
+def test_connect_timeout_names_the_server_and_the_connect_limit():
+    urllib3 = pytest.importorskip("urllib3")
+
+    class Connection:
+        host, port = "10.255.255.1", 5984
+
+    error = urllib3.exceptions.ConnectTimeoutError(Connection(), "Connection to 10.255.255.1 timed out."
+                                                                 " (connect timeout=30)")
+    assert couchdb_dump._describe(error, timeout=300) == "cannot connect to 10.255.255.1:5984: no answer within 30 s"
