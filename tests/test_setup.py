@@ -98,6 +98,22 @@ def test_requirements_are_the_runtime_ones_and_the_test_extra():
     assert "urllib3>=1.26" in found and "pytest" in found
 
 
+def test_every_package_the_tests_import_is_in_the_test_extra():
+    """The README's command installs setup.cfg's lists and nothing else: a
+    test importing a package missing there fails on a fresh machine."""
+    if not hasattr(sys, "stdlib_module_names"):
+        pytest.skip("Python 3.10+ lists its standard library")
+    local = {path.stem for path in (REPO / "tests").glob("*.py")} | {"couchdb_dump"}
+    listed = {re.split(r"[<>=!~ \[]", requirement, 1)[0].lower() for requirement in load_run_module().requirements()}
+    missing = {}
+    for path in sorted((REPO / "tests").glob("*.py")):
+        for found in re.finditer(r"^(?:from|import) ([A-Za-z_]\w*)", path.read_text(encoding="utf-8"), re.M):
+            name = found.group(1)
+            if name not in sys.stdlib_module_names and name not in local and name.lower() not in listed:
+                missing.setdefault(name, path.name)
+    assert not missing, "imported by tests but not in setup.cfg's test extra: %s" % missing
+
+
 def test_an_externally_managed_interpreter_gets_a_venv(tmp_path, monkeypatch):
     run = load_run_module()
     marker = tmp_path / "EXTERNALLY-MANAGED"
