@@ -346,7 +346,7 @@ def parse_options(argv, environ, out, prog):
     stray = []
     lines_given = jobs_given = False
     for option, value in getopts(argv):
-        opts.extended = opts.extended or option.startswith("--")
+        opts.extended = opts.extended or option.startswith("--") or option in ("D", "s")
         if option == "end":
             stray = argv[value:]
         elif option == "h":
@@ -3766,6 +3766,14 @@ class RestoreText:
     def size(self):
         return sum(sum(map(len, lines)) + len(lines) - (not newline) for lines, newline in self.line_lists())
 
+    def as_chunk(self):
+        """The whole text as one ``Chunk``: in memory, for a body that must be cut or filtered."""
+        lines, newline = [], True
+        for part, newline in self.line_lists():
+            lines.extend(part)
+        header, footer = self.edges()
+        return Chunk.of_lines(lines, header, footer, newline)
+
     def edges(self):
         """The text's first and last lines (one pass when not known)."""
         if self.header is None or self.footer is None:
@@ -3868,10 +3876,9 @@ class Retry:
     the user's text is a value, never part of the template.  A signal noted
     by ``Stop`` ends the loop between two requests (``RestoreStopped``).
 
-    Two places to extend: ``before_request(method, path)`` runs before every
-    request (a delay between requests), and ``held_back(reply)`` may wait
-    and return True to send the request again without using an attempt
-    (a server pushing back with 429/503 and Retry-After).
+    ``before_request(method, path)``, when set, runs before every request.
+    A server that pushes back (429, or 503 with Retry-After: ``BackPressure``)
+    is waited out and asked again without using an attempt.
     """
 
     PAUSE = 1.0   # seconds between attempts: the script's sleep 1
@@ -3889,6 +3896,7 @@ class Retry:
         """The reply ``accept`` takes (a 2xx without an error by default), or ``Exit(1)``."""
         accept = accept or (lambda reply: reply.ok)
         reply_final = reply_final or self.couchdb_reported
+        pressure = BackPressure()
         attempt = 0
         while True:
             self.check_stop()
@@ -3901,18 +3909,26 @@ class Retry:
                 self.out.cause(error)
                 self._failed(attempt, error, transfer_warn, transfer_final)
             else:
+                # Before accept: a 429 is no answer, even where any answer would do.
+                if self.held_back(reply, pressure):
+                    continue
                 if accept(reply):
                     return reply
-                if self.held_back(reply):
-                    continue
                 attempt += 1
                 self._failed(attempt, reply, reply_warn, reply_final)
             self.check_stop()
             time.sleep(self.PAUSE)
 
-    def held_back(self, reply):
-        """Whether the server asked to wait and the wait is over (never, here)."""
-        return False
+    def held_back(self, reply, pressure):
+        """Whether the server pushed back and the wait it asked for is over."""
+        wait = pressure.delay(reply.status, reply.headers)
+        if wait is None:
+            return False
+        self.out.detail("couchdb_dump: the server answered HTTP %d: sending the request again in %.1f s"
+                        " (no attempt used)" % (reply.status, wait))
+        if not pause(wait, lambda: self.stop.requested):
+            raise RestoreStopped()
+        return True
 
     def check_stop(self):
         if self.stop.requested:
@@ -4153,6 +4169,8 @@ class ChunkUpload:
         self.progress = restore.progress
         self.path = restore.db_path + "/_bulk_docs"
         self.refuse_plan = restore.refuse_plan
+        self.bulk = restore.bulk
+        self.start = restore.start   # -s: the chunks before it are not sent
 
     def send(self, text, text_name):
         opts, out = self.opts, self.out
@@ -4167,6 +4185,8 @@ class ChunkUpload:
             # its lines are printed once fewer than --jobs are: with one job,
             # in the script's order, one request after the other.
             for index, chunk in enumerate(text.chunks(opts.chunk_lines)):
+                if index < self.start:
+                    continue
                 while len(on_their_way) >= opts.jobs:
                     self._collect(*on_their_way.pop(0))
                 self.retry.check_stop()
@@ -4180,6 +4200,9 @@ class ChunkUpload:
             while on_their_way:
                 self._collect(*on_their_way.pop(0))
         except (Exit, RestoreStopped):
+            # Chunks are taken in order: the first not written is where -s resumes.
+            counts.resume_at = counts.failed_chunk or "%s.split%s" % (
+                text_name, chunk_suffix(self.start + counts.chunks_written))
             for name, chunk, future in on_their_way:
                 try:
                     self._chunk_done(chunk, future.result())
@@ -4199,21 +4222,24 @@ class ChunkUpload:
         self._chunk_done(chunk, reply)
 
     def _post_chunk(self, name, chunk):
-        return self.retry.request(
-            "POST", self.path, chunk.stream, "application/json",
-            transfer_warn=("... WARN: Failed to import %s - Attempt %d/%s - Retrying...", name),
-            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to restore %s - Stopping"
-                                                       % name),
-            reply_warn="... WARN: CouchDB Reported and error during import - Attempt %d/%s - Retrying...",
-            accept=Retry.bulk_accepted)
+        def post(body):
+            return self.retry.request(
+                "POST", self.path, body, "application/json",
+                transfer_warn=("... WARN: Failed to import %s - Attempt %d/%s - Retrying...", name),
+                transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to restore %s - Stopping"
+                                                           % name),
+                reply_warn="... WARN: CouchDB Reported and error during import - Attempt %d/%s - Retrying...",
+                accept=BulkUpload.accepted)
+        return self.bulk.send(chunk.stream, chunk.documents, lambda: chunk, name, post)
 
-    def _chunk_done(self, chunk, reply):
+    def _chunk_done(self, chunk, result):
         counts = self.counts
+        documents, reply = result
         counts.chunks_written += 1
         counts.bytes_sent += chunk.size
         refused = report_refusals(self.out, reply)
         counts.refused += refused
-        counts.documents_written += chunk.documents - refused
+        counts.documents_written += documents - refused
         if not refused:
             self.out.info("... INFO: Successfully Imported %d Files" % counts.chunks_written)
         self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
@@ -4351,13 +4377,278 @@ class RestoreCounts:
         self.bytes_sent = 0
         self.failed_chunk = None
         self.complete = False        # a complete backup: documents counts its revisions
+        self.resume_at = None        # the -s value that resumes a restore that stopped
 
     def summary(self):
         summary = {"mode": "restore", "db": self.db, "file": self.file, "documents": self.documents_written,
                    "design_documents": self.design_documents, "bytes": self.file_bytes}
         if self.complete:
             summary["complete"] = True
+        if self.resume_at is not None:
+            summary["resume"] = "-s " + self.resume_at
         return summary
+
+
+# -- resuming, pacing and pushing back (issue #11) ----------------------------
+
+def is_import_request(method, path):
+    """The requests -D spaces: a design document's PUT and a _bulk_docs POST."""
+    return (method == "PUT" and "/_design/" in path) or (method == "POST" and path.endswith("/_bulk_docs"))
+
+
+class PacedSession:
+    """-D: the session, with ``delay`` seconds between consecutive import requests.
+
+    The next import request starts ``delay`` seconds after the previous one
+    ended (upstream's sleep between requests); with --jobs, starts are also
+    spaced by ``delay``.  Other requests go at once.
+    """
+
+    def __init__(self, session, delay, stop):
+        self.session = session
+        self.delay = delay
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.next = 0.0
+
+    def request(self, method, path, body=None, content_type=None):
+        if not is_import_request(method, path):
+            return self.session.request(method, path, body, content_type)
+        with self.lock:
+            wait = self.next - time.monotonic()
+            if wait > 0 and not pause(wait, lambda: self.stop.requested):
+                raise RestoreStopped()
+            self.next = time.monotonic() + self.delay
+        try:
+            return self.session.request(method, path, body, content_type)
+        finally:
+            with self.lock:
+                self.next = max(self.next, time.monotonic() + self.delay)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+_DOC_ID_REV = re.compile(rb'\A\{"_id":("(?:[^"\\]|\\.)*"),"_rev":("(?:[^"\\]|\\.)*")')
+
+
+def document_revision(line):
+    """``(id, rev)`` of a dump line's document; None where it has none."""
+    match = _DOC_ID_REV.match(line)
+    try:
+        if match:
+            return json.loads(match.group(1)), json.loads(match.group(2))
+        doc = json.loads(line)
+    except ValueError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    doc_id, rev = doc.get("_id"), doc.get("_rev")
+    return (doc_id if isinstance(doc_id, str) else None), (rev if isinstance(rev, str) else None)
+
+
+def documents_chunk(header, docs, footer):
+    """A chunk of document lines (without their commas) made a whole body."""
+    lines = [header] + [doc + b"," for doc in docs[:-1]] + docs[-1:] + [footer]
+    return Chunk(lines, True, True, True, len(docs))
+
+
+def chunk_documents(chunk):
+    """A chunk's document lines, without their trailing commas."""
+    return [line[:-1] if line.endswith(b",") else line for line in chunk.lines[1:-1] if line.strip(b" \t")]
+
+
+class BulkUpload:
+    """Sends one _bulk_docs body: only what is missing, in halves when too large.
+
+    With --resume, one ``_revs_diff`` POST first asks which documents the
+    database lacks at the dump's revision; only those are sent, and nothing
+    when none is.  A 413 (request too large) splits the body in halves
+    (``Chunk.halves``), each sent on its own, down to one document; a single
+    document still refused is reported as refused, by id.  ``post(stream)``
+    sends a body through ``Retry`` and must take a 413 as an answer.
+    """
+
+    TOO_LARGE = "the server refuses this document as too large (HTTP 413)"
+
+    def __init__(self, retry, out, db_path, resume):
+        self.retry = retry
+        self.out = out
+        self.db_path = db_path
+        self.resume = resume
+
+    @staticmethod
+    def accepted(reply):
+        return reply.status == 413 or Retry.bulk_accepted(reply)
+
+    def send(self, stream, documents, make_chunk, name, post):
+        """Send ``stream`` (its ``Chunk`` from ``make_chunk()``, built only when
+        needed); returns ``(documents sent, the server's answers as one Reply)``."""
+        chunk = None
+        if self.resume:
+            chunk = self.missing(make_chunk(), name)
+            if not chunk.documents:
+                return 0, Reply(201, b"[]")
+            stream, documents = chunk.stream, chunk.documents
+        reply = post(stream)
+        if reply.status != 413:
+            return documents, reply
+        return self.halving(chunk or make_chunk(), name, post)
+
+    def halving(self, chunk, name, post):
+        """A chunk the server found too large: its halves, each sent (and halved) in turn."""
+        if chunk.documents <= 1:
+            refused = [{"id": document_revision(doc)[0], "error": "too_large", "reason": self.TOO_LARGE}
+                       for doc in chunk_documents(chunk)]
+            return len(refused), Reply(201, json.dumps(refused).encode())
+        halves = chunk.halves()
+        self.out.line("... WARN: %s is too large for the server (HTTP 413) - sending it as %d and %d documents"
+                      % (name, halves[0].documents, halves[1].documents))
+        sent, answers = 0, []
+        for half in halves:
+            reply = post(half.stream)
+            count, reply = (half.documents, reply) if reply.status != 413 else self.halving(half, name, post)
+            sent += count
+            answers.extend(json.loads(reply.body))
+        return sent, Reply(201, json.dumps(answers).encode())
+
+    def missing(self, chunk, name):
+        """The chunk less the documents the database has at their revision (one _revs_diff POST)."""
+        docs = chunk_documents(chunk)
+        revisions = [document_revision(doc) for doc in docs]
+        asked = {}
+        for doc_id, rev in revisions:
+            if doc_id is not None and rev is not None:
+                asked.setdefault(doc_id, []).append(rev)
+        if not asked:
+            return chunk
+        reply = self.retry.request(
+            "POST", self.db_path + "/_revs_diff", json.dumps(asked).encode(), "application/json",
+            transfer_warn=("... WARN: Failed to compare %s with the database - Attempt %d/%s - Retrying...", name),
+            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to compare %s - Stopping"
+                                                       % name),
+            reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...",
+            accept=lambda reply: reply.ok and isinstance(_json_or_none(reply.body), dict))
+        lacking = {(doc_id, rev) for doc_id, answer in json.loads(reply.body).items()
+                   if isinstance(answer, dict) for rev in answer.get("missing") or ()}
+        return documents_chunk(chunk.lines[0], [doc for doc, (doc_id, rev) in zip(docs, revisions)
+                                                if doc_id is None or rev is None or (doc_id, rev) in lacking],
+                               chunk.lines[-1])
+
+
+def _json_or_none(data):
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def with_revision(body, rev):
+    """A design document's PUT body with ``_rev`` first: an update of that revision."""
+    rest = body[1:]
+    separator = b"" if rest.lstrip()[:1] == b"}" else b","
+    return b'{"_rev":' + json.dumps(rev).encode() + separator + rest
+
+
+class DesignDocuments:
+    """PUTs the dump's design documents one by one, as the script does.
+
+    With -s or --resume the database may hold them already: each is read
+    first; one with the same content (compared without ``_rev``) is left as
+    it is, one with other content is PUT with its current ``_rev`` (an
+    update, never a ``conflict``).
+    """
+
+    def __init__(self, restore):
+        self.opts = restore.opts
+        self.out = restore.out
+        self.retry = restore.retry
+        self.counts = restore.counts
+        self.progress = restore.progress
+        self.db_path = restore.db_path
+        self.compare = restore.opts.resume or restore.opts.start_chunk is not None
+
+    def put_all(self, dump, survey):
+        opts, out, counts = self.opts, self.out, self.counts
+        wanted = dict(survey.designs)
+        for count, (number, line) in enumerate(dump.numbered_lines(wanted)):
+            path, body = design_document_request(line, wanted[number])
+            name = "%s-design.%d" % (opts.file, count)
+            if self.compare:
+                body = self.against_database(path, body, name, wanted[number])
+                if body is None:
+                    continue
+            self.retry.request(
+                "PUT", self.db_path + path, body, "application/json",
+                transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s. Retrying...", name),
+                transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
+                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
+                reply_final=lambda reply: self.refused(reply, wanted[number]))
+            counts.documents_written += 1
+            self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
+
+    def refused(self, reply, doc_id):
+        """The script's last word on a design document, and what to do about a conflict."""
+        self.retry.couchdb_reported(reply)
+        if reply.status == 409 or b'"error":"conflict"' in reply.first_line:
+            self.out.detail("couchdb_dump: %s already holds the design document %s: to restore the dump over what"
+                            " the database holds, add --resume (it updates what differs) or --recreate (it deletes"
+                            " the database first)" % (self.opts.db, doc_id))
+
+    def against_database(self, path, body, name, doc_id):
+        """The body to PUT: as it is, with the current ``_rev``, or None when it is there already."""
+        reply = self.retry.request(
+            "GET", self.db_path + path + "?attachments=true",
+            accept=lambda reply: reply.status == 404 or reply.ok and isinstance(_json_or_none(reply.body), dict),
+            transfer_warn=("... WARN: Failed to read %s from the database - Attempt %d/%s. Retrying...", name),
+            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to read %s - Stopping" % name),
+            reply_warn="... WARN: CouchDB Reported an error reading a design document - Attempt %d/%s - Retrying...")
+        if reply.status == 404:
+            return body
+        current = json.loads(reply.body)
+        rev = current.pop("_rev", None)
+        current.pop("_id", None)
+        if current == _json_or_none(body):
+            self.out.info("... INFO: Design document %s is in the database already: left as it is"
+                          % json.dumps(doc_id, ensure_ascii=False))
+            return None
+        return with_revision(body, rev) if isinstance(rev, str) else body
+
+
+def tell_resume(out, counts):
+    """A restore that stopped in its chunks ends with the -s value that resumes it.
+
+    ``--json`` keeps the cause of the failure as its ``error``, and gets
+    the -s value as ``resume``.
+    """
+    if counts.resume_at is None:
+        return
+    cause = out.last_error
+    out.line("... ERROR: To resume this restore, run it again with -s %s (or with --resume)." % counts.resume_at)
+    out.last_error = cause
+
+
+def start_chunk(opts, out, survey, single):
+    """-s NAME: the index of the chunk to start at (0 without -s).
+
+    NAME is a chunk's split-file name as the messages print it (or its last
+    path component).  An unknown name ends the run before any request.
+    """
+    if opts.start_chunk is None or not single and opts.chunk_lines is None:
+        return 0
+    if single:
+        names = [opts.file]
+    else:
+        base = opts.file + ("-nodesign" if survey.designs else "")
+        text_lines = survey.lines - len(survey.designs)
+        names = ["%s.split%s" % (base, chunk_suffix(i)) for i in range(-(-text_lines // opts.chunk_lines))]
+    for index, name in enumerate(names):
+        if opts.start_chunk in (name, os.path.basename(name)):
+            return index
+    known = "%s to %s" % (names[0], names[-1]) if len(names) > 1 else (names[0] if names else "none")
+    out.line("... ERROR: -s %s names no chunk of this restore (its chunks: %s). Nothing was sent to the server."
+             % (opts.start_chunk, known))
+    raise Exit(1)
 
 
 class Restore:
@@ -4378,9 +4669,13 @@ class Restore:
         self.progress = progress or Progress(False)
         self.stop = stop or Stop()
         self.counts = RestoreCounts(opts)
+        if opts.delay:
+            session = PacedSession(session, opts.delay, self.stop)
         self.retry = Retry(session, out, opts, self.stop)
         self.db_path = "/" + quote_database(opts.db)
         self.complete = None     # a CompleteRestore, for a complete backup
+        self.bulk = BulkUpload(self.retry, out, self.db_path, opts.resume)
+        self.start = 0   # -s: the index of the first chunk to send
 
     @property
     def summary(self):
@@ -4415,11 +4710,13 @@ class Restore:
                      % (signal_name(self.stop.requested), counts.documents_written, counts.total_documents,
                         counts.chunks_written))
             report_incomplete(self.session, out, opts, self.db_path, counts)
+            tell_resume(out, counts)
             raise Exit(Interrupted(self.stop.requested).code)
         except Exit:
             self.progress.finish()
             if not self.plan_fails:
                 report_incomplete(self.session, out, opts, self.db_path, counts)
+            tell_resume(out, counts)
             raise
         finally:
             self.stop.graceful = False
@@ -4477,6 +4774,7 @@ class Restore:
         self.text_newlines = survey.remaining_newlines() if survey.designs else survey.newlines
         self.single = opts.single_below is not None and self.text_newlines < opts.single_below
         self.plan_fails = not self.single and opts.chunk_lines is None
+        self.start = start_chunk(opts, self.out, survey, self.single)
 
     def refuse_plan(self):
         """Before a write: end the run now if the plan cannot be carried out."""
@@ -4501,7 +4799,7 @@ class Restore:
             fix_line = self.text_newlines - 1  # sed "${line}s/,$//", counted from 1
             out.info("... INFO: Inserting Design documents")
             self.refuse_plan()
-            self.put_design_documents(dump, survey)
+            DesignDocuments(self).put_all(dump, survey)
             out.info("... INFO: Successfully imported %d Design Documents" % len(survey.designs))
             self.counts.design_documents = len(survey.designs)
         footer = None if survey.lines - 1 in survey.design_lines else strip_newline(survey.last)
@@ -4511,32 +4809,6 @@ class Restore:
             self.upload_whole(text, survey.documents - len(survey.designs))
         else:
             ChunkUpload(self).send(text, text_name)
-
-    def put_design_documents(self, dump, survey):
-        opts, out, counts = self.opts, self.out, self.counts
-        wanted = dict(survey.designs)
-        design_name = opts.file + "-design"
-        count = 0
-        for number, line in dump.numbered_lines(wanted):
-            path, body = design_document_request(line, wanted[number])
-            name = "%s.%d" % (design_name, count)
-            self.retry.request(
-                "PUT", self.db_path + path, body, "application/json",
-                transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s. Retrying...", name),
-                transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
-                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
-                reply_final=lambda reply: self.design_refused(reply, wanted[number]))
-            count += 1
-            counts.documents_written += 1
-            self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
-
-    def design_refused(self, reply, doc_id):
-        """The script's last word on a design document, and what to do about a conflict."""
-        self.retry.couchdb_reported(reply)
-        if reply.status == 409 or b'"error":"conflict"' in reply.first_line:
-            self.out.detail("couchdb_dump: %s already holds the design document %s: to restore the dump over what"
-                            " the database holds, add --recreate (it deletes the database first)"
-                            % (self.opts.db, doc_id))
 
     def upload_whole(self, text, documents):
         """Fewer lines than -l: one _bulk_docs of the whole text."""
@@ -4552,10 +4824,10 @@ class Restore:
             else:
                 out.line("... ERROR: Error message was:   the connection failed (%s)" % failure)
         warning = ("... WARN: Import of %s failed - Attempt %d/%s - Retrying...", opts.file)
-        reply = self.retry.request(
+        documents, reply = self.bulk.send(body, documents, text.as_chunk, opts.file, lambda body: self.retry.request(
             "POST", self.db_path + "/_bulk_docs", body, "application/json",
             transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed,
-            accept=Retry.bulk_accepted)
+            accept=BulkUpload.accepted))
         counts.chunks_written = 1
         counts.bytes_sent += body[0]
         refused = report_refusals(out, reply)

@@ -140,6 +140,8 @@ def inject(fault, match, times=None, start=1):
 
 # -- the restore fault matrix ---------------------------------------------------
 
+RESUME_AAB = "... ERROR: To resume this restore, run it again with -s dump.json.splitaab (or with --resume)."
+
 # What each restore request is, how to make the port send it, and the
 # script's messages for it (-a 2): (warning after a failed transfer, final
 # errors after one; warning after an error reply, final errors after one).
@@ -173,9 +175,10 @@ REQUESTS = {
         args=["-l", "2"], designs=0, databases=("db",),
         cut_body=b'[{"ok":true,"id":"doc0',
         transfer_warn="... WARN: Failed to import dump.json.splitaab - Attempt 1/2 - Retrying...",
-        transfer_errors=["... ERROR: Curl failed trying to restore dump.json.splitaab - Stopping"],
+        # The script's lines, then the port's last: how to resume (issue #11).
+        transfer_errors=["... ERROR: Curl failed trying to restore dump.json.splitaab - Stopping", RESUME_AAB],
         reply_warn="... WARN: CouchDB Reported and error during import - Attempt 1/2 - Retrying...",
-        reply_errors=["... ERROR: CouchDB Reported: {body}"]),
+        reply_errors=["... ERROR: CouchDB Reported: {body}", RESUME_AAB]),
     "bulk_single": dict(
         match=lambda m, p: m == "POST" and p == "/db/_bulk_docs",
         args=[], designs=0, databases=("db",),

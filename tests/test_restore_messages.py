@@ -138,7 +138,7 @@ def test_design_document_conflict_gets_a_hint_on_stderr_and_the_scripts_stdout(t
         '... ERROR: CouchDB Reported: {"error":"conflict","reason":"Document update conflict."}']
     assert stderr_lines(result, "couchdb_dump: db already holds") == [
         "couchdb_dump: db already holds the design document _design/d0: to restore the dump over what the"
-        " database holds, add --recreate (it deletes the database first)"]
+        " database holds, add --resume (it updates what differs) or --recreate (it deletes the database first)"]
     # The script's options: the database is not asked for its count.
     assert [(r.method, r.path) for r in stub.requests] == [
         ("GET", "/_all_dbs"), ("PUT", "/db/_design/d0"), ("PUT", "/db/_design/d0")]
