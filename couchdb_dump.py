@@ -1115,9 +1115,13 @@ def _bytes_read(response):
         return None
 
 
-def read_blocks(response, size=1 << 20):
+def read_blocks(response, size=1 << 20, partial=False):
     """Yield a reply's body in blocks of exactly ``size`` bytes (the last may
     be shorter), whatever its HTTP chunking.
+
+    With ``partial`` (backup --resume), a read that breaks first hands over
+    the bytes that did arrive, then raises: a break then loses only the row
+    it cut, whatever the block size.
 
     CouchDB flushes an HTTP chunk every ~1,490 bytes; urllib3's ``stream``
     yields each one, and http.client's ``read(size)``, which joins them,
@@ -1130,13 +1134,29 @@ def read_blocks(response, size=1 << 20):
     """
     body = ChunkedBody.of(response)
     if body is not None:
-        yield from body.blocks(size)
+        yield from body.blocks(size, partial)
         return
+    plain = response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
     while True:
-        block = response.read(size)
+        try:
+            block = response.read(size)
+        except Exception as error:
+            kept = _incomplete_read_bytes(error) if partial and plain else b""
+            if kept:
+                yield kept
+            raise
         if not block:
             return
         yield block
+
+
+def _incomplete_read_bytes(error):
+    """The bytes http.client did read before a body broke off (urllib3 wraps its IncompleteRead)."""
+    import http.client
+    for cause in list(error.args) + [error.__cause__, error.__context__]:
+        if isinstance(cause, http.client.IncompleteRead) and isinstance(cause.partial, bytes):
+            return cause.partial
+    return b""
 
 
 # "\r\n" ending a chunk's data, then the next chunk's size line.
@@ -1198,7 +1218,7 @@ class ChunkedBody:
             return None
         return cls(inner.fp, inner)
 
-    def blocks(self, size):
+    def blocks(self, size, partial=False):
         pieces, have = [], 0
         try:
             while not self.done:
@@ -1211,6 +1231,8 @@ class ChunkedBody:
                     yield block
         except Exception as error:
             error.received = self.received   # for the message: how much came before the failure
+            if partial and have:   # read_blocks' partial: what did arrive, then the failure
+                yield b"".join(pieces)
             raise
         if have:
             yield b"".join(pieces)
@@ -2418,28 +2440,11 @@ class StreamTarget(DumpTarget):
 
 
 def resumable_blocks(response, size=1 << 20):
-    """``read_blocks`` for --resume: a failed read becomes ``ReplyBroken``.
-
-    The bytes that did arrive in the read that failed (http.client keeps
-    them in its ``IncompleteRead``) are handed over first, when the reply
-    is not compressed: then a break loses only the row it cut, whatever the
-    block size.
-    """
-    import http.client
-    plain = response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
-    while True:
-        try:
-            block = response.read(size)
-        except Exception as error:
-            causes = list(error.args) + [error.__cause__, error.__context__]
-            partial = next((c.partial for c in causes if isinstance(c, http.client.IncompleteRead)
-                            and isinstance(c.partial, bytes)), b"")
-            if partial and plain:
-                yield partial
-            raise ReplyBroken(error)
-        if not block:
-            return
-        yield block
+    """``read_blocks`` for --resume: the bytes that arrived, then ``ReplyBroken``."""
+    try:
+        yield from read_blocks(response, size, partial=True)
+    except Exception as error:
+        raise ReplyBroken(error)
 
 
 def _raising(error):
