@@ -3895,13 +3895,14 @@ class Retry:
         self.attempts_text = opts.attempts_text
         self.stop = stop
         self.before_request = None
+        self.pressure = threading.local()   # each request's BackPressure (--jobs: one a thread)
 
     def request(self, method, path, body=None, content_type=None, *, transfer_warn, transfer_final,
                 reply_warn=None, reply_final=None, accept=None):
         """The reply ``accept`` takes (a 2xx without an error by default), or ``Exit(1)``."""
         accept = accept or (lambda reply: reply.ok)
         reply_final = reply_final or self.couchdb_reported
-        pressure = BackPressure()
+        self.pressure.now = BackPressure()
         attempt = 0
         while True:
             self.check_stop()
@@ -3915,7 +3916,7 @@ class Retry:
                 self._failed(attempt, error, transfer_warn, transfer_final)
             else:
                 # Before accept: a 429 is no answer, even where any answer would do.
-                if self.held_back(reply, pressure):
+                if self.held_back(reply):
                     continue
                 if accept(reply):
                     return reply
@@ -3924,9 +3925,9 @@ class Retry:
             self.check_stop()
             time.sleep(self.PAUSE)
 
-    def held_back(self, reply, pressure):
+    def held_back(self, reply):
         """Whether the server pushed back and the wait it asked for is over."""
-        wait = pressure.delay(reply.status, reply.headers)
+        wait = self.pressure.now.delay(reply.status, reply.headers)
         if wait is None:
             return False
         self.out.detail("couchdb_dump: the server answered HTTP %d: sending the request again in %.1f s"

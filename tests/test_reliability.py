@@ -400,7 +400,8 @@ def test_default_attempts_are_three_one_second_apart(scenario, scenario_runs):
     assert warn_lines(run.stdout) == [
         "... WARN: CouchDB Reported and error during import - Attempt 1/3 - Retrying...",
         "... WARN: CouchDB Reported and error during import - Attempt 2/3 - Retrying..."]
-    assert error_lines(run.stdout) == ['... ERROR: CouchDB Reported: {"error":"unknown_error","reason":"badarg"}']
+    assert error_lines(run.stdout) == ['... ERROR: CouchDB Reported: {"error":"unknown_error","reason":"badarg"}',
+                                       RESUME_AAB]
     posts = [r for r in run.requests if r.method == "POST"]
     assert len(posts) == 4   # chunk 1, then chunk 2 three times
     assert all(b.time - a.time >= 0.9 for a, b in zip(posts[1:], posts[2:]))

@@ -1,0 +1,87 @@
+"""Time of restore --resume on a database that already holds every document (issue #11).
+
+Starts a PouchDB Server (tests/pouchdb_server.py), writes a dump of N documents
+(default 20,000, in the port's layout), then, side by side in one run:
+a full restore into a fresh database (-c), and the same restore with --resume
+into that database, which then holds everything (one _revs_diff a chunk, no
+_bulk_docs).  Prints the median of each over --repeat runs and their ratio.
+
+    python3 tests/bench_resume.py [--documents 20000] [--lines 5000] [--repeat 3]
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pouchdb_server  # noqa: E402
+from helpers import PROGRAM, clean_environment  # noqa: E402
+
+
+def write_dump(path, count):
+    with open(path, "wb") as out:
+        out.write(b'{"new_edits":false,"docs":[\n')
+        for i in range(count):
+            doc = {"_id": "doc%06d" % i, "_rev": "1-" + hashlib.md5(b"%d" % i).hexdigest(),
+                   "type": "item", "n": i, "name": "item number %d" % i, "tags": ["a", "b", "c"],
+                   "text": "lorem ipsum dolor sit amet " * 4}
+            out.write(json.dumps(doc, separators=(",", ":")).encode() + (b",\n" if i < count - 1 else b"\n"))
+        out.write(b"]}\n")
+
+
+def restore(url, db, dump, lines, extra):
+    host, port = url.rsplit(":", 1)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(PROGRAM), "-r", "-H", host, "-P", port, "-d", db, "-f", dump,
+                             "-l", str(lines), "-q", "--no-progress", *extra],
+                            env=clean_environment(), capture_output=True)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        sys.exit("restore failed: %s %s" % (result.stdout.decode()[-500:], result.stderr.decode()[-500:]))
+    return seconds
+
+
+def doc_count(url, db):
+    with urllib.request.urlopen("%s/%s" % (url, db)) as reply:
+        return json.loads(reply.read())["doc_count"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--documents", type=int, default=20000)
+    parser.add_argument("--lines", type=int, default=5000, help="-l, documents a chunk")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    reason = pouchdb_server.node_available()
+    if reason:
+        sys.exit(reason)
+    pouchdb_server.ensure_installed()
+    with tempfile.TemporaryDirectory() as scratch, pouchdb_server.PouchDBServer() as server:
+        dump = os.path.join(scratch, "dump.json")
+        write_dump(dump, args.documents)
+        full, resume = [], []
+        for run in range(args.repeat):
+            db = "bench-resume-%d" % run
+            full.append(restore(server.url, db, dump, args.lines, ["-c"]))
+            resume.append(restore(server.url, db, dump, args.lines, ["--resume"]))
+            assert doc_count(server.url, db) == args.documents
+        full_s, resume_s = statistics.median(full), statistics.median(resume)
+        print("documents %d, -l %d, PouchDB Server 4.2.0 (in memory), median of %d runs"
+              % (args.documents, args.lines, args.repeat))
+        print("full restore into an empty database:     %6.2f s  (runs: %s)"
+              % (full_s, ", ".join("%.2f" % s for s in full)))
+        print("--resume, every document already there:   %6.2f s  (runs: %s)"
+              % (resume_s, ", ".join("%.2f" % s for s in resume)))
+        print("ratio --resume / full: %.2f" % (resume_s / full_s))
+
+
+if __name__ == "__main__":
+    main()
