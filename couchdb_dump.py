@@ -4207,6 +4207,7 @@ class ChunkUpload:
                 self._collect(*on_their_way.pop(0))
         except (Exit, RestoreStopped):
             # Chunks are taken in order: the first not written is where -s resumes.
+            counts = self.counts
             counts.resume_at = counts.failed_chunk or "%s.split%s" % (
                 text_name, chunk_suffix(self.start + counts.chunks_written))
             for name, chunk, future in on_their_way:
