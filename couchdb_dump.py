@@ -1276,8 +1276,9 @@ class ChunkedBody:
             found = match(buf, position)
             if found is None:
                 return pieces + self._walk(view[position:])
-            start = found.end()
-            end = start + int(found.group(1), 16)
+            digits = found[1]
+            start = position + len(digits) + 4   # "\r\n" digits "\r\n"
+            end = start + int(digits, 16)
             if end == start:
                 self._end(buf[start:])
                 return pieces
