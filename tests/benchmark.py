@@ -1063,7 +1063,7 @@ def run_long_line(runs, port, top):
         runs_ = results[key]
         peak = max(r["maxrss_kib"] for r in runs_) / 1024
         limit = LONG_LINE_BASE_MB + factor * line_mb
-        print("  port %-8s peak RSS %6.1f MB (%.1fx the line)   <= %.0f MB + %.1fx = %.0f MB  %s   "
+        print("  port %-8s peak RSS %6.1f MB (peak / line %.1f)   <= %.0f MB + %.1fx the line = %.0f MB  %s   "
               "time %.2f s (median); whole tree: %s" % (
                   key, peak, peak / line_mb, LONG_LINE_BASE_MB, factor, limit, verdict(peak <= limit),
                   statistics.median(r["wall"] for r in runs_), tree_text(max(runs_, key=lambda r: r["tree_kib"]))))
