@@ -2965,20 +2965,27 @@ class CompleteBackup(Backup):
     document where the server has no ``_bulk_get``).  Line 1 carries the
     ``_security`` object; then one leaf a line, in the feed's order, each
     document's leaves sorted by revision, so the same database always gives
-    the same file.  Memory holds one page and one batch, whatever the size
-    of the database.  ``_local`` documents are left out on purpose.
-    Every request is tried -a times, 1 s apart.
+    the same file.  ``JOBS`` batches are read at once (CouchDB answers a
+    few requests in flight faster), and written in order.  Memory holds one
+    page and ``JOBS`` + 1 batches, whatever the size of the database.
+    ``_local`` documents are left out on purpose.  Every request is tried
+    -a times, 1 s apart.
     """
 
     PAGE = 10000
     BATCH = 500
+    JOBS = 2
 
     def __init__(self, opts, session, out, progress=None):
         super().__init__(opts, session, out, progress)
         self.summary.update({"complete": True, "leaves": 0, "deleted": 0, "conflicted": 0})
         self.db_path = "/" + quote_database(opts.db)
         self.bulk_get = True
+        self.refused = None     # the status of a _bulk_get refused, until its notice is printed
+        self.refusal = threading.Lock()
         self.vanished = set()   # ids with a leaf gone before it was read, not seen again yet
+        self.reading = collections.deque()   # (batch, future of its leaves), in file order
+        self.batch = []         # the batch being filled
 
     def _transfer(self, path, target):
         try:
@@ -2997,19 +3004,28 @@ class CompleteBackup(Backup):
         if not isinstance(security, dict):
             raise BackupFailed("the _security object is not a JSON object")
         lines = _DocumentLines(target, complete_header(security))
-        batch, size = [], 0
-        for rows in self._pages():
-            for doc_id, revs in rows:
-                if doc_id.startswith("_local/"):
-                    continue
-                self.vanished.discard(doc_id)
-                batch.append((doc_id, revs))
-                size += len(revs)
-                if size >= self.BATCH:
-                    self._write(batch, lines)
-                    batch, size = [], 0
-        if batch:
-            self._write(batch, lines)
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(max_workers=self.JOBS)
+        try:
+            size = 0
+            for rows in self._pages():
+                for doc_id, revs in rows:
+                    if doc_id.startswith("_local/"):
+                        continue
+                    self.vanished.discard(doc_id)
+                    self.batch.append((doc_id, revs))
+                    size += len(revs)
+                    if size >= self.BATCH:
+                        self._read(pool, lines)
+                        size = 0
+            if self.batch:
+                self._read(pool, lines)
+            while self.reading:
+                self._write(*self.reading.popleft(), lines)
+        finally:
+            for _, future in self.reading:
+                future.cancel()
+            pool.shutdown(wait=not self.reading)
         lines.finish()
         if self.vanished:
             gone = sorted(self.vanished)
@@ -3042,40 +3058,56 @@ class CompleteBackup(Backup):
             if pending == 0:
                 return
 
-    def _write(self, batch, lines):
-        """Read the leaves of a batch of documents and write them in order."""
-        found = {}
-        missing = []
-        if self.bulk_get:
-            body = json.dumps({"docs": [{"id": doc_id, "rev": rev} for doc_id, revs in batch for rev in revs]},
-                              separators=(",", ":")).encode("ascii")
-            reply = self._ask("Reading %d revisions (_bulk_get)" % sum(len(revs) for _, revs in batch),
-                              "POST", self.db_path + BULK_GET_QUERY, body, read=read_bulk_get, tolerate=(404, 405))
-            if isinstance(reply, Reply):
-                self.bulk_get = False
-                self.out.line("... WARN: The server has no _bulk_get (HTTP %d): reading the revisions of each"
-                              " document by itself." % reply.status)
-            else:
-                leaves, missing = reply
-                for leaf in leaves:
-                    found[(leaf.doc_id, leaf.rev)] = leaf
-        if self.bulk_get:
-            by_document = [(doc_id, [found.get((doc_id, rev)) for rev in revs]) for doc_id, revs in batch]
-            unanswered = {pair for pair in ((doc_id, rev) for doc_id, revs in batch for rev in revs)
-                          if pair not in found} - set(missing)
-            if unanswered:
-                doc_id, rev = min(unanswered)
-                raise BackupFailed("the _bulk_get reply lacks %s at revision %s"
-                                   % (json.dumps(doc_id, ensure_ascii=False), rev))
-        else:
-            by_document = [(doc_id, self._open_revs(doc_id)) for doc_id, _ in batch]
+    def _read(self, pool, lines):
+        """Start reading the batch filled; write the batches read, beyond ``JOBS`` on their way."""
+        self.reading.append((self.batch, pool.submit(self._leaves, self.batch)))
+        self.batch = []
+        while len(self.reading) > self.JOBS:
+            self._write(*self.reading.popleft(), lines)
+
+    def _write(self, batch, future, lines):
+        """Write the leaves of a batch, read by ``_leaves``, in order."""
+        by_document = future.result()
+        if self.refused is not None:
+            self.out.line("... WARN: The server has no _bulk_get (HTTP %d): reading the revisions of each"
+                          " document by itself." % self.refused)
+            self.refused = None
         last = {doc_id: index for index, (doc_id, _) in enumerate(batch)}
+        listed_again = {doc_id for waiting, _ in self.reading for doc_id, _ in waiting}
+        listed_again.update(doc_id for doc_id, _ in self.batch)
         for index, (doc_id, leaves) in enumerate(by_document):
-            if None in leaves and last[doc_id] == index:
+            if None in leaves and last[doc_id] == index and doc_id not in listed_again:
                 # Gone since it was listed: changed (it comes again later in
                 # the feed, with its new leaves) or purged.
                 self.vanished.add(doc_id)
             self._add(doc_id, [leaf for leaf in leaves if leaf is not None], lines)
+
+    def _leaves(self, batch):
+        """Every listed leaf of a batch: ``[(id, [Leaf, or None where gone])]``.
+
+        Runs in a worker thread: it prints nothing but the retries' lines.
+        """
+        if not self.bulk_get:
+            return [(doc_id, self._open_revs(doc_id)) for doc_id, _ in batch]
+        body = json.dumps({"docs": [{"id": doc_id, "rev": rev} for doc_id, revs in batch for rev in revs]},
+                          separators=(",", ":")).encode("ascii")
+        reply = self._ask("Reading %d revisions (_bulk_get)" % sum(len(revs) for _, revs in batch),
+                          "POST", self.db_path + BULK_GET_QUERY, body, read=read_bulk_get, tolerate=(404, 405))
+        if isinstance(reply, Reply):
+            with self.refusal:   # the notice once, whichever thread is refused first
+                if self.bulk_get:
+                    self.bulk_get = False
+                    self.refused = reply.status
+            return [(doc_id, self._open_revs(doc_id)) for doc_id, _ in batch]
+        leaves, missing = reply
+        found = {(leaf.doc_id, leaf.rev): leaf for leaf in leaves}
+        unanswered = {(doc_id, rev) for doc_id, revs in batch for rev in revs if (doc_id, rev) not in found}
+        unanswered -= set(missing)
+        if unanswered:
+            doc_id, rev = min(unanswered)
+            raise BackupFailed("the _bulk_get reply lacks %s at revision %s"
+                               % (json.dumps(doc_id, ensure_ascii=False), rev))
+        return [(doc_id, [found.get((doc_id, rev)) for rev in revs]) for doc_id, revs in batch]
 
     def _open_revs(self, doc_id):
         """Every leaf of one document, without _bulk_get; [None] when it is gone."""

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -146,6 +147,28 @@ def test_bulk_get_answered_out_of_order_gives_the_same_file(tmp_path):
     (tmp_path / "b").mkdir()
     assert backup_from(stub_with(), tmp_path / "a").returncode == 0
     assert backup_from(stub_with(bulk_get_reversed=True), tmp_path / "b").returncode == 0
+    assert (tmp_path / "a" / "complete.json").read_bytes() == (tmp_path / "b" / "complete.json").read_bytes()
+
+
+def test_two_bulk_get_batches_are_read_at_once_and_written_in_order(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    on_their_way = [0, 0]   # now, the most
+    lock = threading.Lock()
+
+    def slow_bulk_get(index, method, path):
+        if path.startswith("/db/_bulk_get"):
+            with lock:
+                on_their_way[0] += 1
+                on_their_way[1] = max(on_their_way)
+            time.sleep(0.3)
+            with lock:
+                on_their_way[0] -= 1
+        return None
+    slow = backup_from(stub_with(count=2000, faults=slow_bulk_get), tmp_path / "a")
+    assert slow.returncode == 0, says(slow)
+    assert on_their_way[1] == 2
+    assert backup_from(stub_with(count=2000, bulk_get_reversed=True), tmp_path / "b").returncode == 0
     assert (tmp_path / "a" / "complete.json").read_bytes() == (tmp_path / "b" / "complete.json").read_bytes()
 
 
