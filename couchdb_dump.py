@@ -2769,6 +2769,15 @@ class _DocumentLines:
             self._write(self.previous + b",\n")
         self.previous = doc
 
+    def add_all(self, docs):
+        """``add`` for a list of documents, in one write."""
+        if not docs:
+            return
+        parts = ([] if self.previous is None else [self.previous]) + docs[:-1]
+        if parts:
+            self._write(b",\n".join(parts) + b",\n")
+        self.previous = docs[-1]
+
     def finish(self):
         # An empty database gets the same file as from CouchDB: a blank line.
         last = self.previous if self.previous is not None else b""
@@ -2945,14 +2954,14 @@ def read_changes_page(text):
     if not isinstance(page, dict) or not isinstance(page.get("results"), list) or "last_seq" not in page:
         raise ValueError("a _changes reply without results and last_seq")
     rows = []
-    for row in page["results"]:
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str) \
-                or not isinstance(row.get("changes"), list) \
-                or not all(isinstance(change, dict) and isinstance(change.get("rev"), str)
-                           for change in row["changes"]):
-            raise ValueError("a _changes row without id and revisions")
-        revs = sorted({change["rev"] for change in row["changes"]}, key=revision_order)
-        rows.append((row["id"], revs))
+    try:
+        for row in page["results"]:
+            revs = {change["rev"] for change in row["changes"]}
+            if type(row["id"]) is not str or not revs or set(map(type, revs)) != {str}:
+                raise TypeError()
+            rows.append((row["id"], sorted(revs, key=revision_order)))
+    except (TypeError, KeyError):
+        raise ValueError("a _changes row without id and revisions")
     return rows, page["last_seq"], page.get("pending")
 
 
@@ -3075,12 +3084,15 @@ class CompleteBackup(Backup):
         last = {doc_id: index for index, (doc_id, _) in enumerate(batch)}
         listed_again = {doc_id for waiting, _ in self.reading for doc_id, _ in waiting}
         listed_again.update(doc_id for doc_id, _ in self.batch)
+        written = []
         for index, (doc_id, leaves) in enumerate(by_document):
             if None in leaves and last[doc_id] == index and doc_id not in listed_again:
                 # Gone since it was listed: changed (it comes again later in
                 # the feed, with its new leaves) or purged.
                 self.vanished.add(doc_id)
-            self._add(doc_id, [leaf for leaf in leaves if leaf is not None], lines)
+            self._count(doc_id, [leaf for leaf in leaves if leaf is not None], written)
+        lines.add_all(written)
+        self.progress.update(self.summary["documents"] + self.summary["deleted"], lines.target.written)
 
     def _leaves(self, batch):
         """Every listed leaf of a batch: ``[(id, [Leaf, or None where gone])]``.
@@ -3119,12 +3131,12 @@ class CompleteBackup(Backup):
         leaves, missing = reply
         return sorted(leaves, key=lambda leaf: revision_order(leaf.rev)) + [None] * bool(missing)
 
-    def _add(self, doc_id, leaves, lines):
+    def _count(self, doc_id, leaves, written):
+        """Count one document's leaves in the summary; their lines go to ``written``."""
         if not leaves:
             return
         summary = self.summary
-        for leaf in leaves:
-            lines.add(leaf.line)
+        written.extend(leaf.line for leaf in leaves)
         alive = sum(1 for leaf in leaves if not leaf.deleted)
         summary["leaves"] += len(leaves)
         if alive:
@@ -3133,7 +3145,6 @@ class CompleteBackup(Backup):
         else:
             summary["deleted"] += 1
         summary["conflicted"] += alive > 1
-        self.progress.update(summary["documents"] + summary["deleted"], lines.target.written)
 
     def _ask(self, what, method, path, body=None, read=json.loads, tolerate=()):
         """One request, tried -a times 1 s apart; returns ``read`` of its

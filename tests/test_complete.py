@@ -17,7 +17,9 @@ import urllib.request
 import uuid
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
+import couchdb_dump
 from couch_stub import CouchStub, Fault
 from helpers import PROGRAM, clean_environment, http
 
@@ -433,7 +435,6 @@ def test_complete_file_passes_the_default_restore_path_of_an_older_dump(tmp_path
     _bulk_docs) loads a complete file too: what an older port and the bash
     script do with it."""
     import io
-    import couchdb_dump
     path, _ = complete_file(tmp_path)
     monkeypatch.setattr(couchdb_dump, "complete_header_security", lambda header: None)
     monkeypatch.setattr(couchdb_dump, "has_revisions", lambda line: False)
@@ -596,7 +597,6 @@ def test_complete_backup_restored_into_a_new_database_has_every_leaf_history_and
 def test_complete_file_through_the_default_restore_path_of_an_older_dump_succeeds(pouchdb_url, complete_source,
                                                                                    monkeypatch):
     import io
-    import couchdb_dump
     monkeypatch.setattr(couchdb_dump, "complete_header_security", lambda header: None)
     monkeypatch.setattr(couchdb_dump, "has_revisions", lambda line: False)
     target = unique("older")
@@ -609,3 +609,57 @@ def test_complete_file_through_the_default_restore_path_of_an_older_dump_succeed
     expected = {key for key in complete_source["leaves"] if key[0] != "_design/app"}
     got = set(all_leaves(pouchdb_url, target))
     assert {key for key in got if key[0] != "_design/app"} == expected
+
+
+# -- the reply readers, with generated documents --------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+DOCS = st.lists(st.tuples(st.text(min_size=1, max_size=6), st.dictionaries(st.text(max_size=5), JSON_VALUES,
+                                                                             max_size=4), st.booleans()),
+                max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(DOCS, st.sampled_from([None, 1, 2]), st.booleans())
+def test_bulk_get_reply_of_any_layout_gives_each_document_as_the_server_wrote_it(docs, indent, missing):
+    results, expected = [], []
+    for number, (doc_id, body, deleted) in enumerate(docs):
+        doc = dict(body, _id=doc_id, _rev="%d-%x" % (number + 1, number))
+        if deleted:
+            doc["_deleted"] = True
+        results.append({"id": doc_id, "docs": [{"ok": doc}]})
+        expected.append(doc)
+    if missing:
+        results.append({"id": "gone", "docs": [{"error": {"id": "gone", "rev": "1-x", "error": "not_found",
+                                                          "reason": "missing"}}]})
+        results.append({"id": "gone2", "docs": [{"missing": "2-y"}]})
+    text = json.dumps({"results": results}, indent=indent, ensure_ascii=indent == 2)
+    leaves, gone = couchdb_dump.read_bulk_get(text)
+    assert [json.loads(leaf.line) for leaf in leaves] == expected
+    assert [(leaf.doc_id, leaf.rev, leaf.deleted) for leaf in leaves] == [
+        (d["_id"], d["_rev"], d.get("_deleted", False)) for d in expected]
+    assert all(b"\n" not in leaf.line for leaf in leaves)
+    if indent is None:   # compact: the very bytes of the server
+        assert [leaf.line for leaf in leaves] == [json.dumps(d, ensure_ascii=False).encode() for d in expected]
+    assert gone == ([("gone", "1-x"), ("gone2", "2-y")] if missing else [])
+
+
+@pytest.mark.parametrize("reply", [
+    b'{"results":[{"id":"a","docs":[{"ok":{"_id":"a","_rev":"1-a"}}]}]',   # cut
+    b'{"results":[{"id":"a","docs":[{"ok":{"_id":"a","_rev":"1-a"}}]}]}x',  # trailing data
+    b'{"results":{}}',
+    b'[]',
+])
+def test_a_bulk_get_reply_that_is_not_whole_is_refused_so_that_it_is_asked_again(reply):
+    with pytest.raises(ValueError):
+        couchdb_dump.read_bulk_get(reply.decode())
+
+
+def test_a_revision_the_server_refuses_to_give_fails_the_backup():
+    reply = '{"results":[{"id":"a","docs":[{"error":{"id":"a","rev":"1-a","error":"forbidden","reason":"no"}}]}]}'
+    with pytest.raises(couchdb_dump.BackupFailed):
+        couchdb_dump.read_bulk_get(reply)
