@@ -156,12 +156,13 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 \t--no-progress       No progress line on stderr (-q turns it off too).
 \t--timeout SECONDS   Give up on a server that stops answering for that long [Default: 300]
 \t--max-line-mb N     Restore: refuse a dump line longer than N MB [Default: 64]
-\t--complete          Backup: every leaf revision (conflicts, deleted documents) with its history, and _security.
+\t--complete          Backup: every leaf revision (conflicts, deleted documents) with its history, and _security;
+\t                    a restore recognises such a file by itself.
+\t--no-security       Restore of a complete backup: leave the database's _security object as it is.
 \t--resume            Restore: send only the documents the database lacks at the dump's revision.
 \t                    Backup: continue a reply that broke off after its last complete row.
 \t-s NAME             Restore: start at the chunk of that split-file name (upstream's newer option).
 \t-D SECONDS          Restore: wait that long between import requests (upstream's newer option).
-\t--no-security       Restore of a complete backup: leave the database's _security object as it is.
 \t-f -                Backup to standard output, or restore from standard input (gzip too).
 \t--help              Display this text [exit 0; -h exits 1, as the script].
 \t--version           Display version information [exit 0; -V exits 1, as the script].

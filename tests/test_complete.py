@@ -288,6 +288,29 @@ def test_winners_of_a_complete_backup_are_the_documents_of_a_default_backup(tmp_
     assert winners == plain
 
 
+def test_documents_changed_while_the_feed_is_read_come_with_their_newest_leaves(tmp_path):
+    class Changing(CouchStub):
+        def _changes(self, db, query):
+            answer = super()._changes(db, query)
+            if "since=0" not in query and not self.store.leaves[db]["doc00001"].get("2-dead"):
+                # after the second page: one listed document deleted, another updated
+                old = self.leaves_of(db, "doc00001")["1-%032x" % 1]
+                self.put_leaves(db, [leaf("doc00001", "2-dead", old["_rev"].split("-")[1], _deleted=True)])
+                old = self.leaves_of(db, "doc00002")["1-%032x" % 2]
+                self.put_leaves(db, [leaf("doc00002", "2-new", old["_rev"].split("-")[1], n="new")])
+            return answer
+    stub = Changing(databases=["db"], changes_page=5)
+    stub.put_leaves("db", STUB_LEAVES)
+    stub.put_leaves("db", [leaf("doc%05d" % i, "1-%032x" % i, n=i) for i in range(40)])
+    result = backup_from(stub, tmp_path, "--json")
+    assert result.returncode == 0, says(result)
+    assert "WARN" not in result.stdout.decode()
+    docs = dump_lines((tmp_path / "complete.json").read_bytes())
+    assert [d["_rev"] for d in docs if d["_id"] == "doc00001"] == ["2-dead"]
+    assert [d["_rev"] for d in docs if d["_id"] == "doc00002"] == ["2-new"]
+    assert docs[-2:] == [stub.leaves_of("db", "doc00001")["2-dead"], stub.leaves_of("db", "doc00002")["2-new"]]
+
+
 def test_a_document_purged_between_its_listing_and_its_reading_is_left_out_with_a_warning(tmp_path):
     class Purging(CouchStub):
         def _bulk_get(self, db, body):
