@@ -1015,7 +1015,8 @@ def make_long_line_dataset():
     if path.exists():
         return path
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    data = base64.b64encode(random.Random(10).randbytes(ATTACHMENT_MB << 20))
+    size = ATTACHMENT_MB << 20
+    data = base64.b64encode(random.Random(10).getrandbits(size * 8).to_bytes(size, "little"))   # 3.8: no randbytes
     rows = [dataset_row(i, 7).encode("utf-8") for i in (1, 2)]
     doc = (b'{"_id":"photo","_rev":"%s","type":"bench","_attachments":{"photo.jpg":{"content_type":"image/jpeg",'
            b'"revpos":1,"digest":"md5-bench","length":%d,"data":"%s"}}}' % (revision(7).encode(), ATTACHMENT_MB << 20,
