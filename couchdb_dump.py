@@ -4203,7 +4203,19 @@ def report_incomplete(session, out, opts, path, counts):
     out.detail(text)
 
 
-class ChunkUpload:
+class RestoreStep:
+    """A part of the restore's work, handed what every part needs from ``Restore``."""
+
+    def __init__(self, restore):
+        self.opts = restore.opts
+        self.out = restore.out
+        self.retry = restore.retry
+        self.counts = restore.counts
+        self.progress = restore.progress
+        self.db_path = restore.db_path
+
+
+class ChunkUpload(RestoreStep):
     """The text in chunks of -l lines, each made a complete _bulk_docs body.
 
     With --jobs N, up to N chunks are on their way at once (after every
@@ -4213,11 +4225,7 @@ class ChunkUpload:
     """
 
     def __init__(self, restore):
-        self.opts = restore.opts
-        self.out = restore.out
-        self.retry = restore.retry
-        self.counts = restore.counts
-        self.progress = restore.progress
+        super().__init__(restore)
         self.path = restore.db_path + "/_bulk_docs"
         self.refuse_plan = restore.refuse_plan
         self.bulk = restore.bulk
@@ -4602,7 +4610,7 @@ def with_revision(body, rev):
     return b'{"_rev":' + json.dumps(rev).encode() + separator + rest
 
 
-class DesignDocuments:
+class DesignDocuments(RestoreStep):
     """PUTs the dump's design documents one by one, as the script does.
 
     With -s or --resume the database may hold them already: each is read
@@ -4612,12 +4620,7 @@ class DesignDocuments:
     """
 
     def __init__(self, restore):
-        self.opts = restore.opts
-        self.out = restore.out
-        self.retry = restore.retry
-        self.counts = restore.counts
-        self.progress = restore.progress
-        self.db_path = restore.db_path
+        super().__init__(restore)
         self.compare = restore.opts.resume or restore.opts.start_chunk is not None
 
     def put_all(self, dump, survey):
