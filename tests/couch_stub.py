@@ -151,7 +151,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault.rows < len(rows):
             sent += rows[fault.rows][:len(rows[fault.rows]) // 2]
         self._chunked_head()
-        self._chunk(sent)
+        for piece in (self.server.stub.chunking or (lambda body: [body]))(sent):
+            self._chunk(piece)
         if fault.kind == "rows_end":
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()

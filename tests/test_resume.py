@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from couch_stub import CouchStub, Fault
+from couch_stub import CouchStub, Fault, couchdb_chunks, sized_chunks
 from helpers import PROGRAM, clean_environment, http
 
 
@@ -98,6 +98,19 @@ def test_backup_cut_twice_with_resume_gives_the_file_of_an_uninterrupted_backup(
     gets = all_docs_gets(stub)
     assert [startkey_of(r) for r in gets] == [None, "doc00699", "doc00849"]
     assert sum(1 for line in result.stdout.splitlines() if line.startswith(b"... WARN: The transfer broke off")) == 2
+
+
+@pytest.mark.parametrize("chunking", [couchdb_chunks, sized_chunks(1 << 20), sized_chunks(7)],
+                         ids=["couchdb-1490", "1MiB", "7-bytes"])
+def test_resume_does_not_depend_on_how_the_server_chunks_its_reply(chunking, tmp_path):
+    docs = numbered_docs(1000)
+    reference = reference_backup(tmp_path, docs)
+    stub = stub_with(docs, chunking=chunking, faults=nth_get_faults({1: Fault("rows_cut", rows=700),
+                                                                     2: Fault("rows_cut", rows=151)}))
+    result, cwd = backup(tmp_path, stub, ["--resume"])
+    assert result.returncode == 0, says(result)
+    assert (cwd / "dump.json").read_bytes() == (reference / "dump.json").read_bytes()
+    assert [startkey_of(r) for r in all_docs_gets(stub)] == [None, "doc00699", "doc00849"]
 
 
 def test_backup_cut_without_resume_fails_as_today_and_leaves_no_file(tmp_path):
@@ -569,3 +582,25 @@ def test_start_chunk_on_pouchdb_server_restores_from_the_named_chunk(pouchdb_url
     assert ids == ["_design/d0"] + ["doc%05d" % i for i in range(49, 115)]
     unknown = pouch_restore(pouchdb_url, tmp_path, "unknown", db, dump, ["-l", "10", "-s", "dump.json.splitaaf"])
     assert unknown.returncode == 1 and b"names no chunk of this restore" in unknown.stdout
+
+
+def test_signal_while_waiting_out_a_push_back_stops_without_sending_again(tmp_path):
+    import signal
+    stub = CouchStub(databases=("db",), faults=status_then_ok(429, {"Retry-After": "30"}, 100))
+    (tmp_path / "dump.json").write_bytes(dump_bytes(5))
+    with stub:
+        host, port = stub.url.rsplit(":", 1)
+        process = subprocess.Popen([sys.executable, str(PROGRAM), "-r", "-H", host, "-P", port, "-d", "db",
+                                    "-f", "dump.json"], cwd=tmp_path, env=clean_environment(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while not bulk_posts(stub) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=20)
+        assert time.monotonic() - started < 5
+    assert process.returncode == 143
+    assert len(bulk_posts(stub)) == 1
+    assert b"... ERROR: Stopped by SIGTERM" in stdout
