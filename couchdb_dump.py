@@ -4670,16 +4670,24 @@ class DesignDocuments(RestoreStep):
         return with_revision(body, rev) if isinstance(rev, str) else body
 
 
-def tell_resume(out, counts):
+def tell_resume(out, opts, counts):
     """A restore that stopped in its chunks ends with the -s value that resumes it.
 
-    ``--json`` keeps the cause of the failure as its ``error``, and gets
-    the -s value as ``resume``.
+    On standard output, as the last ERROR line, only when the command line
+    already goes beyond the script's options (``opts.extended``): a run
+    with the script's own options keeps the script's standard output to
+    the letter, and is told on standard error instead.  ``--json`` keeps
+    the cause of the failure as its ``error``, and gets the -s value as
+    ``resume``.
     """
     if counts.resume_at is None:
         return
+    text = "To resume this restore, run it again with -s %s (or with --resume)." % counts.resume_at
+    if not opts.extended:
+        out.detail("couchdb_dump: " + text)
+        return
     cause = out.last_error
-    out.line("... ERROR: To resume this restore, run it again with -s %s (or with --resume)." % counts.resume_at)
+    out.line("... ERROR: " + text)
     out.last_error = cause
 
 
@@ -4765,13 +4773,13 @@ class Restore:
                      % (signal_name(self.stop.requested), counts.documents_written, counts.total_documents,
                         counts.chunks_written))
             report_incomplete(self.session, out, opts, self.db_path, counts)
-            tell_resume(out, counts)
+            tell_resume(out, opts, counts)
             raise Exit(Interrupted(self.stop.requested).code)
         except Exit:
             self.progress.finish()
             if not self.plan_fails:
                 report_incomplete(self.session, out, opts, self.db_path, counts)
-            tell_resume(out, counts)
+            tell_resume(out, opts, counts)
             raise
         finally:
             self.stop.graceful = False
