@@ -270,6 +270,19 @@ def test_gzip_and_standard_output_carry_the_same_bytes_as_the_plain_file(tmp_pat
     assert piped.returncode == 0 and piped.stdout == plain
 
 
+def test_timestamped_name_and_an_existing_file_work_as_in_a_normal_backup(tmp_path):
+    result = backup_from(stub_with(), tmp_path, "-T", "-z")
+    assert result.returncode == 0, says(result)
+    names = os.listdir(tmp_path)
+    assert len(names) == 1 and names[0].startswith("complete-") and names[0].endswith(".json.gz")
+    assert gzip.decompress((tmp_path / names[0]).read_bytes()).startswith(b'{"new_edits":false,"_security":')
+    (tmp_path / "complete.json").write_bytes(b"keep me")
+    again = backup_from(stub_with(), tmp_path)
+    assert again.returncode == 1
+    assert "... ERROR: Output file complete.json already exists." in again.stdout.decode()
+    assert (tmp_path / "complete.json").read_bytes() == b"keep me"
+
+
 def test_winners_of_a_complete_backup_are_the_documents_of_a_default_backup(tmp_path):
     stub = stub_with()
     with stub:
