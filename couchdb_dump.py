@@ -2971,7 +2971,8 @@ class CompleteBackup(Backup):
 
     The document ids and their leaves come from ``_changes?style=all_docs``
     in pages of ``PAGE``; the leaves themselves from ``_bulk_get`` in
-    batches of about ``BATCH`` revisions (or one ``open_revs=all`` GET per
+    batches of about ``BATCH`` revisions, fewer where the revisions are
+    large (``BATCH_BYTES`` a reply), or one ``open_revs=all`` GET per
     document where the server has no ``_bulk_get``).  Line 1 carries the
     ``_security`` object; then one leaf a line, in the feed's order, each
     document's leaves sorted by revision, so the same database always gives
@@ -2984,6 +2985,7 @@ class CompleteBackup(Backup):
 
     PAGE = 10000
     BATCH = 500
+    BATCH_BYTES = 16 << 20   # inline attachments can make 500 revisions gigabytes
     JOBS = 2
 
     def __init__(self, opts, session, out, progress=None):
@@ -2996,6 +2998,7 @@ class CompleteBackup(Backup):
         self.vanished = set()   # ids with a leaf gone before it was read, not seen again yet
         self.reading = collections.deque()   # (batch, future of its leaves), in file order
         self.batch = []         # the batch being filled
+        self.batch_size = self.BATCH   # revisions, from the size of the last reply
 
     def _transfer(self, path, target):
         try:
@@ -3025,7 +3028,7 @@ class CompleteBackup(Backup):
                     self.vanished.discard(doc_id)
                     self.batch.append((doc_id, revs))
                     size += len(revs)
-                    if size >= self.BATCH:
+                    if size >= self.batch_size:
                         self._read(pool, lines)
                         size = 0
             if self.batch:
@@ -3104,15 +3107,17 @@ class CompleteBackup(Backup):
             return [(doc_id, self._open_revs(doc_id)) for doc_id, _ in batch]
         body = json.dumps({"docs": [{"id": doc_id, "rev": rev} for doc_id, revs in batch for rev in revs]},
                           separators=(",", ":")).encode("ascii")
-        reply = self._ask("Reading %d revisions (_bulk_get)" % sum(len(revs) for _, revs in batch),
-                          "POST", self.db_path + BULK_GET_QUERY, body, read=read_bulk_get, tolerate=(404, 405))
+        pairs = sum(len(revs) for _, revs in batch)
+        reply = self._ask("Reading %d revisions (_bulk_get)" % pairs, "POST", self.db_path + BULK_GET_QUERY, body,
+                          read=lambda text: (len(text), read_bulk_get(text)), tolerate=(404, 405))
         if isinstance(reply, Reply):
             with self.refusal:   # the notice once, whichever thread is refused first
                 if self.bulk_get:
                     self.bulk_get = False
                     self.refused = reply.status
             return [(doc_id, self._open_revs(doc_id)) for doc_id, _ in batch]
-        leaves, missing = reply
+        size, (leaves, missing) = reply
+        self.batch_size = max(1, min(self.BATCH, self.BATCH_BYTES * pairs // max(size, 1)))
         found = {(leaf.doc_id, leaf.rev): leaf for leaf in leaves}
         unanswered = {(doc_id, rev) for doc_id, revs in batch for rev in revs if (doc_id, rev) not in found}
         unanswered -= set(missing)

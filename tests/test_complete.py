@@ -144,6 +144,32 @@ def test_changes_read_in_pages_of_three_give_the_same_file_as_one_page(tmp_path)
     assert (tmp_path / "one" / "complete.json").read_bytes() == (tmp_path / "paged" / "complete.json").read_bytes()
 
 
+def test_large_revisions_are_read_in_smaller_batches_with_the_same_file(tmp_path):
+    def database():
+        stub = stub_with(count=2000)
+        stub.put_leaves("db", [leaf("doc%05d" % i, "2-%032x" % i, "%032x" % i, n=i, pad="x" * 2000)
+                               for i in range(2000)])
+        return stub
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert backup_from(database(), tmp_path / "a").returncode == 0
+    # The port aims at 16 MB a reply; 2 KB revisions would need 8,000 a batch
+    # to reach it: a copy of the port aims at 64 KB instead.
+    copy = tmp_path / "couchdb_dump.py"
+    copy.write_text(PROGRAM.read_text(encoding="utf-8").replace("BATCH_BYTES = 16 << 20", "BATCH_BYTES = 64 << 10"),
+                    encoding="utf-8")
+    stub = database()
+    with stub:
+        result = subprocess.run([sys.executable, str(copy), "-b", "--complete", "-H", "127.0.0.1", "-P",
+                                 str(stub.port), "-d", "db", "-f", "complete.json"], cwd=str(tmp_path / "b"),
+                                env=clean_environment(), capture_output=True, timeout=300)
+    assert result.returncode == 0, says(result)
+    sizes = [len(json.loads(r.body)["docs"]) for r in stub.requests if r.path.startswith("/db/_bulk_get")]
+    # Up to three batches go out before the first answer tells the size of a revision.
+    assert sizes.count(500) <= 3 and 0 < max(size for size in sizes if size != 500) <= 40 and sum(sizes) == 2010
+    assert (tmp_path / "a" / "complete.json").read_bytes() == (tmp_path / "b" / "complete.json").read_bytes()
+
+
 def test_bulk_get_answered_out_of_order_gives_the_same_file(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
