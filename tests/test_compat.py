@@ -6,6 +6,8 @@ as the bash script, except where a case's expect_port says the port must do
 better.
 """
 
+from __future__ import annotations
+
 import filecmp
 from pathlib import Path
 
