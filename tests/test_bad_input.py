@@ -10,11 +10,12 @@ The port runs in-process (``couchdb_dump.main``) against tests/couch_stub.py
 where it can, which keeps these tests fast.
 """
 
-import contextlib
-import io
+import ast
 import json
 import os
+import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ import time
 import pytest
 
 from couch_stub import CouchStub, Fault
-from helpers import FOOTER, HEADER, REPO
+from helpers import FOOTER, HEADER, REPO, run_in_process
 
 sys.path.insert(0, str(REPO))
 import couchdb_dump as cd  # noqa: E402
@@ -52,13 +53,7 @@ class Result:
                                                     self.stderr[-3000:])
 
 
-def main(argv, environ=None):
-    """Run the port in this process; returns (exit code, stdout bytes, stderr text)."""
-    out = io.BytesIO()
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = cd.main(list(argv), dict(environ or {}), stdout=out)
-    return code, out.getvalue(), err.getvalue()
+main = run_in_process
 
 
 def against(stub, argv, environ=None):
@@ -407,3 +402,46 @@ def test_h_error_never_shows_a_password_given_in_the_url():
     code, stdout, _ = main(["-b", "-H", "http://admin:s3cret@127.0.0.1/x", "-d", "d", "-f", "f.json"])
     assert code == 1
     assert b"s3cret" not in stdout and b'-H "http://***@127.0.0.1/x"' in stdout
+
+
+# -- 7. It does not start on Python 3.13 ---------------------------------------------
+
+PYENV = "/root/.pyenv/versions"
+OLDEST_AND_NEWEST = ["3.8.18", "3.13.0"]
+
+
+def interpreters():
+    """Every pyenv CPython on the machine; the oldest and newest must be there on CI."""
+    found = sorted(os.listdir(PYENV)) if os.path.isdir(PYENV) else []
+    return [v for v in found if re.match(r"3\.(8|9|\d\d)\.", v)
+            and os.path.exists(os.path.join(PYENV, v, "bin", "python"))]
+
+
+@pytest.mark.parametrize("version", sorted(set(interpreters()) | set(OLDEST_AND_NEWEST)))
+def test_the_file_compiles_imports_and_answers_v_on_every_python(version, tmp_path):
+    python = os.path.join(PYENV, version, "bin", "python")
+    if not os.path.exists(python):
+        if os.environ.get("CI"):
+            pytest.fail("CI must check Python %s: %s is missing" % (version, python), pytrace=False)
+        pytest.skip("no %s" % python)
+    # Import with the module's own directory first; -B: no __pycache__ left behind.
+    check = ("import sys; sys.path.insert(0, %r); import couchdb_dump as m; "
+             "assert m.main(['-V'], {}, stdout=open(%r, 'wb')) == 1" % (str(REPO), os.devnull))
+    result = subprocess.run([python, "-B", "-c", check], capture_output=True, timeout=120,
+                            env=dict(os.environ, PYTHONIOENCODING="utf-8"))
+    if b"No module named 'urllib3'" in result.stderr:
+        # That interpreter has no urllib3: compiling the file is what it can check.
+        result = subprocess.run([python, "-B", "-c", "compile(open(%r, encoding='utf-8').read(), 'f', 'exec')"
+                                 % str(REPO / "couchdb_dump.py")], capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")[-2000:]
+    run = subprocess.run([python, "-B", str(REPO / "couchdb_dump.py"), "-V"], capture_output=True, timeout=120,
+                         cwd=str(tmp_path))
+    assert run.returncode == 1 and b"compatible with couchdb-dump version: 1.1.10" in run.stdout, run.stderr
+
+
+def test_no_literal_holds_text_a_compiler_may_refuse():
+    """A lone surrogate in a literal ("\\ud800" unescaped) breaks CPython 3.13.0."""
+    tree = ast.parse((REPO / "couchdb_dump.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            node.value.encode("utf-8")   # strict: raises on a lone surrogate
