@@ -1006,6 +1006,7 @@ class CouchSession:
         self._pool = None
         self._origin = None
         self._tls_server = None
+        self._url_secrets = []
         self._prefix = ""
         self.headers = {"Accept": "*/*", "User-Agent": "%s/%s" % (PROGRAM, __version__)}
         self._user = user
@@ -1036,7 +1037,8 @@ class CouchSession:
             # -H http://user:pass@host: curl sends them as Basic auth too.
             name, _, secret = parsed.auth.partition(":")
             credentials = unquote_to_bytes(name) + b":" + unquote_to_bytes(secret)
-            self._password = secret
+            # As typed in -H and as it reads once decoded: neither may be shown.
+            self._url_secrets = [secret, unquote_to_bytes(secret).decode("utf-8", "replace")]
         if credentials is not None:
             self.headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
         # urllib3 counts the TLS handshake in the connect limit: a plain-HTTP
@@ -1062,7 +1064,7 @@ class CouchSession:
 
     def secrets(self):
         """The texts no message may show: the password and the Authorization value."""
-        found = [self._password, self.headers.get("Authorization", "")[len("Basic "):]]
+        found = [self._password, self.headers.get("Authorization", "")[len("Basic "):]] + self._url_secrets
         return [secret for secret in found if secret]
 
     def _target(self, path):
@@ -2004,12 +2006,21 @@ def rewrite_row_line(line):
     """
     if line.startswith(_ROW_START):
         mark = line.find(_DOC_MARK)
-        if mark < 0:
+        if mark < 0 or not _is_row_start(line[:mark + 2]):
             raise ReplyShape("a row of the reply has no document: %r" % line[:80])
         line = line[mark + len(_DOC_MARK):]
     elif line and line != FOOTER:
         raise ReplyShape("a line of the reply is not a row: %r" % line[:80])
     return fix_closing_braces(line)
+
+
+def _is_row_start(text):
+    """``{"id":..,"key":..,"value":{..}}``: the part of a row before its document."""
+    try:
+        row = json.loads(text + b"}")
+    except ValueError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("value"), dict)
 
 
 def fix_closing_braces(line):
@@ -2033,6 +2044,9 @@ def rewrite_couchdb_block(block):
         raise ReplyShape("data after the reply's ']}' end")
     return b"\n".join([rewrite_row_line(line) for line in lines]), rows
 
+
+# A row's start up to its document, in the fast path's terms (below).
+_ROW_PREFIX = re.compile(rb'\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":')
 
 # A row's end and the next row's start, up to its document: the whole
 # rewrite between two rows is replacing this by ",\n".  Ids with quotes or
@@ -2058,9 +2072,10 @@ def rewrite_rows_fast(block):
     ending = b"}},\r\n" if crlf else b"}},\n"
     if not block.endswith(ending) or not block.startswith(_ROW_START):
         return None
-    mark = block.find(_DOC_MARK, 0, block.find(b"\n"))
-    if mark < 0:
+    first = _ROW_PREFIX.match(block)
+    if first is None:
         return None
+    mark = first.end() - len(_DOC_MARK)
     out, joined = _ROW_JOIN[crlf].subn(b",\n", memoryview(block)[mark + len(_DOC_MARK):])
     # Every row start was joined to the row before, and no line end is left
     # but the last one: then every line was a row.
@@ -4007,6 +4022,24 @@ class Retry:
         self.out.line(b"... ERROR: CouchDB Reported: " + text)
 
     @staticmethod
+    def ok_accepted(reply, doc_id=None):
+        """A reply to a PUT or DELETE that is CouchDB's: 2xx and ``{"ok":true,…}``,
+        for a document with its ``id`` and new ``rev``.
+
+        A 2xx from something else (a health page behind a wrong path) must
+        not pass for a stored design document or a created database.
+        """
+        if not reply.ok:
+            return False
+        try:
+            answer = json.loads(reply.body)
+        except ValueError:
+            return False
+        if not isinstance(answer, dict) or answer.get("ok") is not True:
+            return False
+        return doc_id is None or answer.get("id") == doc_id and isinstance(answer.get("rev"), str)
+
+    @staticmethod
     def bulk_accepted(reply):
         """A _bulk_docs reply that is CouchDB's: 2xx and a JSON list.
 
@@ -4100,7 +4133,8 @@ class TargetDatabase:
             transfer_warn=("... WARN: Curl failed to delete the database %s - Attempt %d/%s. Retrying...", opts.db),
             transfer_final=lambda error: out.line("... ERROR: Curl failed to delete the database %s - Stopping"
                                                   % opts.db),
-            reply_warn="... WARN: CouchDB Reported an error during db deletion - Attempt %d/%s - Retrying...")
+            reply_warn="... WARN: CouchDB Reported an error during db deletion - Attempt %d/%s - Retrying...",
+            accept=Retry.ok_accepted)
 
     def create(self):
         opts, out = self.opts, self.out
@@ -4112,7 +4146,8 @@ class TargetDatabase:
             "PUT", self.path,
             transfer_warn=("... WARN: Curl failed to create the database %s - Attempt %d/%s. Retrying...", opts.db),
             transfer_final=failed,
-            reply_warn="... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying...")
+            reply_warn="... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying...",
+            accept=Retry.ok_accepted)
 
 
 def verify_restore(session, out, opts, path, dump, index):
@@ -4643,7 +4678,8 @@ class DesignDocuments(RestoreStep):
                 transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s. Retrying...", name),
                 transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
                 reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
-                reply_final=lambda reply: self.refused(reply, wanted[number]))
+                reply_final=lambda reply: self.refused(reply, wanted[number]),
+                accept=lambda reply: Retry.ok_accepted(reply, wanted[number]))
             counts.documents_written += 1
             self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
 

@@ -242,7 +242,8 @@ class CouchStub:
         self.server.stub = self
         self.port = self.server.server_address[1]
         self.url = "http://127.0.0.1:%d" % self.port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll: shutdown() waits for it, and tests start many stubs.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
     def __enter__(self):
         self.thread.start()

@@ -445,3 +445,42 @@ def test_no_literal_holds_text_a_compiler_may_refuse():
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             node.value.encode("utf-8")   # strict: raises on a lone surrogate
+
+
+# -- defects the properties (tests/test_properties.py) found ---------------------------
+
+@pytest.mark.parametrize("answer, step, args, databases", [
+    (answer, step, args, databases)
+    for answer in [b'{"status":"up"}', b"[]", b'{"ok":false}', b"", b'{"ok":true}\n']
+    for step, args, databases in [("design_put", [], ("shop",)), ("create", ["-c"], ()),
+                                  ("delete", ["--recreate"], ("shop",))]
+    # {"ok":true} is CouchDB's answer to a database's PUT and DELETE: not a document's
+    if answer != b'{"ok":true}\n' or step == "design_put"])
+def test_2xx_answer_to_a_put_or_delete_that_is_not_couchdbs_ok_is_an_error(answer, step, args, databases, tmp_path):
+    """Found by test_every_request_path_decodes_…: a design document PUT answered
+    200 {"status":"up"} passed for stored, exit 0, the design document missing."""
+    path = tmp_path / "dump.json"
+    path.write_bytes(dump_of(documents(2, 1)))
+    match = {"design_put": lambda m, p: m == "PUT" and "_design" in p,
+             "create": lambda m, p: m == "PUT" and p == "/shop",
+             "delete": lambda m, p: m == "DELETE"}[step]
+
+    def faults(index, method, path):
+        return Fault("status", 200, answer) if match(method, path) else None
+    with CouchStub(databases=databases, faults=faults) as stub:
+        run = against(stub, restore_args(path) + args + ["-a", "2"])
+    assert run.code == 1, run.says()
+    assert "... ERROR: CouchDB Reported: HTTP 200" in run.stdout.decode(), run.says()
+    assert len([line for line in run.lines() if "- Attempt 1/2 - Retrying..." in line]) == 1
+
+
+def test_password_given_percent_encoded_in_h_is_not_shown_when_a_reply_echoes_it(tmp_path):
+    """Found by test_no_password_is_ever_shown_…: password "%" in
+    -H http://admin:Zq%25qZ@host, a reply echoing "Zq%qZ" was quoted as is."""
+    body = b'{"status":"up","echo":"Zq%qZ"}'
+    with CouchStub(databases=("shop",), faults=Answer(body)) as stub:
+        run = against(stub, ["-b", "-H", "http://admin:Zq%25qZ@127.0.0.1", "-P", "{PORT}", "-d", "shop",
+                             "-f", str(tmp_path / "out.json")])
+    assert run.code == 1
+    assert b"Zq%qZ" not in run.stdout and b"Zq%25qZ" not in run.stdout
+    assert b'"echo":"********"' in run.stdout
