@@ -3014,6 +3014,7 @@ class CompleteBackup(Backup):
         self.reading = collections.deque()   # (batch, future of its leaves), in file order
         self.batch = []         # the batch being filled
         self.batch_size = self.BATCH   # revisions, from the size of the last reply
+        self.retry = Retry(session, out, opts, Stop())   # a backup's signals end it at once
 
     def _transfer(self, path, target):
         try:
@@ -3168,45 +3169,39 @@ class CompleteBackup(Backup):
         summary["conflicted"] += alive > 1
 
     def _ask(self, what, method, path, body=None, read=json.loads, tolerate=()):
-        """One request, tried -a times 1 s apart; returns ``read`` of its
-        reply, or the ``Reply`` itself when its status is in ``tolerate``.
-
-        A broken transfer, a 5xx or a reply that is not the JSON expected is
-        tried again; a CouchDB error with a 4xx status ends the run.  A
-        server pushing back (``BackPressure``) is waited out, no attempt used.
+        """One request through ``Retry`` (-a attempts 1 s apart, a server
+        pushing back waited out); returns ``read`` of its reply, or the
+        ``Reply`` itself when its status is in ``tolerate``.  A broken
+        transfer, an error reply or a reply that is not the JSON expected is
+        tried again; after the last attempt the backup fails (no file).
         """
-        opts, out = self.opts, self.out
-        attempt = 0
-        pressure = BackPressure()
-        while True:
+        answers = []
+
+        def taken(reply):
+            if reply.status in tolerate:
+                answers.append(reply)
+                return True
+            if not reply.ok:
+                return False
             try:
-                reply = self.session.request(method, path, body, "application/json" if body is not None else None,
-                                             accept="application/json")
-                wait = pressure.delay(reply.status, reply.headers)
-                if wait is not None:
-                    out.detail("couchdb_dump: the server answered HTTP %d: asking again in %.1f s"
-                               % (reply.status, wait))
-                    time.sleep(wait)
-                    continue
-                attempt += 1
-                if reply.status in tolerate:
-                    return reply
-                if reply.ok:
-                    return read(reply.body.decode("utf-8"))
-                if reply.is_couchdb_error and 400 <= reply.status < 500:
-                    out.line(b"... ERROR: CouchDB reported: " + reply.first_line)
-                    raise Exit(1)
-                problem = "HTTP %d" % reply.status
-            except TransferFailed as error:
-                attempt += 1
-                problem = str(error)
-            except ValueError as error:   # UnicodeDecodeError and JSONDecodeError too
-                problem = "the reply is not the JSON expected: %s" % error
-            if attempt >= opts.attempts:
-                raise BackupFailed("%s failed after %d attempts (%s)" % (what, attempt, problem))
-            out.line("... WARN: %s failed (%s) - Attempt %d/%s - Retrying..."
-                     % (what, problem, attempt, opts.attempts_text))
-            time.sleep(1)
+                answers.append(read(reply.body.decode("utf-8")))
+            except ValueError:   # UnicodeDecodeError and JSONDecodeError too: a cut or garbled reply
+                return False
+            return True
+
+        def failed(failure):
+            if not isinstance(failure, Reply):
+                why = failure
+            elif failure.is_couchdb_error:
+                why = "HTTP %d, CouchDB reported: %s" % (failure.status, failure.first_line.decode("utf-8", "replace"))
+            else:
+                why = "HTTP %d" % failure.status if not failure.ok else "the reply is not the JSON expected"
+            raise BackupFailed("%s failed after %d attempts (%s)" % (what, self.opts.attempts, why))
+        warning = ("... WARN: %s failed - Attempt %d/%s - Retrying...", what)
+        self.retry.request(method, path, body, "application/json" if body is not None else None,
+                           transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed,
+                           accept=taken, reply_type="application/json")
+        return answers[-1]
 
 
 # ---------------------------------------------------------------------------
@@ -3963,8 +3958,11 @@ class Retry:
         self.pressure = threading.local()   # each request's BackPressure (--jobs: one a thread)
 
     def request(self, method, path, body=None, content_type=None, *, transfer_warn, transfer_final,
-                reply_warn=None, reply_final=None, accept=None):
-        """The reply ``accept`` takes (a 2xx without an error by default), or ``Exit(1)``."""
+                reply_warn=None, reply_final=None, accept=None, reply_type=None):
+        """The reply ``accept`` takes (a 2xx without an error by default), or ``Exit(1)``.
+
+        ``reply_type`` is the Accept header, where the server's default will not do.
+        """
         accept = accept or (lambda reply: reply.ok)
         reply_final = reply_final or self.couchdb_reported
         self.pressure.now = BackPressure()
@@ -3974,7 +3972,8 @@ class Retry:
             if self.before_request is not None:
                 self.before_request(method, path)
             try:
-                reply = self.session.request(method, path, body, content_type)
+                reply = self.session.request(method, path, body, content_type,
+                                             **({"accept": reply_type} if reply_type else {}))
             except TransferFailed as error:
                 attempt += 1
                 self.out.cause(error)
@@ -4345,7 +4344,7 @@ class ChunkUpload(RestoreStep):
         self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
 
 
-class CompleteRestore:
+class CompleteRestore(RestoreStep):
     """What a restore does more for a complete backup (``--complete``).
 
     Every line, design documents included, goes to ``_bulk_docs`` with
@@ -4360,10 +4359,8 @@ class CompleteRestore:
     BATCH = 500   # revisions a _revs_diff request
 
     def __init__(self, restore, survey):
-        self.opts, self.out, self.retry = restore.opts, restore.out, restore.retry
-        self.counts = restore.counts
+        super().__init__(restore)
         self.counts.complete = True
-        self.path = restore.db_path
         self.security = survey.security
         survey.keep_designs_in_text()
         self.designs = len(survey.bulk_designs)
@@ -4388,7 +4385,7 @@ class CompleteRestore:
             self.retry.couchdb_reported(reply)
             out.info("... HINT: only an admin can set _security; --no-security restores the documents without it")
         self.retry.request(
-            "PUT", self.path + "/_security", json_bytes(self.security), "application/json",
+            "PUT", self.db_path + "/_security", json_bytes(self.security), "application/json",
             transfer_warn=("... WARN: Curl failed to restore the _security object of %s - Attempt %d/%s. Retrying...",
                            opts.db),
             transfer_final=lambda error: out.line("... ERROR: Curl failed to restore the _security object of %s"
@@ -4416,7 +4413,7 @@ class CompleteRestore:
         missing += self._revs_diff(batch)
         security = None
         if self.security is not None:
-            reply = self.retry.request("GET", self.path + "/_security", transfer_warn=(
+            reply = self.retry.request("GET", self.db_path + "/_security", transfer_warn=(
                 "... WARN: Curl failed to read the _security object of %s - Attempt %d/%s. Retrying...", opts.db),
                 transfer_final=lambda error: out.line("... ERROR: Verify failed: could not read the _security"
                                                       " object of %s" % opts.db))
@@ -4448,7 +4445,7 @@ class CompleteRestore:
             except ValueError:
                 return False
         reply = self.retry.request(
-            "POST", self.path + "/_revs_diff", json_bytes(batch), "application/json", accept=answered,
+            "POST", self.db_path + "/_revs_diff", json_bytes(batch), "application/json", accept=answered,
             transfer_warn="... WARN: Curl failed to check revisions (_revs_diff) - Attempt %d/%s. Retrying...",
             transfer_final=lambda error: self.out.line("... ERROR: Verify failed: _revs_diff could not be read"),
             reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...")

@@ -284,7 +284,8 @@ def test_unreadable_security_object_fails_the_backup_with_no_file(tmp_path):
     result = backup_from(stub_with(faults=only(refuse)), tmp_path)
     assert result.returncode == 1, says(result)
     assert os.listdir(tmp_path) == []
-    assert '... ERROR: CouchDB reported: {"error":"forbidden"' in result.stdout.decode()
+    assert ('... ERROR: Backup failed, no file written: Reading the _security object failed after 3 attempts'
+            ' (HTTP 403, CouchDB reported: {"error":"forbidden"') in result.stdout.decode()
 
 
 def test_gzip_and_standard_output_carry_the_same_bytes_as_the_plain_file(tmp_path):
