@@ -245,6 +245,7 @@ it is "1mib"; /mib/_all_docs is always in 1 MiB chunks.
 """
 import json, os, socket, sys, threading, zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 REPLY, FRAMED, MODE = sys.argv[1:4]
 CHUNK = 1 << 20
@@ -380,7 +381,10 @@ class Handler(BaseHTTPRequestHandler):
                 pass
             with LOCK:
                 STATS["design_puts"] += 1
-            self.reply(201, b"Created", b'{"ok":true}\n')
+            # As CouchDB answers: the port checks the id and the new revision.
+            doc_id = "_design/" + unquote(self.path[len("/db/_design/"):].split("?", 1)[0])
+            answer = {"ok": True, "id": doc_id, "rev": "1-" + "0" * 32}
+            self.reply(201, b"Created", json.dumps(answer).encode("utf-8") + b"\n")
         else:
             self.unexpected()
 
