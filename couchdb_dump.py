@@ -1043,7 +1043,10 @@ class CouchSession:
             self.headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
         # urllib3 counts the TLS handshake in the connect limit: a plain-HTTP
         # port that never answers the handshake is told apart in ``open``.
-        options = {"retries": False, "timeout": urllib3.Timeout(connect=self.connect_limit, read=self.timeout)}
+        # maxsize: --jobs and --complete keep several requests in flight; a
+        # pool of one would drop each extra keep-alive connection after use.
+        options = {"retries": False, "maxsize": 8,
+                   "timeout": urllib3.Timeout(connect=self.connect_limit, read=self.timeout)}
         if scheme == "https":
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
             options["cert_reqs"] = "CERT_NONE"
