@@ -484,3 +484,31 @@ def test_password_given_percent_encoded_in_h_is_not_shown_when_a_reply_echoes_it
     assert run.code == 1
     assert b"Zq%qZ" not in run.stdout and b"Zq%25qZ" not in run.stdout
     assert b'"echo":"********"' in run.stdout
+
+
+def test_design_document_that_begins_a_block_of_the_dump_is_put_whole(tmp_path):
+    """Found by test_backup_then_restore_gives_back_the_same_documents (ten
+    documents with 70,000-character strings, a design document after them):
+    when a design document's line began a 1 MiB block of the dump, the line
+    number also matched the empty text after the previous block's last
+    newline, and its PUT was sent with an empty body."""
+    big = "x" * 70000
+    views = {"v": {"map": "function(doc){emit(doc._id)}" + " " * 3000}}
+    docs = [{"_id": "a%02d" % i, "_rev": "1-a", "v": big} for i in range(14)]
+    # Grow the documents before it until the design document begins a block.
+    path = tmp_path / "dump.json"
+    for pad in range(0, 140000, 997):
+        docs[0]["pad"] = "p" * pad
+        dump = dump_of(docs + [{"_id": "_design/z", "_rev": "1-b", "views": views}, {"_id": "zz", "_rev": "1-c"}])
+        path.write_bytes(dump)
+        blocks = [first for first, _, _ in cd.DumpFile(str(path)).blocks()]
+        if len(docs) + 2 in blocks:    # the design document's line (1-based) starts a block
+            break
+    else:
+        pytest.fail("no padding puts the design document at the start of a block")
+    with CouchStub(databases=("shop",)) as stub:
+        run = against(stub, restore_args(path) + ["-q"])
+    assert run.code == 0, run.says()
+    puts = [r for r in run.requests if r.method == "PUT"]
+    assert len(puts) == 1 and json.loads(puts[0].body) == {"views": views}
+    assert sorted(run.store["shop"]) == ["_design/z"] + ["a%02d" % i for i in range(14)] + ["zz"]
