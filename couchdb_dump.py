@@ -1451,8 +1451,8 @@ def _size_text(size):
 
 
 # ---------------------------------------------------------------------------
-# Shared by both pipelines: stopping on a signal, design document ids,
-# worker processes, reading _all_docs rows
+# Shared by both pipelines: stopping on a signal, retrying a request,
+# design document ids, worker processes, reading _all_docs rows
 # ---------------------------------------------------------------------------
 
 class Interrupted(BaseException):
@@ -1506,6 +1506,132 @@ def signal_name(signum):
         return signal.Signals(signum).name
     except ValueError:
         return "signal %d" % signum
+
+
+class RestoreStopped(Exception):
+    """A signal asked the restore to stop; the current request has ended."""
+
+
+class Retry:
+    """Sends one request up to -a times, 1 s apart, as the script retries.
+
+    A failed transfer (curl's non-zero exit) and an error reply each have
+    their WARN line, printed with the attempt number; after the last
+    attempt the ``*_final`` callable prints the script's ERROR lines and the
+    run ends.  A WARN line is a template, or ``(template, user text...)``:
+    the user's text is a value, never part of the template.  A signal noted
+    by ``Stop`` ends the loop between two requests (``RestoreStopped``).
+
+    ``before_request(method, path)``, when set, runs before every request.
+    A server that pushes back (429, or 503 with Retry-After: ``BackPressure``)
+    is waited out and asked again without using an attempt.
+    """
+
+    PAUSE = 1.0   # seconds between attempts: the script's sleep 1
+
+    def __init__(self, session, out, opts, stop):
+        self.session = session
+        self.out = out
+        self.attempts = opts.attempts
+        self.attempts_text = opts.attempts_text
+        self.stop = stop
+        self.before_request = None
+        self.pressure = threading.local()   # each request's BackPressure (--jobs: one a thread)
+
+    def request(self, method, path, body=None, content_type=None, *, transfer_warn, transfer_final,
+                reply_warn=None, reply_final=None, accept=None, reply_type=None):
+        """The reply ``accept`` takes (a 2xx without an error by default), or ``Exit(1)``.
+
+        ``reply_type`` is the Accept header, where the server's default will not do.
+        """
+        accept = accept or (lambda reply: reply.ok)
+        reply_final = reply_final or self.couchdb_reported
+        self.pressure.now = BackPressure()
+        attempt = 0
+        while True:
+            self.check_stop()
+            if self.before_request is not None:
+                self.before_request(method, path)
+            try:
+                reply = self.session.request(method, path, body, content_type,
+                                             **({"accept": reply_type} if reply_type else {}))
+            except TransferFailed as error:
+                attempt += 1
+                self.out.cause(error)
+                self._failed(attempt, error, transfer_warn, transfer_final)
+            else:
+                # Before accept: a 429 is no answer, even where any answer would do.
+                if self.held_back(reply):
+                    continue
+                if accept(reply):
+                    return reply
+                attempt += 1
+                self._failed(attempt, reply, reply_warn, reply_final)
+            self.check_stop()
+            time.sleep(self.PAUSE)
+
+    def held_back(self, reply):
+        """Whether the server pushed back and the wait it asked for is over."""
+        wait = self.pressure.now.delay(reply.status, reply.headers)
+        if wait is None:
+            return False
+        self.out.detail("couchdb_dump: the server answered HTTP %d: sending the request again in %.1f s"
+                        " (no attempt used)" % (reply.status, wait))
+        if not pause(wait, lambda: self.stop.requested):
+            raise RestoreStopped()
+        return True
+
+    def check_stop(self):
+        if self.stop.requested:
+            raise RestoreStopped()
+
+    def _failed(self, attempt, failure, warning, final):
+        """After a failed attempt: the WARN line, or after the last the ERROR lines and Exit."""
+        if attempt >= self.attempts:
+            final(failure)
+            raise Exit(1)
+        template, values = (warning, ()) if isinstance(warning, str) else (warning[0], tuple(warning[1:]))
+        self.out.line(template % (values + (attempt, self.attempts_text)))
+
+    def couchdb_reported(self, reply):
+        """The script's last word on an error reply: its first line, or the status."""
+        if reply.is_couchdb_error or not reply.body.strip():
+            text = reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
+        else:
+            text = b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
+        self.out.line(b"... ERROR: CouchDB Reported: " + text)
+
+    @staticmethod
+    def ok_accepted(reply, doc_id=None):
+        """A reply to a PUT or DELETE that is CouchDB's: 2xx and ``{"ok":true,…}``,
+        for a document with its ``id`` and new ``rev``.
+
+        A 2xx from something else (a health page behind a wrong path) must
+        not pass for a stored design document or a created database.
+        """
+        if not reply.ok:
+            return False
+        try:
+            answer = json.loads(reply.body)
+        except ValueError:
+            return False
+        if not isinstance(answer, dict) or answer.get("ok") is not True:
+            return False
+        return doc_id is None or answer.get("id") == doc_id and isinstance(answer.get("rev"), str)
+
+    @staticmethod
+    def bulk_accepted(reply):
+        """A _bulk_docs reply that is CouchDB's: 2xx and a JSON list.
+
+        The script took any reply without an error line for success; a
+        proxy's page or an empty body then passed for a restore.
+        """
+        if not reply.ok:
+            return False
+        try:
+            return isinstance(json.loads(reply.body), list)
+        except ValueError:
+            return False
 
 
 DESIGN_PREFIX = "_design/"
@@ -3885,10 +4011,6 @@ class RestoreText:
     _chunk = staticmethod(Chunk.of_lines)
 
 
-class RestoreStopped(Exception):
-    """A signal asked the restore to stop; the current request has ended."""
-
-
 class RevisionIndex:
     """Which (id, revision) pairs the dump holds, for --verify.
 
@@ -3938,128 +4060,6 @@ class RevisionIndex:
 
     def missing(self):
         return self.found.count(0)
-
-
-class Retry:
-    """Sends one request up to -a times, 1 s apart, as the script retries.
-
-    A failed transfer (curl's non-zero exit) and an error reply each have
-    their WARN line, printed with the attempt number; after the last
-    attempt the ``*_final`` callable prints the script's ERROR lines and the
-    run ends.  A WARN line is a template, or ``(template, user text...)``:
-    the user's text is a value, never part of the template.  A signal noted
-    by ``Stop`` ends the loop between two requests (``RestoreStopped``).
-
-    ``before_request(method, path)``, when set, runs before every request.
-    A server that pushes back (429, or 503 with Retry-After: ``BackPressure``)
-    is waited out and asked again without using an attempt.
-    """
-
-    PAUSE = 1.0   # seconds between attempts: the script's sleep 1
-
-    def __init__(self, session, out, opts, stop):
-        self.session = session
-        self.out = out
-        self.attempts = opts.attempts
-        self.attempts_text = opts.attempts_text
-        self.stop = stop
-        self.before_request = None
-        self.pressure = threading.local()   # each request's BackPressure (--jobs: one a thread)
-
-    def request(self, method, path, body=None, content_type=None, *, transfer_warn, transfer_final,
-                reply_warn=None, reply_final=None, accept=None, reply_type=None):
-        """The reply ``accept`` takes (a 2xx without an error by default), or ``Exit(1)``.
-
-        ``reply_type`` is the Accept header, where the server's default will not do.
-        """
-        accept = accept or (lambda reply: reply.ok)
-        reply_final = reply_final or self.couchdb_reported
-        self.pressure.now = BackPressure()
-        attempt = 0
-        while True:
-            self.check_stop()
-            if self.before_request is not None:
-                self.before_request(method, path)
-            try:
-                reply = self.session.request(method, path, body, content_type,
-                                             **({"accept": reply_type} if reply_type else {}))
-            except TransferFailed as error:
-                attempt += 1
-                self.out.cause(error)
-                self._failed(attempt, error, transfer_warn, transfer_final)
-            else:
-                # Before accept: a 429 is no answer, even where any answer would do.
-                if self.held_back(reply):
-                    continue
-                if accept(reply):
-                    return reply
-                attempt += 1
-                self._failed(attempt, reply, reply_warn, reply_final)
-            self.check_stop()
-            time.sleep(self.PAUSE)
-
-    def held_back(self, reply):
-        """Whether the server pushed back and the wait it asked for is over."""
-        wait = self.pressure.now.delay(reply.status, reply.headers)
-        if wait is None:
-            return False
-        self.out.detail("couchdb_dump: the server answered HTTP %d: sending the request again in %.1f s"
-                        " (no attempt used)" % (reply.status, wait))
-        if not pause(wait, lambda: self.stop.requested):
-            raise RestoreStopped()
-        return True
-
-    def check_stop(self):
-        if self.stop.requested:
-            raise RestoreStopped()
-
-    def _failed(self, attempt, failure, warning, final):
-        """After a failed attempt: the WARN line, or after the last the ERROR lines and Exit."""
-        if attempt >= self.attempts:
-            final(failure)
-            raise Exit(1)
-        template, values = (warning, ()) if isinstance(warning, str) else (warning[0], tuple(warning[1:]))
-        self.out.line(template % (values + (attempt, self.attempts_text)))
-
-    def couchdb_reported(self, reply):
-        """The script's last word on an error reply: its first line, or the status."""
-        if reply.is_couchdb_error or not reply.body.strip():
-            text = reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
-        else:
-            text = b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
-        self.out.line(b"... ERROR: CouchDB Reported: " + text)
-
-    @staticmethod
-    def ok_accepted(reply, doc_id=None):
-        """A reply to a PUT or DELETE that is CouchDB's: 2xx and ``{"ok":true,…}``,
-        for a document with its ``id`` and new ``rev``.
-
-        A 2xx from something else (a health page behind a wrong path) must
-        not pass for a stored design document or a created database.
-        """
-        if not reply.ok:
-            return False
-        try:
-            answer = json.loads(reply.body)
-        except ValueError:
-            return False
-        if not isinstance(answer, dict) or answer.get("ok") is not True:
-            return False
-        return doc_id is None or answer.get("id") == doc_id and isinstance(answer.get("rev"), str)
-
-    @staticmethod
-    def bulk_accepted(reply):
-        """A _bulk_docs reply that is CouchDB's: 2xx and a JSON list.
-
-        The script took any reply without an error line for success; a
-        proxy's page or an empty body then passed for a restore.
-        """
-        if not reply.ok:
-            return False
-        try:
-            return isinstance(json.loads(reply.body), list)
-        except ValueError:
-            return False
 
 
 def report_refusals(out, reply):
