@@ -525,8 +525,15 @@ def url_problem(url):
 
 
 def _without_userinfo(host):
-    """-H as typed, with any user:password@ blotted out."""
-    return re.sub(r"(?<=//)[^/@]*@", "***@", host)
+    """-H as typed, with any user:password@ blotted out.
+
+    Everything up to the last "@" goes: a password may itself hold "/" or
+    "@", and showing too little of a broken -H is better than any secret.
+    """
+    scheme, slashes, rest = host.rpartition("://") if "://" in host else ("", "", host)
+    if "@" not in rest:
+        return host
+    return scheme + slashes + "***@" + rest.rpartition("@")[2]
 
 
 def chunk_lines(text):

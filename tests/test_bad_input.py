@@ -404,6 +404,18 @@ def test_h_error_never_shows_a_password_given_in_the_url():
     assert b"s3cret" not in stdout and b'-H "http://***@127.0.0.1/x"' in stdout
 
 
+@pytest.mark.parametrize("host, secret", [
+    ("http://admin:se/cret@127.0.0.1", b"cret"),          # a "/" in the password
+    ("http://admin:p@ss@127.0.0.1:5984/db", b"ss"),       # an "@" in the password
+    ("admin:p@ss@127.0.0.1/db", b"ss"),                  # no scheme
+])
+def test_h_error_never_shows_any_part_of_a_password_holding_slash_or_at(host, secret):
+    code, stdout, stderr = main(["-b", "-H", host, "-d", "d", "-f", "f.json"])
+    assert code == 1
+    assert b"-H" in stdout and b"***@127.0.0.1" in stdout, stdout
+    assert secret not in stdout and secret.decode() not in stderr, stdout
+
+
 # -- 7. It does not start on Python 3.13 ---------------------------------------------
 
 PYENV = "/root/.pyenv/versions"
