@@ -4842,6 +4842,13 @@ class Restore:
         if counts.refused:
             out.line("... ERROR: %d documents were refused by the server: the restore is incomplete." % counts.refused)
             problems.append(out.last_error)
+        if index is not None and self.stop.requested:
+            # The signal came during the last request: every chunk went, but
+            # the user asked to stop, so --verify (more requests) is not run.
+            out.line("... ERROR: Stopped by %s after the last chunk: %d of %d documents were written;"
+                     " --verify was not run." % (signal_name(self.stop.requested), counts.documents_written,
+                                                 counts.total_documents))
+            raise Exit(Interrupted(self.stop.requested).code)
         if index is not None:
             # Refused or not, --verify says what the database holds.
             problems.append(self.complete.verify(dump) if self.complete is not None

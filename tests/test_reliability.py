@@ -750,6 +750,35 @@ def stopped_message(stdout):
     return match.group(1), int(match.group(2)), int(match.group(3))
 
 
+def test_signal_during_the_last_chunk_skips_verify_and_says_so(tmp_path):
+    dump, _ = make_dump(5)
+    (tmp_path / "dump.json").write_bytes(dump)
+    posts = []
+
+    def faults(index, method, path):
+        if method == "POST":
+            posts.append(index)
+            if len(posts) == 4:     # -l 2: chunks of 1, 2, 2 and 0 documents; the last
+                return Fault("delay", seconds=1.0)
+        return None
+    with CouchStub(databases=["db"], faults=faults) as stub:
+        process = start(tmp_path, ["-r", *port_args(stub.port), "-d", "db", "-f", "dump.json", "-l", "2", "--verify"])
+        try:
+            wait_for(lambda: len(posts) == 4)
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        after = [(r.method, r.path) for r in stub.requests[stub.requests.index(stub.requests[posts[-1]]) + 1:]]
+    assert process.returncode == 130, stdout + stderr
+    assert b"Unexpected failure" not in stdout and b"Traceback" not in stderr
+    assert stdout.decode().splitlines()[-1] == (
+        "... ERROR: Stopped by SIGINT after the last chunk: 5 of 5 documents were written; --verify was not run.")
+    assert after == []   # no request for --verify
+
+
 @pytest.mark.parametrize("signum, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])
 def test_signal_during_chunked_restore_stops_after_the_current_request(signum, code, name, tmp_path):
     dump, _ = make_dump(20)
