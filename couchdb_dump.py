@@ -4429,10 +4429,15 @@ class CompleteRestore(RestoreStep):
         missing += self._revs_diff(batch)
         security = None
         if self.security is not None:
-            reply = self.retry.request("GET", self.db_path + "/_security", transfer_warn=(
-                "... WARN: Curl failed to read the _security object of %s - Attempt %d/%s. Retrying...", opts.db),
+            reply = self.retry.request(
+                "GET", self.db_path + "/_security",
+                accept=lambda reply: reply.ok and isinstance(_json_or_none(reply.body), dict),
+                transfer_warn=("... WARN: Curl failed to read the _security object of %s - Attempt %d/%s."
+                               " Retrying...", opts.db),
                 transfer_final=lambda error: out.line("... ERROR: Verify failed: could not read the _security"
-                                                      " object of %s" % opts.db))
+                                                      " object of %s" % opts.db),
+                reply_warn=("... WARN: CouchDB Reported an error reading the _security object of %s"
+                            " - Attempt %d/%s - Retrying...", opts.db))
             security = json.loads(reply.body)
         if not missing and security == self.security:
             out.info("... INFO: Verified: all %d revisions of the dump are in %s%s." % (
@@ -4466,8 +4471,12 @@ class CompleteRestore(RestoreStep):
             transfer_final=lambda error: self.out.line("... ERROR: Verify failed: _revs_diff could not be read"),
             reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...")
         answer = json.loads(reply.body)
-        return [(doc_id, rev) for doc_id, revs in batch.items()
-                for rev in revs if rev in ((answer.get(doc_id) or {}).get("missing") or ())]
+
+        def missing(doc_id):
+            entry = answer.get(doc_id)
+            found = entry.get("missing") if isinstance(entry, dict) else None
+            return found if isinstance(found, list) else ()
+        return [(doc_id, rev) for doc_id, revs in batch.items() for rev in revs if rev in missing(doc_id)]
 
 
 class RestoreCounts:
@@ -4524,16 +4533,16 @@ class PacedSession:
         self.lock = threading.Lock()
         self.next = 0.0
 
-    def request(self, method, path, body=None, content_type=None):
+    def request(self, method, path, body=None, content_type=None, **accept):
         if not is_import_request(method, path):
-            return self.session.request(method, path, body, content_type)
+            return self.session.request(method, path, body, content_type, **accept)
         with self.lock:
             wait = self.next - time.monotonic()
             if wait > 0 and not pause(wait, lambda: self.stop.requested):
                 raise RestoreStopped()
             self.next = time.monotonic() + self.delay
         try:
-            return self.session.request(method, path, body, content_type)
+            return self.session.request(method, path, body, content_type, **accept)
         finally:
             with self.lock:
                 self.next = max(self.next, time.monotonic() + self.delay)

@@ -481,6 +481,34 @@ def test_verify_names_a_lost_revision_and_a_security_object_that_did_not_stick(t
     assert "... ERROR: Verify: the _security object of copy is not the dump's: {}" in out
 
 
+@pytest.mark.parametrize("body", [b"<html>proxy</html>", b'["not","an","object"]'])
+def test_verify_given_a_security_answer_that_is_no_object_retries_then_fails_cleanly(body, tmp_path):
+    path, _ = complete_file(tmp_path)
+
+    def faults(index, method, path):
+        if method == "GET" and path == "/copy/_security":
+            return Fault("status", status=200, body=body)
+        return None
+    result, _ = restore_into(tmp_path, path, "-c", "--verify", "-a", "2", stub=CouchStub(faults=faults))
+    assert result.returncode == 1, says(result)
+    out = result.stdout.decode()
+    assert "Unexpected failure" not in out and b"Traceback" not in result.stderr, says(result)
+    assert "... WARN: CouchDB Reported an error reading the _security object of copy - Attempt 1/2" in out
+    assert "... ERROR: CouchDB Reported: HTTP 200" in out, says(result)
+
+
+def test_verify_takes_a_revs_diff_entry_that_is_no_object_as_nothing_missing_there(tmp_path):
+    path, _ = complete_file(tmp_path)
+
+    def faults(index, method, path):
+        if method == "POST" and path == "/copy/_revs_diff":
+            return Fault("status", status=200, body=b'{"one":"odd","two":{"missing":"2-x"}}\n')
+        return None
+    result, _ = restore_into(tmp_path, path, "-c", "--verify", stub=CouchStub(faults=faults))
+    assert b"Unexpected failure" not in result.stdout and b"Traceback" not in result.stderr, says(result)
+    assert result.returncode == 0, says(result)
+
+
 def test_security_refused_stops_before_any_document_and_hints_at_no_security(tmp_path):
     path, _ = complete_file(tmp_path)
     refuse = only(("/copy/_security", Fault("status", status=403, body=(
