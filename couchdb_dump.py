@@ -3150,7 +3150,11 @@ class CompleteBackup(Backup):
         self.reading = collections.deque()   # (batch, future of its leaves), in file order
         self.batch = []         # the batch being filled
         self.batch_size = self.BATCH   # revisions, from the size of the last reply
-        self.retry = Retry(session, out, opts, Stop())   # a backup's signals end it at once
+        # A backup's signals end it at once; this Stop is the batches' own:
+        # set when the backup ends early, so that reads still on their way
+        # give up at their next attempt instead of keeping the process alive.
+        self.batches_stop = Stop()
+        self.retry = Retry(session, out, opts, self.batches_stop)
 
     def _transfer(self, path, target):
         try:
@@ -3188,6 +3192,8 @@ class CompleteBackup(Backup):
             while self.reading:
                 self._write(*self.reading.popleft(), lines)
         finally:
+            if self.reading:
+                self.batches_stop.requested = signal.SIGTERM
             for _, future in self.reading:
                 future.cancel()
             pool.shutdown(wait=not self.reading)

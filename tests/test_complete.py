@@ -278,6 +278,28 @@ def test_a_server_pushing_back_is_waited_out_without_using_an_attempt(tmp_path):
     assert (tmp_path / "clean" / "complete.json").read_bytes() == (tmp_path / "busy" / "complete.json").read_bytes()
 
 
+def test_a_failed_batch_ends_the_backup_without_waiting_for_the_retries_of_the_other(tmp_path):
+    """Two _bulk_get batches on their way: the first fails for good, the
+    second hangs.  The backup ends after the hanging read's first timeout,
+    not after all its attempts (which kept the process alive, printing)."""
+    def faults(index, method, path):
+        if path.startswith("/db/_bulk_get"):
+            # The first batch in file order (it holds "three") fails; the next hangs.
+            if b'"three"' in stub.requests[index].body:
+                return Fault("status", 500, b'{"error":"unknown_error","reason":"injected"}\n')
+            return Fault("delay", seconds=30)
+        return None
+    stub = stub_with(count=2000)
+    stub.faults = faults
+    started = time.monotonic()
+    result = backup_from(stub, tmp_path, "-a", "3", "--timeout", "3")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, says(result)
+    assert os.listdir(tmp_path) == []
+    # attempts of the failing batch: 2 s of pauses; the hanging read: one 3 s timeout
+    assert elapsed < 10, (elapsed, says(result))   # it was 13 s: 3 attempts of 3 s, 2 pauses
+
+
 def test_unreadable_security_object_fails_the_backup_with_no_file(tmp_path):
     refuse = ("/db/_security", Fault("status", status=403,
                                      body=b'{"error":"forbidden","reason":"You are not a db or server admin."}\n'))
