@@ -3146,7 +3146,7 @@ class CompleteBackup(Backup):
         self.bulk_get = True
         self.refused = None     # the status of a _bulk_get refused, until its notice is printed
         self.refusal = threading.Lock()
-        self.vanished = set()   # ids with a leaf gone before it was read, not seen again yet
+        self.vanished = {}      # id -> revisions written, for ids with a leaf gone before it was read
         self.reading = collections.deque()   # (batch, future of its leaves), in file order
         self.batch = []         # the batch being filled
         self.batch_size = self.BATCH   # revisions, from the size of the last reply
@@ -3181,7 +3181,7 @@ class CompleteBackup(Backup):
                 for doc_id, revs in rows:
                     if doc_id.startswith("_local/"):
                         continue
-                    self.vanished.discard(doc_id)
+                    self.vanished.pop(doc_id, None)
                     self.batch.append((doc_id, revs))
                     size += len(revs)
                     if size >= self.batch_size:
@@ -3197,6 +3197,7 @@ class CompleteBackup(Backup):
             for _, future in self.reading:
                 future.cancel()
             pool.shutdown(wait=not self.reading)
+        self._read_vanished_again(lines)
         lines.finish()
         if self.vanished:
             gone = sorted(self.vanished)
@@ -3207,6 +3208,22 @@ class CompleteBackup(Backup):
                       " (%d with conflicts)." % (summary["leaves"], summary["documents"], summary["deleted"],
                                                  summary["conflicted"]))
         return lines.size
+
+    def _read_vanished_again(self, lines):
+        """The documents with a leaf gone between the listing and the read, that
+        the feed did not list again: changed after its last page was read (the
+        old leaf compacted away), or purged.  Their leaves as they are now are
+        written, but for those written already; only a document with none left
+        is purged, and stays in ``vanished``."""
+        for doc_id in sorted(self.vanished):
+            written_already = self.vanished[doc_id]
+            leaves = [leaf for leaf in self._open_revs(doc_id) if leaf is not None]
+            if not leaves:
+                continue
+            written = []
+            self._count(doc_id, [leaf for leaf in leaves if leaf.rev not in written_already], written)
+            lines.add_all(written)
+            del self.vanished[doc_id]
 
     def _pages(self):
         """Yield the feed's rows a page at a time, until a page is empty.
@@ -3251,7 +3268,7 @@ class CompleteBackup(Backup):
             if None in leaves and last[doc_id] == index and doc_id not in listed_again:
                 # Gone since it was listed: changed (it comes again later in
                 # the feed, with its new leaves) or purged.
-                self.vanished.add(doc_id)
+                self.vanished[doc_id] = {leaf.rev for leaf in leaves if leaf is not None}
             self._count(doc_id, [leaf for leaf in leaves if leaf is not None], written)
         lines.add_all(written)
         self.progress.update(self.summary["documents"] + self.summary["deleted"], lines.target.written)

@@ -373,6 +373,23 @@ def test_documents_changed_while_the_feed_is_read_come_with_their_newest_leaves(
     assert docs[-2:] == [stub.leaves_of("db", "doc00001")["2-dead"], stub.leaves_of("db", "doc00002")["2-new"]]
 
 
+def test_a_document_changed_after_the_last_page_and_compacted_comes_with_its_newest_leaf(tmp_path):
+    class Compacting(CouchStub):
+        def _bulk_get(self, db, body):
+            # after the feed's last page: "three" 3-d gets a child; 3-d is no leaf any more
+            if "4-e" not in self.leaves_of(db, "three"):
+                self.put_leaves(db, [leaf("three", "4-e", "d", "x", "a", v="e")])
+            return super()._bulk_get(db, body)
+    stub = Compacting(databases=["db"])
+    stub.put_leaves("db", STUB_LEAVES)
+    result = backup_from(stub, tmp_path)
+    assert result.returncode == 0, says(result)
+    assert "purged" not in result.stdout.decode(), says(result)
+    docs = dump_lines((tmp_path / "complete.json").read_bytes())
+    assert sorted(d["_rev"] for d in docs if d["_id"] == "three") == ["2-b", "2-c", "4-e"]
+    assert [d for d in docs if d["_rev"] == "4-e"] == [stub.leaves_of("db", "three")["4-e"]]
+
+
 def test_a_document_purged_between_its_listing_and_its_reading_is_left_out_with_a_warning(tmp_path):
     class Purging(CouchStub):
         def _bulk_get(self, db, body):
