@@ -4479,27 +4479,31 @@ class CompleteRestore(RestoreStep):
         return "; ".join(problems)
 
     def _revs_diff(self, batch):
-        """The (id, revision) pairs of ``batch`` the database does not know."""
+        """The (id, revision) pairs of ``batch`` the database does not know, in the batch's order."""
         if not batch:
             return []
-
-        def answered(reply):
-            try:
-                return reply.ok and isinstance(json.loads(reply.body), dict)
-            except ValueError:
-                return False
-        reply = self.retry.request(
-            "POST", self.db_path + "/_revs_diff", json_bytes(batch), "application/json", accept=answered,
+        lacking = revs_diff(
+            self.retry, self.db_path, batch,
             transfer_warn="... WARN: Curl failed to check revisions (_revs_diff) - Attempt %d/%s. Retrying...",
-            transfer_final=lambda error: self.out.line("... ERROR: Verify failed: _revs_diff could not be read"),
-            reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...")
-        answer = json.loads(reply.body)
+            transfer_final=lambda error: self.out.line("... ERROR: Verify failed: _revs_diff could not be read"))
+        return [(doc_id, rev) for doc_id, revs in batch.items() for rev in revs if (doc_id, rev) in lacking]
 
-        def missing(doc_id):
-            entry = answer.get(doc_id)
-            found = entry.get("missing") if isinstance(entry, dict) else None
-            return found if isinstance(found, list) else ()
-        return [(doc_id, rev) for doc_id, revs in batch.items() for rev in revs if rev in missing(doc_id)]
+
+def revs_diff(retry, db_path, asked, transfer_warn, transfer_final):
+    """Which (id, revision) pairs of ``asked`` ({id: [revisions]}) the database
+    lacks: one ``_revs_diff`` POST.  An answer's entry of another shape counts
+    as nothing missing there; an answer that is no JSON object is retried."""
+    reply = retry.request(
+        "POST", db_path + "/_revs_diff", json_bytes(asked), "application/json",
+        accept=lambda reply: reply.ok and isinstance(_json_or_none(reply.body), dict),
+        transfer_warn=transfer_warn, transfer_final=transfer_final,
+        reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...")
+    lacking = set()
+    for doc_id, answer in json.loads(reply.body).items():
+        missing = answer.get("missing") if isinstance(answer, dict) else None
+        if isinstance(missing, list):
+            lacking.update((doc_id, rev) for rev in missing if isinstance(rev, str))
+    return lacking
 
 
 class RestoreCounts:
@@ -4667,15 +4671,11 @@ class BulkUpload:
                 asked.setdefault(doc_id, []).append(rev)
         if not asked:
             return chunk
-        reply = self.retry.request(
-            "POST", self.db_path + "/_revs_diff", json.dumps(asked).encode(), "application/json",
+        lacking = revs_diff(
+            self.retry, self.db_path, asked,
             transfer_warn=("... WARN: Failed to compare %s with the database - Attempt %d/%s - Retrying...", name),
             transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to compare %s - Stopping"
-                                                       % name),
-            reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...",
-            accept=lambda reply: reply.ok and isinstance(_json_or_none(reply.body), dict))
-        lacking = {(doc_id, rev) for doc_id, answer in json.loads(reply.body).items()
-                   if isinstance(answer, dict) for rev in answer.get("missing") or ()}
+                                                       % name))
         return documents_chunk(chunk.lines[0], [doc for doc, (doc_id, rev) in zip(docs, revisions)
                                                 if doc_id is None or rev is None or (doc_id, rev) in lacking],
                                chunk.lines[-1])
