@@ -118,7 +118,8 @@ def test_every_package_the_tests_import_is_in_the_test_extra():
     test importing a package missing there fails on a fresh machine."""
     stdlib = standard_library_names()
     local = {path.stem for path in (REPO / "tests").glob("*.py")} | {"couchdb_dump"}
-    listed = {re.split(r"[<>=!~ \[]", requirement, 1)[0].lower() for requirement in load_run_module().requirements()}
+    listed = {re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0].lower()
+              for requirement in load_run_module().requirements()}
     missing = {}
     for path in sorted((REPO / "tests").glob("*.py")):
         for found in re.finditer(r"^(?:from|import) ([A-Za-z_]\w*)", path.read_text(encoding="utf-8"), re.M):
