@@ -720,6 +720,21 @@ def wait_for(condition, seconds=20):
         time.sleep(0.01)
 
 
+def interrupt(process, signum, ready, before=lambda: None):
+    """Once ``ready()`` holds, note ``before()`` and send ``signum``; returns
+    ``(noted, stdout, stderr)``.  The process never outlives the test."""
+    try:
+        wait_for(ready)
+        noted = before()
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return noted, stdout, stderr
+
+
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("signum, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])
 def test_signal_during_backup_removes_the_temporary_file(signum, code, name, compress, tmp_path):
@@ -727,16 +742,10 @@ def test_signal_during_backup_removes_the_temporary_file(signum, code, name, com
     with CouchStub(databases=["db"], faults=lambda i, m, p: slow) as stub:
         process = start(tmp_path, ["-b", *port_args(stub.port), "-d", "db", "-f", "out.json"]
                         + (["-z"] if compress else []))
-        try:
-            wait_for(lambda: stub.requests and os.listdir(tmp_path))
+        def writing():
             time.sleep(0.3)   # the rows sent are being written
             assert [n for n in os.listdir(tmp_path) if n.endswith(".part")], os.listdir(tmp_path)
-            process.send_signal(signum)
-            stdout, stderr = process.communicate(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        _, stdout, stderr = interrupt(process, signum, lambda: stub.requests and os.listdir(tmp_path), writing)
     assert process.returncode == code, stdout
     assert os.listdir(tmp_path) == []
     assert stdout.decode().splitlines()[-1] == "... ERROR: Interrupted by %s: no backup was written." % name
@@ -763,14 +772,7 @@ def test_signal_during_the_last_chunk_skips_verify_and_says_so(tmp_path):
         return None
     with CouchStub(databases=["db"], faults=faults) as stub:
         process = start(tmp_path, ["-r", *port_args(stub.port), "-d", "db", "-f", "dump.json", "-l", "2", "--verify"])
-        try:
-            wait_for(lambda: len(posts) == 4)
-            process.send_signal(signal.SIGINT)
-            stdout, stderr = process.communicate(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        _, stdout, stderr = interrupt(process, signal.SIGINT, lambda: len(posts) == 4)
         after = [(r.method, r.path) for r in stub.requests[stub.requests.index(stub.requests[posts[-1]]) + 1:]]
     assert process.returncode == 130, stdout + stderr
     assert b"Unexpected failure" not in stdout and b"Traceback" not in stderr
@@ -786,15 +788,8 @@ def test_signal_during_chunked_restore_stops_after_the_current_request(signum, c
     slow = Fault("delay", seconds=0.3)
     with CouchStub(databases=["db"], faults=lambda i, m, p: slow if m == "POST" else None) as stub:
         process = start(tmp_path, ["-r", *port_args(stub.port), "-d", "db", "-f", "dump.json", "-l", "2"])
-        try:
-            wait_for(lambda: len(stub.requests) >= 4)   # _all_dbs and three chunks
-            in_flight = len(stub.requests)
-            process.send_signal(signum)
-            stdout, stderr = process.communicate(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        in_flight, stdout, stderr = interrupt(process, signum, lambda: len(stub.requests) >= 4,   # _all_dbs, 3 chunks
+                                              lambda: len(stub.requests))
         requests = len(stub.requests)
         stored = len(stub.store.databases["db"])
     assert process.returncode == code, stdout
@@ -811,16 +806,11 @@ def test_signal_during_retry_wait_stops_without_the_next_attempt(tmp_path):
     faults = inject(Fault("status", 500, COUCH_ERRORS[500]), REQUESTS["bulk_chunk"]["match"], start=2)
     with CouchStub(databases=["db"], faults=faults) as stub:
         process = start(tmp_path, ["-r", *port_args(stub.port), "-d", "db", "-f", "dump.json", "-l", "2", "-a", "9"])
-        try:
-            wait_for(lambda: len(stub.requests) >= 3)   # _all_dbs, chunk 1, chunk 2 failed once
+        def waiting():
             time.sleep(0.2)                             # in the 1 s wait
-            in_flight = len(stub.requests)
-            process.send_signal(signal.SIGTERM)
-            stdout, stderr = process.communicate(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            return len(stub.requests)
+        # _all_dbs, chunk 1, chunk 2 failed once
+        in_flight, stdout, stderr = interrupt(process, signal.SIGTERM, lambda: len(stub.requests) >= 3, waiting)
     assert process.returncode == 143, stdout
     assert len(stub.requests) <= in_flight + 1
     assert stopped_message(stdout) == ("SIGTERM", 1, 5)
@@ -832,15 +822,9 @@ def test_signal_while_design_documents_are_restored_stops_after_the_current_requ
     slow = Fault("delay", seconds=0.3)
     with CouchStub(databases=["db"], faults=lambda i, m, p: slow if m == "PUT" else None) as stub:
         process = start(tmp_path, ["-r", *port_args(stub.port), "-d", "db", "-f", "dump.json"])
-        try:
-            wait_for(lambda: len(stub.requests) >= 3)   # _all_dbs and two design documents
-            in_flight = len(stub.requests)
-            process.send_signal(signal.SIGTERM)
-            stdout, stderr = process.communicate(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        in_flight, stdout, stderr = interrupt(process, signal.SIGTERM,
+                                              lambda: len(stub.requests) >= 3,   # _all_dbs, two design documents
+                                              lambda: len(stub.requests))
     assert len(stub.requests) <= in_flight + 1, "requests went on after the signal: %s" % stdout.decode()
     assert process.returncode == 143, stdout
     assert stopped_message(stdout)[0] == "SIGTERM"
