@@ -1616,12 +1616,7 @@ class Retry:
         A 2xx from something else (a health page behind a wrong path) must
         not pass for a stored design document or a created database.
         """
-        if not reply.ok:
-            return False
-        try:
-            answer = json.loads(reply.body)
-        except ValueError:
-            return False
+        answer = _json_or_none(reply.body) if reply.ok else None
         if not isinstance(answer, dict) or answer.get("ok") is not True:
             return False
         return doc_id is None or answer.get("id") == doc_id and isinstance(answer.get("rev"), str)
@@ -1633,12 +1628,12 @@ class Retry:
         The script took any reply without an error line for success; a
         proxy's page or an empty body then passed for a restore.
         """
-        if not reply.ok:
-            return False
-        try:
-            return isinstance(json.loads(reply.body), list)
-        except ValueError:
-            return False
+        return reply.ok and isinstance(_json_or_none(reply.body), list)
+
+    @staticmethod
+    def object_accepted(reply):
+        """A 2xx reply whose body is a JSON object (_revs_diff, _security, a document)."""
+        return reply.ok and isinstance(_json_or_none(reply.body), dict)
 
 
 DESIGN_PREFIX = "_design/"
@@ -1855,20 +1850,20 @@ class LongRow:
         self.tail = data[-self.HELD:]
         return data[:-self.HELD]
 
+    def _without_cr(self, block):
+        """``block`` less its carriage returns, counted."""
+        if b"\r" not in block:
+            return block
+        stripped = block.replace(b"\r", b"")
+        self.carriage_returns += len(block) - len(stripped)
+        return stripped
+
     def middle(self, block):
-        if b"\r" in block:
-            stripped = block.replace(b"\r", b"")
-            self.carriage_returns += len(block) - len(stripped)
-            block = stripped
-        return self.middle_stripped(block)
+        return self.middle_stripped(self._without_cr(block))
 
     def end(self, block):
         """The last bytes of the line (without its newline), brace fix applied."""
-        if b"\r" in block:
-            stripped = block.replace(b"\r", b"")
-            self.carriage_returns += len(block) - len(stripped)
-            block = stripped
-        self.last = self.tail + block
+        self.last = self.tail + self._without_cr(block)
         return fix_closing_braces(self.last)
 
 
@@ -2096,6 +2091,14 @@ _JSON_TOKENS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.S)
 def compact_json(text):
     """Drop the white space between JSON tokens, keeping every token's text."""
     return _JSON_TOKENS.sub(lambda m: m.group(1) or "", text)
+
+
+def _json_or_none(data):
+    """The JSON value of ``data``, or None when it is not JSON."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 def json_bytes(value):
@@ -4454,7 +4457,7 @@ class CompleteRestore(RestoreStep):
         if self.security is not None:
             reply = self.retry.request(
                 "GET", self.db_path + "/_security",
-                accept=lambda reply: reply.ok and isinstance(_json_or_none(reply.body), dict),
+                accept=Retry.object_accepted,
                 transfer_warn=("... WARN: Curl failed to read the _security object of %s - Attempt %d/%s."
                                " Retrying...", opts.db),
                 transfer_final=lambda error: out.line("... ERROR: Verify failed: could not read the _security"
@@ -4495,7 +4498,7 @@ def revs_diff(retry, db_path, asked, transfer_warn, transfer_final):
     as nothing missing there; an answer that is no JSON object is retried."""
     reply = retry.request(
         "POST", db_path + "/_revs_diff", json_bytes(asked), "application/json",
-        accept=lambda reply: reply.ok and isinstance(_json_or_none(reply.body), dict),
+        accept=Retry.object_accepted,
         transfer_warn=transfer_warn, transfer_final=transfer_final,
         reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...")
     lacking = set()
@@ -4681,13 +4684,6 @@ class BulkUpload:
                                chunk.lines[-1])
 
 
-def _json_or_none(data):
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
-
-
 def with_revision(body, rev):
     """A design document's PUT body with ``_rev`` first: an update of that revision."""
     rest = body[1:]
@@ -4740,7 +4736,7 @@ class DesignDocuments(RestoreStep):
         """The body to PUT: as it is, with the current ``_rev``, or None when it is there already."""
         reply = self.retry.request(
             "GET", self.db_path + path + "?attachments=true",
-            accept=lambda reply: reply.status == 404 or reply.ok and isinstance(_json_or_none(reply.body), dict),
+            accept=lambda reply: reply.status == 404 or Retry.object_accepted(reply),
             transfer_warn=("... WARN: Failed to read %s from the database - Attempt %d/%s. Retrying...", name),
             transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to read %s - Stopping" % name),
             reply_warn="... WARN: CouchDB Reported an error reading a design document - Attempt %d/%s - Retrying...")
