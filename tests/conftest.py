@@ -1,9 +1,23 @@
-# --- PouchDB Server (a real CouchDB-compatible server) --------------------
+"""What every test file gets without asking: the import path, and the live server.
+
+The import path is set here, once: the port (couchdb_dump.py, at the top of
+the checkout), what the tests share (tests/helpers.py) and the servers and
+tools they use (tests/tools/: couch_stub, compat_replay, pouchdb_server).
+"""
+
 import os as _os
 import sys as _sys
+from pathlib import Path as _Path
 
 import pytest
 
+_TESTS = _Path(__file__).resolve().parent
+for _folder in (_TESTS / "tools", _TESTS, _TESTS.parent):   # the last one inserted comes first
+    if str(_folder) not in _sys.path:
+        _sys.path.insert(0, str(_folder))
+
+
+# --- PouchDB Server (a real CouchDB-compatible server) --------------------
 
 @pytest.fixture(scope="session")
 def pouchdb_url():
@@ -13,9 +27,6 @@ def pouchdb_url():
 
     Skips when node/npm are missing, except under CI (env CI set), where
     these tests must run, so it fails instead."""
-    _tests_dir = str(_os.path.dirname(_os.path.abspath(__file__)))
-    if _tests_dir not in _sys.path:
-        _sys.path.insert(0, _tests_dir)
     import pouchdb_server
 
     reason = pouchdb_server.node_available()

@@ -63,9 +63,6 @@ def run_in_process(argv, environ=None):
     """
     import contextlib
     import io
-    import sys
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     import couchdb_dump
     out = io.BytesIO()
     err = io.StringIO()

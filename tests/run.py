@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run a Python command with the project's dependencies installed.
 
-    python3 tests/run.py tests/demo.py      # the demo
+    python3 tests/run.py tests/tools/demo.py   # the demo
     python3 tests/run.py -m pytest [...]    # the test suite
 
 It pip-installs what setup.cfg lists (``install_requires`` and the ``test``

@@ -5,14 +5,11 @@ The end-to-end behaviour (a stub answering 429/503/413) is pinned in test_resume
 
 import email.utils
 import io
-import os
-import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import couchdb_dump as cd  # noqa: E402
+import couchdb_dump as cd
 
 RESTORE = ["-r", "-H", "127.0.0.1", "-d", "db", "-f", "f.json"]
 

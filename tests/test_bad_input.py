@@ -6,7 +6,7 @@ changes the server, every reply checked for its shape, user text never part
 of a format template, --json's line last and alone, a TLS handshake that
 gets no answer, -H forms, and the Python versions the file must run on.
 
-The port runs in-process (``couchdb_dump.main``) against tests/couch_stub.py
+The port runs in-process (``couchdb_dump.main``) against tests/tools/couch_stub.py
 where it can, which keeps these tests fast.
 """
 
@@ -16,17 +16,15 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
+import couchdb_dump as cd
 from couch_stub import CouchStub, Fault
 from helpers import FOOTER, HEADER, REPO, run_in_process
 
-sys.path.insert(0, str(REPO))
-import couchdb_dump as cd  # noqa: E402
 
 WRITES = ("PUT", "POST", "DELETE")
 

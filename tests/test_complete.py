@@ -1,7 +1,7 @@
 """Complete backups (--complete, issue #13): every leaf revision, deleted and
 conflicting ones included, each with its `_revisions`, and `_security`.
 
-The stub server (tests/couch_stub.py) serves the paging, the `_bulk_get`
+The stub server (tests/tools/couch_stub.py) serves the paging, the `_bulk_get`
 refusal and the faults; PouchDB Server 4.2.0 the real round trip.
 """
 

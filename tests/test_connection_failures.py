@@ -15,11 +15,10 @@ import sys
 
 import pytest
 
+import couchdb_dump
 from couch_stub import CouchStub, Fault
-from helpers import HEADER, PROGRAM, REPO, clean_environment
+from helpers import HEADER, PROGRAM, clean_environment
 
-sys.path.insert(0, str(REPO))
-import couchdb_dump  # noqa: E402
 
 CURL_LINE = "... ERROR: Curl encountered an issue whilst dumping the database."
 

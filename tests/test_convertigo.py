@@ -28,11 +28,10 @@ from pathlib import Path
 
 import pytest
 
+import couchdb_dump
 from couch_stub import CouchStub, Fault
 from helpers import HEADER, PROGRAM, REPO, clean_environment, http
 
-sys.path.insert(0, str(REPO))
-import couchdb_dump  # noqa: E402
 
 ERROR_PREFIX = "... ERROR: "
 

@@ -1,13 +1,10 @@
 """Option parsing: getopts corner cases and the script's checks, in its order."""
 
 import io
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import couchdb_dump as cd  # noqa: E402
+import couchdb_dump as cd
 
 BASE = ["-b", "-H", "127.0.0.1", "-d", "db", "-f", "f.json"]
 

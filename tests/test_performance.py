@@ -1,6 +1,6 @@
 """What issue #10 pins: behaviour that makes the port fast on a real CouchDB.
 
-Not timed (speed and memory are tests/benchmark.py's business): these tests
+Not timed (speed and memory are tests/tools/benchmark.py's business): these tests
 pin the behaviour the speed rests on.  The chunk size a restore uses with
 --jobs, and backups that come out the same bytes however the server cuts
 its reply into HTTP chunks and however long a document is.
@@ -14,11 +14,9 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import couchdb_dump
 from couch_stub import CouchStub, couchdb_chunks, sized_chunks
-from helpers import FOOTER, HEADER, PROGRAM, REPO, clean_environment
-
-sys.path.insert(0, str(REPO))
-import couchdb_dump  # noqa: E402
+from helpers import FOOTER, HEADER, PROGRAM, clean_environment
 
 
 def run(args, cwd):

@@ -1,7 +1,7 @@
 """Properties of the port over generated inputs (Hypothesis), issue #9.
 
 Each property runs the port in this process (``couchdb_dump.main``) against
-tests/couch_stub.py, with faults drawn at random: a transient 500, a dropped
+tests/tools/couch_stub.py, with faults drawn at random: a transient 500, a dropped
 connection, a 409, a 2xx with a wrong shape.
 
 Reproducible on CI: the "ci" profile is derandomized (the same examples on
@@ -12,18 +12,16 @@ harder (``HYPOTHESIS_SEED`` fixes the seed of such a run).
 
 import json
 import os
-import sys
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import couchdb_dump as cd
 from couch_stub import CouchStub, Fault
-from helpers import FOOTER, HEADER, REPO, run_in_process
+from helpers import FOOTER, HEADER, run_in_process
 
-sys.path.insert(0, str(REPO))
-import couchdb_dump as cd  # noqa: E402
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "0") or 0)
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=40,

@@ -6,7 +6,7 @@ The promise pinned here: exit code 0 means the whole database is in the file
 a good backup.  Where couchdb-dump.sh is sound (its retries, WARN/ERROR
 messages and exit code 1) the port keeps it word for word.
 
-Every test runs the port as a subprocess against tests/couch_stub.py with
+Every test runs the port as a subprocess against tests/tools/couch_stub.py with
 injected faults.  The fault matrix (each restore request x each kind of
 fault, failing once or for ever) is slow one by one - every retry sleeps 1 s,
 as the script does - so its runs are started together in a thread pool the

@@ -1,6 +1,6 @@
 """What a restore says when it does not end well: words a person can act on (issue #12).
 
-Each test runs the port against the in-process stub (tests/couch_stub.py)
+Each test runs the port against the in-process stub (tests/tools/couch_stub.py)
 and reads what it printed: stdout stays the script's, the explanations go
 to stderr and to --json's ``error``.
 """

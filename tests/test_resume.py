@@ -3,7 +3,7 @@
 A backup that survives a dropped connection (--resume), a restore that
 resumes (-s, --resume), paces itself (-D) and waits out a server that pushes
 back (429, 503 with Retry-After, 413).  Every test runs the port as a
-subprocess against tests/couch_stub.py (fault injection), and where the
+subprocess against tests/tools/couch_stub.py (fault injection), and where the
 issue asks for it against a real PouchDB Server too.
 """
 

@@ -1,13 +1,10 @@
 """The pure pieces of both pipelines: line rewriting, scanning, chunking."""
 
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import couchdb_dump as cd  # noqa: E402
+import couchdb_dump as cd
 
 ROW = b'{"id":"a","key":"a","value":{"rev":"1-x"},"doc":{"_id":"a","_rev":"1-x","n":{"m":1}}}'
 

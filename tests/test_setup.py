@@ -84,7 +84,7 @@ def externally_managed_python(where):
 # -- the README's commands ---------------------------------------------------------
 
 def test_readme_opens_with_the_demo_and_the_test_suite_through_run_py():
-    assert readme_commands() == ["python3 tests/run.py tests/demo.py", "python3 tests/run.py -m pytest"]
+    assert readme_commands() == ["python3 tests/run.py tests/tools/demo.py", "python3 tests/run.py -m pytest"]
 
 
 def test_ci_runs_the_readme_test_command_first():
@@ -117,11 +117,12 @@ def test_every_package_the_tests_import_is_in_the_test_extra():
     """The README's command installs setup.cfg's lists and nothing else: a
     test importing a package missing there fails on a fresh machine."""
     stdlib = standard_library_names()
-    local = {path.stem for path in (REPO / "tests").glob("*.py")} | {"couchdb_dump"}
+    files = sorted([*(REPO / "tests").glob("*.py"), *(REPO / "tests" / "tools").glob("*.py")])
+    local = {path.stem for path in files} | {"couchdb_dump"}
     listed = {re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0].lower()
               for requirement in load_run_module().requirements()}
     missing = {}
-    for path in sorted((REPO / "tests").glob("*.py")):
+    for path in files:
         for found in re.finditer(r"^(?:from|import) ([A-Za-z_]\w*)", path.read_text(encoding="utf-8"), re.M):
             name = found.group(1)
             if name not in stdlib and name not in local and name.lower() not in listed:
@@ -195,9 +196,6 @@ def test_demo_stops_on_the_ports_message_without_a_traceback(tmp_path):
     """Run the demo with a python3 that has no urllib3: the port's one line,
     then the demo's own verdict, and no Python traceback anywhere."""
     pytest.importorskip("urllib3")
-    tests_dir = str(REPO / "tests")
-    if tests_dir not in sys.path:
-        sys.path.insert(0, tests_dir)
     import pouchdb_server
     reason = pouchdb_server.node_available()
     if reason:
@@ -205,7 +203,7 @@ def test_demo_stops_on_the_ports_message_without_a_traceback(tmp_path):
             pytest.fail("CI must run the demo: %s" % reason, pytrace=False)
         pytest.skip(reason)
     python = externally_managed_python(tmp_path / "debian-like")
-    result = subprocess.run([str(python), str(REPO / "tests" / "demo.py")], env=environment(), capture_output=True,
+    result = subprocess.run([str(python), str(REPO / "tests" / "tools" / "demo.py")], env=environment(), capture_output=True,
                             timeout=600)
     output = (result.stdout + result.stderr).decode("utf-8", "replace")
     assert result.returncode == 1, output

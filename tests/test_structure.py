@@ -1,12 +1,8 @@
 """The shape of couchdb_dump.py that keeps it easy to change (issue #12)."""
 
 import inspect
-import sys
 
-from helpers import REPO
-
-sys.path.insert(0, str(REPO))
-import couchdb_dump as cd  # noqa: E402
+import couchdb_dump as cd
 
 RESTORE_LINE_LIMIT = 250
 

@@ -1,12 +1,12 @@
 """Time of restore --resume on a database that already holds every document (issue #11).
 
-Starts a PouchDB Server (tests/pouchdb_server.py), writes a dump of N documents
+Starts a PouchDB Server (tests/tools/pouchdb_server.py), writes a dump of N documents
 (default 20,000, in the port's layout), then, side by side in one run:
 a full restore into a fresh database (-c), and the same restore with --resume
 into that database, which then holds everything (one _revs_diff a chunk, no
 _bulk_docs).  Prints the median of each over --repeat runs and their ratio.
 
-    python3 tests/bench_resume.py [--documents 20000] [--lines 5000] [--repeat 3]
+    python3 tests/tools/bench_resume.py [--documents 20000] [--lines 5000] [--repeat 3]
 """
 
 import argparse
@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # tests/: helpers
 import pouchdb_server  # noqa: E402
 from helpers import PROGRAM, clean_environment  # noqa: E402
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Run a throw-away PouchDB Server (a CouchDB-compatible HTTP server) for tests.
 
-The server is the npm package pinned in tests/pouchdb/package-lock.json
-(pouchdb-server 4.2.0), installed into tests/pouchdb/node_modules by
+The server is the npm package pinned in tests/tools/pouchdb/package-lock.json
+(pouchdb-server 4.2.0), installed into tests/tools/pouchdb/node_modules by
 ensure_installed() and started in-memory on 127.0.0.1 by PouchDBServer.
 
 Standard library only, so it can be imported by conftest.py, by .ci/run
 helpers, or run by hand:
 
-    python3 tests/pouchdb_server.py          # prints the URL until Ctrl-C
+    python3 tests/tools/pouchdb_server.py          # prints the URL until Ctrl-C
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _is_installed(fingerprint: str) -> bool:
 
 
 def ensure_installed(verbose: bool = False) -> Path:
-    """Install pouchdb-server into tests/pouchdb/node_modules unless it is
+    """Install pouchdb-server into tests/tools/pouchdb/node_modules unless it is
     already there for the current package-lock.json. Safe to call from
     several processes at once (an flock serialises them). Returns the
     node_modules path. Raises RuntimeError if node/npm are missing or

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Demo: back up a database with couchdb_dump.py and restore it.
 
-    python3 tests/demo.py
+    python3 tests/tools/demo.py
 
 Starts a throw-away PouchDB Server (a CouchDB-compatible server, in memory;
-installed into tests/pouchdb/node_modules by npm on the first run), fills a
+installed into tests/tools/pouchdb/node_modules by npm on the first run), fills a
 sample database, backs it up plain and with -z into a temporary directory,
 restores each backup into a new database (-c), and compares the databases.
 Exits 0 when both copies hold every document with its revision, 1 if not.
@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # tests/: helpers
 import pouchdb_server  # noqa: E402
 from helpers import http  # noqa: E402
 

@@ -24,9 +24,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import clean_environment
+from helpers import REPO, clean_environment
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "compat"
+FIXTURES = REPO / "fixtures" / "compat"
 
 # CouchDB streams _all_docs replies; serving them in pieces of this size makes
 # the port's reader cope with a body that arrives in several chunks.

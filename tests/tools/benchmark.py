@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Benchmark couchdb_dump.py against the limits of the machine it runs on.
 
-    python3 tests/benchmark.py                  # 100,000 then 1,000,000 docs, 3 runs each; RSS compared
-    python3 tests/benchmark.py --quick          # smoke check: 100,000 docs, 1 run
-    python3 tests/benchmark.py --docs N --runs K [--compare-sizes]
-    python3 tests/benchmark.py --profile backup|restore [--docs N]   # cProfile's top 25 by cumulative time
-    python3 tests/benchmark.py --complete [--docs N] [--runs K]  # --complete backup beside the default one
-    python3 tests/benchmark.py --long-line [--runs K]   # only the peaks of a dump with a ~33 MB line
+    python3 tests/tools/benchmark.py                  # 100,000 then 1,000,000 docs, 3 runs each; RSS compared
+    python3 tests/tools/benchmark.py --quick          # smoke check: 100,000 docs, 1 run
+    python3 tests/tools/benchmark.py --docs N --runs K [--compare-sizes]
+    python3 tests/tools/benchmark.py --profile backup|restore [--docs N]   # cProfile's top 25 by cumulative time
+    python3 tests/tools/benchmark.py --complete [--docs N] [--runs K]  # --complete backup beside the default one
+    python3 tests/tools/benchmark.py --long-line [--runs K]   # only the peaks of a dump with a ~33 MB line
     ... --http-chunks 1mib        # serve the reply in 1 MiB HTTP chunks instead of CouchDB's
 
 Not a test (pytest does not collect it) and it never fails on a time: it
@@ -81,7 +81,8 @@ import time
 import zlib
 from pathlib import Path
 
-from helpers import PROGRAM as SCRIPT, REPO
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # tests/: helpers
+from helpers import PROGRAM as SCRIPT, REPO  # noqa: E402
 CACHE_DIR = Path(tempfile.gettempdir()) / "couchdb_dump_bench"
 DATASET_VERSION = 1          # bump when the generated documents change
 DESIGN_EVERY = 100_000
@@ -1216,7 +1217,7 @@ def run_complete(n, runs, port, top):
     stub.put_leaves("db", batch)
     leaves = sum(len(tree) for tree in stub.store.leaves["db"].values())
     stub.store.security["db"] = {"members": {"names": ["reader"], "roles": []}, "admins": {"names": [], "roles": []}}
-    print("\n=== --complete: N = {:,} documents ({:,} leaves) in the stub server (tests/couch_stub.py), "
+    print("\n=== --complete: N = {:,} documents ({:,} leaves) in the stub server (tests/tools/couch_stub.py), "
           "filled in {:.1f} s; {} run{} ===".format(n, leaves, time.monotonic() - started, runs,
                                                   "s" if runs > 1 else ""), flush=True)
     stages = (("default backup (-b)", "default.json", ()), ("complete backup (-b --complete)", "complete.json",
