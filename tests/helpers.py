@@ -1,11 +1,17 @@
 """What several test files share, defined once: where the program is, the
-environment it runs in, one HTTP call to a test server, the dump's header.
+environment it runs in, running it (a fresh interpreter, or this one), what
+it printed, one HTTP call to a test server, a stub holding a database,
+dumps, and a port where nothing listens.
 
 Plain Python 3.8: the suite runs there too.
 """
 
+import functools
 import json
 import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,31 +34,41 @@ def clean_environment(extra=None):
     return env
 
 
-def http(method, url, body=None, timeout=300):
-    """One JSON request to a test server; returns the parsed reply.
+# -- running the port ------------------------------------------------------------
 
-    An HTTP error fails the test with the method, URL, status and body.
-    """
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Content-Type": "application/json", "Accept": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
-            return json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        raise AssertionError("%s %s -> HTTP %d %s" % (method, url, error.code, error.read()[:300]))
+def port_command(args, server=None, module=False, program=PROGRAM):
+    """The command line of a run: ``python3 couchdb_dump.py ARGS`` (``-m
+    couchdb_dump`` with ``module``); ``server`` (a port on 127.0.0.1, or a
+    URL) goes in as ``-H HOST -P PORT`` after the first argument, the mode."""
+    args = [str(arg) for arg in args]
+    if server is not None:
+        host, port = ("127.0.0.1", server) if isinstance(server, int) else server.rsplit(":", 1)
+        args[1:1] = ["-H", host, "-P", str(port)]
+    interpreter = [sys.executable, "-m", "couchdb_dump"] if module else [sys.executable, str(program)]
+    return interpreter + args
 
 
-def make_dump(documents=5, designs=0, big=None):
-    """A dump as the port and the script write it; returns (bytes, ids)."""
-    docs = [b'{"_id":"_design/d%d","_rev":"1-d%d","views":{"v":{"map":"function(doc){emit(doc._id)}"}}}'
-            % (i, i) for i in range(designs)]
-    docs += [b'{"_id":"doc%03d","_rev":"1-%03d","value":%d}' % (i, i, i) for i in range(documents)]
-    if big is not None:
-        docs.append(big)
-    ids = [json.loads(doc)["_id"] for doc in docs]
-    lines = [HEADER] + [doc + b"," for doc in docs[:-1]] + docs[-1:] + [FOOTER]
-    return b"\n".join(lines) + b"\n", ids
+def run_port(args, cwd, server=None, input=None, env=None, module=False, program=PROGRAM, text=False,
+             timeout=600):
+    """Run the port as its users do, in a fresh interpreter, in ``cwd``;
+    returns the subprocess.CompletedProcess (bytes unless ``text``).
+
+    Standard input is ``input``, or empty; the environment is this one's
+    without credentials, plus ``env``.  See port_command for the rest."""
+    return subprocess.run(port_command(args, server, module, program), cwd=str(cwd),
+                          env=clean_environment(dict({"PYTHONDONTWRITEBYTECODE": "1"}, **(env or {}))),
+                          input=input, stdin=subprocess.DEVNULL if input is None else None,
+                          capture_output=True, text=text, timeout=timeout)
+
+
+def start_port(args, cwd, server=None, env=None, **popen):
+    """Start the port as run_port does, without waiting: the subprocess.Popen,
+    standard output and error piped unless ``popen`` says otherwise."""
+    options = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    options.update(popen)
+    return subprocess.Popen(port_command(args, server), cwd=str(cwd),
+                            env=clean_environment(dict({"PYTHONDONTWRITEBYTECODE": "1"}, **(env or {}))),
+                            **options)
 
 
 def run_in_process(argv, environ=None):
@@ -69,3 +85,90 @@ def run_in_process(argv, environ=None):
     with contextlib.redirect_stderr(err):
         code = couchdb_dump.main(list(argv), dict(environ or {}), stdout=out)
     return code, out.getvalue(), err.getvalue()
+
+
+# -- what a run printed ----------------------------------------------------------
+
+def says(run):
+    """What a run printed, for an assertion's message: its exit code, its
+    standard output and the end of its standard error (bytes or text)."""
+    def text(data):
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return "rc=%s\nstdout:\n%s\nstderr:\n%s" % (run.returncode, text(run.stdout), text(run.stderr)[-3000:])
+
+
+def last_json(stream):
+    """The --json summary: the last line of the stream (bytes), parsed."""
+    return json.loads(stream.decode("utf-8").splitlines()[-1])
+
+
+# -- servers ---------------------------------------------------------------------
+
+def http(method, url, body=None, timeout=300):
+    """One JSON request to a test server; returns the parsed reply.
+
+    An HTTP error fails the test with the method, URL, status and body.
+    """
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        raise AssertionError("%s %s -> HTTP %d %s" % (method, url, error.code, error.read()[:300]))
+
+
+def stub_with(docs, **options):
+    """A stub server (not started) holding database "db" with ``docs`` (id ->
+    extra fields), each at a first revision; ``options`` go to CouchStub."""
+    from couch_stub import CouchStub
+    stub = CouchStub(databases=("db",), **options)
+    for doc_id, fields in docs.items():
+        stub.store.databases["db"][doc_id] = dict({"_id": doc_id, "_rev": "1-%08x" % (hash(doc_id) & 0xffffffff)},
+                                                  **fields)
+    return stub
+
+
+@functools.lru_cache(maxsize=None)   # functools.cache is 3.9+: the tests run on 3.8 too
+def _closed_port_socket():
+    # Bound but never listening: connecting gets "connection refused", and
+    # holding the socket for the whole test session stops anything else (a
+    # server of another test, in this process or another) from taking the
+    # port meanwhile.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def closed_port():
+    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
+    return _closed_port_socket().getsockname()[1]
+
+
+# -- dumps -----------------------------------------------------------------------
+
+def dump_of(docs, ensure_ascii=True):
+    """A dump's bytes as the port and the script write it: one document a
+    line, commas and all.  ``docs`` are lines (bytes, taken as they are) or
+    dicts (compact JSON; with ``ensure_ascii`` false, non-ASCII text as UTF-8
+    rather than as \\u escapes)."""
+    lines = [doc if isinstance(doc, bytes) else
+             json.dumps(doc, separators=(",", ":"), ensure_ascii=ensure_ascii).encode("utf-8") for doc in docs]
+    return b"\n".join([HEADER] + [line + b"," for line in lines[:-1]] + lines[-1:] + [FOOTER]) + b"\n"
+
+
+def write_dump(path, docs, ensure_ascii=True):
+    """Write dump_of(docs) to ``path``; returns ``path``."""
+    path.write_bytes(dump_of(docs, ensure_ascii))
+    return path
+
+
+def make_dump(documents=5, designs=0, big=None):
+    """A dump as the port and the script write it; returns (bytes, ids)."""
+    docs = [b'{"_id":"_design/d%d","_rev":"1-d%d","views":{"v":{"map":"function(doc){emit(doc._id)}"}}}'
+            % (i, i) for i in range(designs)]
+    docs += [b'{"_id":"doc%03d","_rev":"1-%03d","value":%d}' % (i, i, i) for i in range(documents)]
+    if big is not None:
+        docs.append(big)
+    return dump_of(docs), [json.loads(doc)["_id"] for doc in docs]

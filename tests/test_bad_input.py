@@ -23,7 +23,7 @@ import pytest
 
 import couchdb_dump as cd
 from couch_stub import CouchStub, Fault
-from helpers import FOOTER, HEADER, REPO, run_in_process
+from helpers import FOOTER, HEADER, REPO, dump_of, run_in_process, says
 
 
 WRITES = ("PUT", "POST", "DELETE")
@@ -46,9 +46,9 @@ class Result:
     def writes(self):
         return [(r.method, r.path) for r in self.requests if r.method in WRITES]
 
-    def says(self):
-        return "rc=%s\nstdout:\n%s\nstderr:\n%s" % (self.code, self.stdout.decode("utf-8", "replace"),
-                                                    self.stderr[-3000:])
+    @property
+    def returncode(self):
+        return self.code
 
 
 main = run_in_process
@@ -60,13 +60,6 @@ def against(stub, argv, environ=None):
     code, stdout, stderr = main(argv, environ)
     store = {db: dict(docs) for db, docs in stub.store.databases.items()}
     return Result(code, stdout, stderr, stub.requests, store)
-
-
-def dump_of(docs):
-    """A dump file's bytes for a list of documents (dicts)."""
-    lines = [json.dumps(doc, separators=(",", ":")).encode() for doc in docs]
-    body = [line + b"," for line in lines[:-1]] + lines[-1:]
-    return b"\n".join([HEADER] + body + [FOOTER]) + b"\n"
 
 
 def documents(count, designs=0):
@@ -96,9 +89,9 @@ def test_invalid_l_with_recreate_fails_before_the_database_is_deleted(lines, des
         stub.store.databases["shop"] = stored(documents(7, 1))
         before = json.dumps(stub.store.databases, sort_keys=True)
         run = against(stub, restore_args(path) + ["-q", "--recreate", "-l", lines])
-    assert run.code == 1, run.says()
-    assert run.errors() == ["... ERROR: Unable to create split files."], run.says()
-    assert run.writes() == [], run.says()
+    assert run.code == 1, says(run)
+    assert run.errors() == ["... ERROR: Unable to create split files."], says(run)
+    assert run.writes() == [], says(run)
     assert json.dumps(run.store, sort_keys=True) == before
     assert "nothing was changed on the server" in run.stderr
 
@@ -109,9 +102,9 @@ def test_invalid_l_with_c_creates_no_database_and_puts_no_design_document(lines,
     path.write_bytes(dump_of(documents(3, 2)))
     with CouchStub() as stub:
         run = against(stub, restore_args(path) + ["-c", "-l", lines])
-    assert run.code == 1, run.says()
-    assert run.errors() == ["... ERROR: Unable to create split files."], run.says()
-    assert run.writes() == [], run.says()
+    assert run.code == 1, says(run)
+    assert run.errors() == ["... ERROR: Unable to create split files."], says(run)
+    assert run.writes() == [], says(run)
     assert run.store == {}
 
 
@@ -140,7 +133,7 @@ def test_l_that_only_bashs_test_reads_still_restores_a_small_dump(lines, tmp_pat
     path.write_bytes(dump_of(documents(2)))
     with CouchStub(databases=("shop",)) as stub:
         run = against(stub, restore_args(path) + ["-q", "-l", lines])
-    assert run.code == 0, run.says()
+    assert run.code == 0, says(run)
     assert sorted(run.store["shop"]) == ["doc000", "doc001"]
 
 
@@ -166,9 +159,9 @@ def test_percent_in_the_file_name_is_retried_after_a_500_and_succeeds(name, line
     error = Fault("status", 500, b'{"error":"unknown_error","reason":"badarg"}\n')
     with CouchStub(databases=("shop",), faults=once(lambda m, p: m == "POST", error)) as stub:
         run = against(stub, restore_args(path) + ["-l", lines])
-    assert run.code == 0, run.says()
+    assert run.code == 0, says(run)
     warnings = [line for line in run.lines() if line.startswith("... WARN:")]
-    assert len(warnings) == 1 and "Attempt 1/3" in warnings[0], run.says()
+    assert len(warnings) == 1 and "Attempt 1/3" in warnings[0], says(run)
     assert sorted(run.store["shop"]) == ["_design/d0", "doc000", "doc001", "doc002"]
 
 
@@ -180,9 +173,9 @@ def test_percent_in_the_database_name_is_a_value_in_every_retry_line(db, tmp_pat
     with CouchStub(faults=once(lambda m, p: m == "PUT", drop)) as stub:
         run = against(stub, restore_args(path, db) + ["-c"])
         run2 = against(stub, restore_args(path, db) + ["--recreate"])
-    assert run.code == 0, run.says()
+    assert run.code == 0, says(run)
     assert "... WARN: Curl failed to create the database %s - Attempt 1/3. Retrying..." % db in run.lines()
-    assert run2.code == 0, run2.says()
+    assert run2.code == 0, says(run2)
 
 
 # -- 2. A 2xx JSON answer that is not an _all_docs reply ---------------------------
@@ -212,9 +205,9 @@ def test_2xx_reply_that_is_no_all_docs_answer_fails_and_writes_no_file(body, tmp
     path = tmp_path / "out.json"
     with CouchStub(databases=("shop",), faults=Answer(body)) as stub:
         run = against(stub, backup_args(path) + ["-q"])
-    assert run.code == 1, run.says()
-    assert len(run.errors()) == 1, run.says()
-    assert run.errors()[0].startswith("... ERROR: Backup failed, no file written: "), run.says()
+    assert run.code == 1, says(run)
+    assert len(run.errors()) == 1, says(run)
+    assert run.errors()[0].startswith("... ERROR: Backup failed, no file written: "), says(run)
     assert os.listdir(str(tmp_path)) == []
 
 
@@ -252,7 +245,7 @@ def test_empty_all_docs_answer_in_any_layout_is_an_empty_backup(body, tmp_path):
     path = tmp_path / "out.json"
     with CouchStub(databases=("shop",), faults=Answer(body)) as stub:
         run = against(stub, backup_args(path) + ["-q"])
-    assert run.code == 0, run.says()
+    assert run.code == 0, says(run)
     assert path.read_bytes() == HEADER + b"\n\n" + FOOTER + b"\n"
 
 
@@ -265,7 +258,7 @@ def test_all_dbs_answer_that_is_no_list_of_names_stops_recreate_before_any_write
         return Fault("status", 200, listing) if path == "/_all_dbs" else None
     with CouchStub(databases=("shop",), faults=faults) as stub:
         run = against(stub, restore_args(path) + ["--recreate"])
-    assert run.code == 1, run.says()
+    assert run.code == 1, says(run)
     assert "... WARN: Curl failed to get the list of databases - Continuing" in run.lines()
     assert run.errors() == ["... ERROR: --recreate needs the list of databases - Stopping"]
     assert run.writes() == []
@@ -286,7 +279,7 @@ def test_json_line_is_last_and_alone_after_an_error_body_without_newline(body, l
         return Fault("status", 503, body) if method == "POST" else None
     with CouchStub(databases=("shop",), faults=faults) as stub:
         run = against(stub, restore_args(path) + ["-q", "--json", "-a", "1", "-l", lines])
-    assert run.code == 1, run.says()
+    assert run.code == 1, says(run)
     assert run.stdout.endswith(b"\n")
     last = run.stdout.split(b"\n")[-2]
     report = json.loads(last.decode("utf-8"))
@@ -376,7 +369,7 @@ def test_trailing_slash_in_h_is_taken_off(host, tmp_path):
     with CouchStub(databases=("shop",)) as stub:
         stub.store.databases["shop"] = stored(documents(2))
         run = against(stub, ["-b", "-H", host, "-P", "{PORT}", "-d", "shop", "-f", str(path), "-q"])
-    assert run.code == 0, run.says()
+    assert run.code == 0, says(run)
     assert [r.path for r in run.requests] == ["/shop/_all_docs?include_docs=true&attachments=true"]
 
 
@@ -479,8 +472,8 @@ def test_2xx_answer_to_a_put_or_delete_that_is_not_couchdbs_ok_is_an_error(answe
         return Fault("status", 200, answer) if match(method, path) else None
     with CouchStub(databases=databases, faults=faults) as stub:
         run = against(stub, restore_args(path) + args + ["-a", "2"])
-    assert run.code == 1, run.says()
-    assert "... ERROR: CouchDB Reported: HTTP 200" in run.stdout.decode(), run.says()
+    assert run.code == 1, says(run)
+    assert "... ERROR: CouchDB Reported: HTTP 200" in run.stdout.decode(), says(run)
     assert len([line for line in run.lines() if "- Attempt 1/2 - Retrying..." in line]) == 1
 
 
@@ -518,7 +511,7 @@ def test_design_document_that_begins_a_block_of_the_dump_is_put_whole(tmp_path):
         pytest.fail("no padding puts the design document at the start of a block")
     with CouchStub(databases=("shop",)) as stub:
         run = against(stub, restore_args(path) + ["-q"])
-    assert run.code == 0, run.says()
+    assert run.code == 0, says(run)
     puts = [r for r in run.requests if r.method == "PUT"]
     assert len(puts) == 1 and json.loads(puts[0].body) == {"views": views}
     assert sorted(run.store["shop"]) == ["_design/z"] + ["a%02d" % i for i in range(14)] + ["zz"]

@@ -8,8 +8,6 @@ refusal and the faults; PouchDB Server 4.2.0 the real round trip.
 import gzip
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -21,22 +19,12 @@ from hypothesis import given, settings, strategies as st
 
 import couchdb_dump
 from couch_stub import CouchStub, Fault
-from helpers import PROGRAM, clean_environment, http
+from helpers import PROGRAM, clean_environment, http, last_json, run_port, says, stub_with
 
 SECURITY = {"admins": {"names": ["boss"], "roles": ["ops"]}, "members": {"names": ["ann", "bob"], "roles": ["staff"]}}
 
 
 # -- helpers ------------------------------------------------------------------
-
-def run_port(port, args, cwd, stdin=None):
-    return subprocess.run([sys.executable, str(PROGRAM), *args[:1], "-H", "127.0.0.1", "-P", str(port), *args[1:]],
-                          cwd=str(cwd), env=clean_environment(), input=stdin, capture_output=True, timeout=600)
-
-
-def says(result):
-    return "rc=%d\nstdout:\n%s\nstderr:\n%s" % (result.returncode, result.stdout.decode("utf-8", "replace")[-3000:],
-                                                result.stderr.decode("utf-8", "replace")[-3000:])
-
 
 def revisions(rev, *ancestors):
     """`_revisions` of `rev` over `ancestors` (hashes, newest first)."""
@@ -62,8 +50,9 @@ STUB_LEAVES = [
 ]
 
 
-def stub_with(count=40, **options):
-    stub = CouchStub(databases=["db"], **options)
+def stub_with_leaves(count=40, **options):
+    """A stub whose database "db" holds STUB_LEAVES, ``count`` plain documents and SECURITY."""
+    stub = stub_with({}, **options)
     stub.put_leaves("db", STUB_LEAVES)
     stub.put_leaves("db", [{"_id": "doc%05d" % i, "_rev": "1-%032x" % i, "n": i} for i in range(count)])
     stub.store.security["db"] = SECURITY
@@ -72,7 +61,7 @@ def stub_with(count=40, **options):
 
 def backup_from(stub, cwd, *extra, name="complete.json"):
     with stub:
-        result = run_port(stub.port, ["-b", "--complete", "-d", "db", "-f", name, *extra], cwd)
+        result = run_port(["-b", "--complete", "-d", "db", "-f", name, *extra], cwd, server=stub.port)
     return result
 
 
@@ -98,7 +87,7 @@ def winner(leaves):
 # -- the file -----------------------------------------------------------------
 
 def test_complete_backup_writes_every_leaf_with_its_history_and_security_in_the_header(tmp_path):
-    result = backup_from(stub_with(count=5), tmp_path, "--json")
+    result = backup_from(stub_with_leaves(count=5), tmp_path, "--json")
     assert result.returncode == 0, says(result)
     data = (tmp_path / "complete.json").read_bytes()
     first = data.split(b"\n", 1)[0]
@@ -123,7 +112,7 @@ def test_complete_backup_writes_every_leaf_with_its_history_and_security_in_the_
 
 
 def test_complete_backup_keeps_the_servers_bytes_of_each_revision(tmp_path):
-    result = backup_from(stub_with(count=0), tmp_path)
+    result = backup_from(stub_with_leaves(count=0), tmp_path)
     assert result.returncode == 0, says(result)
     data = (tmp_path / "complete.json").read_bytes()
     assert b'"v":1.1,' not in data or b'"v":1.10' in data
@@ -133,8 +122,8 @@ def test_complete_backup_keeps_the_servers_bytes_of_each_revision(tmp_path):
 def test_changes_read_in_pages_of_three_give_the_same_file_as_one_page(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "paged").mkdir()
-    one = backup_from(stub_with(count=700), tmp_path / "one")
-    paged_stub = stub_with(count=700, changes_page=3)
+    one = backup_from(stub_with_leaves(count=700), tmp_path / "one")
+    paged_stub = stub_with_leaves(count=700, changes_page=3)
     paged = backup_from(paged_stub, tmp_path / "paged")
     assert one.returncode == 0 and paged.returncode == 0, says(one) + says(paged)
     changes = [r for r in paged_stub.requests if r.path.startswith("/db/_changes")]
@@ -146,7 +135,7 @@ def test_changes_read_in_pages_of_three_give_the_same_file_as_one_page(tmp_path)
 
 def test_large_revisions_are_read_in_smaller_batches_with_the_same_file(tmp_path):
     def database():
-        stub = stub_with(count=2000)
+        stub = stub_with_leaves(count=2000)
         stub.put_leaves("db", [leaf("doc%05d" % i, "2-%032x" % i, "%032x" % i, n=i, pad="x" * 2000)
                                for i in range(2000)])
         return stub
@@ -160,9 +149,8 @@ def test_large_revisions_are_read_in_smaller_batches_with_the_same_file(tmp_path
                     encoding="utf-8")
     stub = database()
     with stub:
-        result = subprocess.run([sys.executable, str(copy), "-b", "--complete", "-H", "127.0.0.1", "-P",
-                                 str(stub.port), "-d", "db", "-f", "complete.json"], cwd=str(tmp_path / "b"),
-                                env=clean_environment(), capture_output=True, timeout=300)
+        result = run_port(["-b", "--complete", "-d", "db", "-f", "complete.json"], tmp_path / "b", server=stub.port,
+                          program=copy)
     assert result.returncode == 0, says(result)
     sizes = [len(json.loads(r.body)["docs"]) for r in stub.requests if r.path.startswith("/db/_bulk_get")]
     # Up to three batches go out before the first answer tells the size of a revision.
@@ -173,8 +161,8 @@ def test_large_revisions_are_read_in_smaller_batches_with_the_same_file(tmp_path
 def test_bulk_get_answered_out_of_order_gives_the_same_file(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    assert backup_from(stub_with(), tmp_path / "a").returncode == 0
-    assert backup_from(stub_with(bulk_get_reversed=True), tmp_path / "b").returncode == 0
+    assert backup_from(stub_with_leaves(), tmp_path / "a").returncode == 0
+    assert backup_from(stub_with_leaves(bulk_get_reversed=True), tmp_path / "b").returncode == 0
     assert (tmp_path / "a" / "complete.json").read_bytes() == (tmp_path / "b" / "complete.json").read_bytes()
 
 
@@ -193,10 +181,10 @@ def test_two_bulk_get_batches_are_read_at_once_and_written_in_order(tmp_path):
             with lock:
                 on_their_way[0] -= 1
         return None
-    slow = backup_from(stub_with(count=2000, faults=slow_bulk_get), tmp_path / "a")
+    slow = backup_from(stub_with_leaves(count=2000, faults=slow_bulk_get), tmp_path / "a")
     assert slow.returncode == 0, says(slow)
     assert on_their_way[1] == 2
-    assert backup_from(stub_with(count=2000, bulk_get_reversed=True), tmp_path / "b").returncode == 0
+    assert backup_from(stub_with_leaves(count=2000, bulk_get_reversed=True), tmp_path / "b").returncode == 0
     assert (tmp_path / "a" / "complete.json").read_bytes() == (tmp_path / "b" / "complete.json").read_bytes()
 
 
@@ -204,8 +192,8 @@ def test_two_bulk_get_batches_are_read_at_once_and_written_in_order(tmp_path):
 def test_refused_bulk_get_falls_back_to_one_request_a_document_with_the_same_file(tmp_path, status):
     (tmp_path / "bulk").mkdir()
     (tmp_path / "single").mkdir()
-    assert backup_from(stub_with(), tmp_path / "bulk").returncode == 0
-    stub = stub_with(bulk_get_status=status)
+    assert backup_from(stub_with_leaves(), tmp_path / "bulk").returncode == 0
+    stub = stub_with_leaves(bulk_get_status=status)
     result = backup_from(stub, tmp_path / "single")
     assert result.returncode == 0, says(result)
     assert (tmp_path / "bulk" / "complete.json").read_bytes() == (tmp_path / "single" / "complete.json").read_bytes()
@@ -242,7 +230,7 @@ DROPPED_BULK_GET = ("/db/_bulk_get", Fault("drop"))
                                                                                       "bulk-drop"])
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
 def test_a_fault_that_lasts_fails_the_backup_after_the_attempts_and_leaves_no_file(tmp_path, fault, compress):
-    stub = stub_with(faults=only(fault))
+    stub = stub_with_leaves(faults=only(fault))
     result = backup_from(stub, tmp_path, *(["-z"] if compress else []))
     assert result.returncode == 1, says(result)
     assert os.listdir(tmp_path) == []
@@ -257,8 +245,8 @@ def test_a_fault_that_lasts_fails_the_backup_after_the_attempts_and_leaves_no_fi
 def test_a_fault_that_happens_once_is_retried_and_gives_the_same_file(tmp_path, fault):
     (tmp_path / "clean").mkdir()
     (tmp_path / "fault").mkdir()
-    assert backup_from(stub_with(), tmp_path / "clean").returncode == 0
-    result = backup_from(stub_with(faults=only(fault, times=1)), tmp_path / "fault")
+    assert backup_from(stub_with_leaves(), tmp_path / "clean").returncode == 0
+    result = backup_from(stub_with_leaves(faults=only(fault, times=1)), tmp_path / "fault")
     assert result.returncode == 0, says(result)
     assert "Attempt 1/3 - Retrying..." in result.stdout.decode()
     assert (tmp_path / "clean" / "complete.json").read_bytes() == (tmp_path / "fault" / "complete.json").read_bytes()
@@ -267,10 +255,10 @@ def test_a_fault_that_happens_once_is_retried_and_gives_the_same_file(tmp_path, 
 def test_a_server_pushing_back_is_waited_out_without_using_an_attempt(tmp_path):
     (tmp_path / "clean").mkdir()
     (tmp_path / "busy").mkdir()
-    assert backup_from(stub_with(), tmp_path / "clean").returncode == 0
+    assert backup_from(stub_with_leaves(), tmp_path / "clean").returncode == 0
     busy = ("/db/_bulk_get", Fault("status", status=429, headers={"Retry-After": "0"},
                                    body=b'{"error":"too_many_requests","reason":"slow down"}\n'))
-    stub = stub_with(faults=only(busy, times=4))
+    stub = stub_with_leaves(faults=only(busy, times=4))
     result = backup_from(stub, tmp_path / "busy")
     assert result.returncode == 0, says(result)
     assert "WARN" not in result.stdout.decode()
@@ -289,7 +277,7 @@ def test_a_failed_batch_ends_the_backup_without_waiting_for_the_retries_of_the_o
                 return Fault("status", 500, b'{"error":"unknown_error","reason":"injected"}\n')
             return Fault("delay", seconds=30)
         return None
-    stub = stub_with(count=2000)
+    stub = stub_with_leaves(count=2000)
     stub.faults = faults
     started = time.monotonic()
     result = backup_from(stub, tmp_path, "-a", "3", "--timeout", "3")
@@ -303,7 +291,7 @@ def test_a_failed_batch_ends_the_backup_without_waiting_for_the_retries_of_the_o
 def test_unreadable_security_object_fails_the_backup_with_no_file(tmp_path):
     refuse = ("/db/_security", Fault("status", status=403,
                                      body=b'{"error":"forbidden","reason":"You are not a db or server admin."}\n'))
-    result = backup_from(stub_with(faults=only(refuse)), tmp_path)
+    result = backup_from(stub_with_leaves(faults=only(refuse)), tmp_path)
     assert result.returncode == 1, says(result)
     assert os.listdir(tmp_path) == []
     assert ('... ERROR: Backup failed, no file written: Reading the _security object failed after 3 attempts'
@@ -311,32 +299,32 @@ def test_unreadable_security_object_fails_the_backup_with_no_file(tmp_path):
 
 
 def test_gzip_and_standard_output_carry_the_same_bytes_as_the_plain_file(tmp_path):
-    assert backup_from(stub_with(), tmp_path).returncode == 0
+    assert backup_from(stub_with_leaves(), tmp_path).returncode == 0
     plain = (tmp_path / "complete.json").read_bytes()
-    assert backup_from(stub_with(), tmp_path, "-z", name="z.json").returncode == 0
+    assert backup_from(stub_with_leaves(), tmp_path, "-z", name="z.json").returncode == 0
     assert gzip.decompress((tmp_path / "z.json.gz").read_bytes()) == plain
-    piped = backup_from(stub_with(), tmp_path, name="-")
+    piped = backup_from(stub_with_leaves(), tmp_path, name="-")
     assert piped.returncode == 0 and piped.stdout == plain
 
 
 def test_timestamped_name_and_an_existing_file_work_as_in_a_normal_backup(tmp_path):
-    result = backup_from(stub_with(), tmp_path, "-T", "-z")
+    result = backup_from(stub_with_leaves(), tmp_path, "-T", "-z")
     assert result.returncode == 0, says(result)
     names = os.listdir(tmp_path)
     assert len(names) == 1 and names[0].startswith("complete-") and names[0].endswith(".json.gz")
     assert gzip.decompress((tmp_path / names[0]).read_bytes()).startswith(b'{"new_edits":false,"_security":')
     (tmp_path / "complete.json").write_bytes(b"keep me")
-    again = backup_from(stub_with(), tmp_path)
+    again = backup_from(stub_with_leaves(), tmp_path)
     assert again.returncode == 1
     assert "... ERROR: Output file complete.json already exists." in again.stdout.decode()
     assert (tmp_path / "complete.json").read_bytes() == b"keep me"
 
 
 def test_winners_of_a_complete_backup_are_the_documents_of_a_default_backup(tmp_path):
-    stub = stub_with()
+    stub = stub_with_leaves()
     with stub:
-        default = run_port(stub.port, ["-b", "-d", "db", "-f", "default.json"], tmp_path)
-        complete = run_port(stub.port, ["-b", "--complete", "-d", "db", "-f", "complete.json"], tmp_path)
+        default = run_port(["-b", "-d", "db", "-f", "default.json"], tmp_path, server=stub.port)
+        complete = run_port(["-b", "--complete", "-d", "db", "-f", "complete.json"], tmp_path, server=stub.port)
     assert default.returncode == 0 and complete.returncode == 0, says(default) + says(complete)
     plain = {d["_id"]: d for d in dump_lines((tmp_path / "default.json").read_bytes())}
     by_id = {}
@@ -412,7 +400,7 @@ def test_a_document_purged_between_its_listing_and_its_reading_is_left_out_with_
 
 def complete_file(tmp_path, **options):
     """A complete backup of the stub's database; returns (its path, the source stub)."""
-    source = stub_with(**options)
+    source = stub_with_leaves(**options)
     result = backup_from(source, tmp_path)
     assert result.returncode == 0, says(result)
     return tmp_path / "complete.json", source
@@ -421,7 +409,7 @@ def complete_file(tmp_path, **options):
 def restore_into(tmp_path, path, *extra, stub=None, databases=()):
     stub = stub or CouchStub(databases=list(databases))
     with stub:
-        result = run_port(stub.port, ["-r", "-d", "copy", "-f", str(path), *extra], tmp_path)
+        result = run_port(["-r", "-d", "copy", "-f", str(path), *extra], tmp_path, server=stub.port)
     return result, stub
 
 
@@ -466,7 +454,7 @@ def test_no_security_leaves_the_databases_security_alone(tmp_path):
 
 
 def test_empty_security_object_is_not_put(tmp_path):
-    source = stub_with()
+    source = stub_with_leaves()
     source.store.security["db"] = {}
     assert backup_from(source, tmp_path).returncode == 0
     assert (tmp_path / "complete.json").read_bytes().startswith(b'{"new_edits":false,"_security":{},"docs":[\n')
@@ -673,7 +661,7 @@ def complete_source(pouchdb_url, tmp_path_factory):
     fill_complete_database(pouchdb_url, db)
     cwd = tmp_path_factory.mktemp("complete")
     port = urllib.parse.urlsplit(pouchdb_url).port
-    result = run_port(port, ["-b", "--complete", "-d", db, "-f", "complete.json", "--json"], cwd)
+    result = run_port(["-b", "--complete", "-d", db, "-f", "complete.json", "--json"], cwd, server=port)
     assert result.returncode == 0, says(result)
     return {"db": db, "cwd": cwd, "file": cwd / "complete.json", "port": port, "run": result,
             "leaves": all_leaves(pouchdb_url, db), "winners": winners(pouchdb_url, db)}
@@ -686,7 +674,7 @@ def test_complete_backup_of_pouchdb_server_holds_every_leaf_and_no_local_documen
     assert {(d["_id"], d["_rev"]): d for d in docs} == complete_source["leaves"]
     assert len(docs) == len(complete_source["leaves"]) == PLAIN + 3 + 2 + 2 + 1 + 1
     assert not [d for d in docs if d["_id"].startswith("_local/")]
-    summary = json.loads(complete_source["run"].stdout.splitlines()[-1])
+    summary = last_json(complete_source["run"].stdout)
     assert (summary["leaves"], summary["documents"], summary["deleted"], summary["conflicted"],
             summary["design_documents"]) == (len(docs), PLAIN + 3, 2, 2, 1)
 
@@ -710,8 +698,8 @@ def feed(server, db):
 def test_complete_backup_restored_into_a_new_database_has_every_leaf_history_and_the_security(
         pouchdb_url, complete_source):
     target = unique("restored")
-    result = run_port(complete_source["port"], ["-r", "-d", target, "-c", "-f", "complete.json", "--verify"],
-                      complete_source["cwd"])
+    result = run_port(["-r", "-d", target, "-c", "-f", "complete.json", "--verify"], complete_source["cwd"],
+                      server=complete_source["port"])
     assert result.returncode == 0, says(result)
     assert feed(pouchdb_url, target) == feed(pouchdb_url, complete_source["db"])
     restored = all_leaves(pouchdb_url, target)

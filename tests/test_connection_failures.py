@@ -10,30 +10,22 @@ and 2.x (CI runs the suite with both).
 import io
 import json
 import socket
-import subprocess
 import sys
 
 import pytest
 
 import couchdb_dump
 from couch_stub import CouchStub, Fault
-from helpers import HEADER, PROGRAM, clean_environment
+from helpers import HEADER, closed_port, last_json, run_port
 
 
 CURL_LINE = "... ERROR: Curl encountered an issue whilst dumping the database."
 
 
-def closed_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run(*args, cwd):
-    result = subprocess.run([sys.executable, str(PROGRAM), *args, "--json"], cwd=cwd, capture_output=True,
-                            timeout=120, env=clean_environment({"PYTHONDONTWRITEBYTECODE": "1"}))
-    lines = result.stdout.decode().splitlines()
-    return result.returncode, lines[:-1], result.stderr.decode(), json.loads(lines[-1])
+    """Run the port with --json: (exit code, stdout lines before the summary, stderr, the summary)."""
+    result = run_port([*args, "--json"], cwd)
+    return result.returncode, result.stdout.decode().splitlines()[:-1], result.stderr.decode(), last_json(result.stdout)
 
 
 def test_refused_connection(tmp_path):

@@ -1,11 +1,9 @@
 """Requests in flight share kept-alive connections instead of opening one each."""
 
 import http.server
-import subprocess
-import sys
 import threading
 
-from helpers import PROGRAM, clean_environment, make_dump
+from helpers import make_dump, run_port
 
 
 class _KeepAlive(http.server.BaseHTTPRequestHandler):
@@ -49,10 +47,8 @@ def test_a_restore_with_jobs_reuses_its_connections(tmp_path):
     try:
         dump, _ = make_dump(1200)
         (tmp_path / "dump.json").write_bytes(dump)
-        result = subprocess.run(
-            [sys.executable, str(PROGRAM), "-r", "-q", "--no-progress", "-H", "127.0.0.1",
-             "-P", str(server.server_address[1]), "-d", "db", "-f", "dump.json", "-l", "50", "--jobs", "3"],
-            cwd=str(tmp_path), env=clean_environment(), capture_output=True, timeout=120)
+        result = run_port(["-r", "-q", "--no-progress", "-d", "db", "-f", "dump.json", "-l", "50", "--jobs", "3"],
+                          tmp_path, server=server.server_address[1])
     finally:
         server.shutdown()
         server.server_close()

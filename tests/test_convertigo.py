@@ -15,7 +15,6 @@ request, or that need a server to misbehave, use the in-process stub.
 
 import gzip
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -30,7 +29,8 @@ import pytest
 
 import couchdb_dump
 from couch_stub import CouchStub, Fault
-from helpers import HEADER, PROGRAM, REPO, clean_environment, http
+from helpers import (HEADER, PROGRAM, REPO, clean_environment, dump_of, http, last_json, run_port, start_port,
+                     write_dump)
 
 
 ERROR_PREFIX = "... ERROR: "
@@ -40,18 +40,6 @@ ERROR_PREFIX = "... ERROR: "
 
 def environment():
     return clean_environment({"PYTHONDONTWRITEBYTECODE": "1"})
-
-
-def run(*args, cwd, input=None, module=False):
-    """Run the port as a caller does; stdin is empty unless ``input`` is given."""
-    command = [sys.executable, "-m", "couchdb_dump"] if module else [sys.executable, str(PROGRAM)]
-    return subprocess.run([*command, *args], cwd=cwd, env=environment(), capture_output=True, timeout=120,
-                          input=input if input is not None else b"")
-
-
-def last_json(stream):
-    """The --json summary: the last line of the stream, parsed."""
-    return json.loads(stream.decode("utf-8").splitlines()[-1])
 
 
 def error_text(stream):
@@ -130,8 +118,8 @@ def test_recreate_restores_exactly_the_backed_up_documents_over_a_changed_databa
     base = "%s/%s" % (pouchdb_url, db)
     fill(pouchdb_url, db)
     backed_up = documents(pouchdb_url, db)
-    result = run("-b", "-q", *host(pouchdb_url), "-d", db, "-f", "backup.json", *(["-z"] if compress else []),
-                 cwd=tmp_path)
+    result = run_port(["-b", "-q", *host(pouchdb_url), "-d", db, "-f", "backup.json", *(["-z"] if compress else [])],
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     dump = "backup.json.gz" if compress else "backup.json"
 
@@ -143,7 +131,7 @@ def test_recreate_restores_exactly_the_backed_up_documents_over_a_changed_databa
     http("PUT", base + "/_design/app", dict(backed_up["_design/app"], views={}))
     assert documents(pouchdb_url, db) != backed_up
 
-    result = run("-r", *host(pouchdb_url), "-d", db, "-f", dump, "--recreate", cwd=tmp_path)
+    result = run_port(["-r", *host(pouchdb_url), "-d", db, "-f", dump, "--recreate"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert b"... INFO: Deleting database %s (--recreate)\n" % db.encode() in result.stdout
 
@@ -159,10 +147,10 @@ def test_recreate_restores_exactly_the_backed_up_documents_over_a_changed_databa
 def test_recreate_creates_a_database_that_does_not_exist(pouchdb_url, tmp_path):
     source, target = new_db("src"), new_db("new")
     fill(pouchdb_url, source)
-    assert run("-b", "-q", *host(pouchdb_url), "-d", source, "-f", "backup.json", cwd=tmp_path).returncode == 0
+    assert run_port(["-b", "-q", *host(pouchdb_url), "-d", source, "-f", "backup.json"], cwd=tmp_path).returncode == 0
     assert target not in http("GET", pouchdb_url + "/_all_dbs")
 
-    result = run("-r", *host(pouchdb_url), "-d", target, "-f", "backup.json", "--recreate", cwd=tmp_path)
+    result = run_port(["-r", *host(pouchdb_url), "-d", target, "-f", "backup.json", "--recreate"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert b"Deleting database" not in result.stdout
     same_documents(documents(pouchdb_url, target), documents(pouchdb_url, source))
@@ -174,7 +162,8 @@ def test_recreate_with_a_broken_dump_leaves_the_database_alone_and_sends_nothing
     (tmp_path / "dump.json").write_bytes(dump)
     with DeletingStub(databases=["db"]) as stub:
         stub.store.databases["db"]["kept"] = {"_id": "kept", "_rev": "1-k"}
-        result = run("-r", "-q", "--json", "-H", stub.url, "-d", "db", "-f", "dump.json", "--recreate", cwd=tmp_path)
+        result = run_port(["-r", "-q", "--json", "-H", stub.url, "-d", "db", "-f", "dump.json", "--recreate"],
+                          cwd=tmp_path)
     assert result.returncode == 1
     assert stub.requests == []
     assert stub.store.databases == {"db": {"kept": {"_id": "kept", "_rev": "1-k"}}}
@@ -187,7 +176,8 @@ def test_recreate_refuses_a_system_database_without_force_and_sends_nothing(syst
     (tmp_path / "dump.json").write_bytes(DUMP)
     with DeletingStub(databases=[system_db]) as stub:
         stub.store.databases[system_db]["kept"] = {"_id": "kept", "_rev": "1-k"}
-        result = run("-r", "-H", stub.url, "-d", system_db, "-f", "dump.json", "--recreate", "--json", cwd=tmp_path)
+        result = run_port(["-r", "-H", stub.url, "-d", system_db, "-f", "dump.json", "--recreate", "--json"],
+                          cwd=tmp_path)
     assert result.returncode == 1
     assert stub.requests == []
     assert stub.store.databases == {system_db: {"kept": {"_id": "kept", "_rev": "1-k"}}}
@@ -201,8 +191,8 @@ def test_recreate_with_force_deletes_recreates_and_restores_a_system_database(tm
     (tmp_path / "dump.json").write_bytes(DUMP)
     with DeletingStub(databases=["_users"]) as stub:
         stub.store.databases["_users"]["org.couchdb.user:old"] = {"_id": "org.couchdb.user:old", "_rev": "1-o"}
-        result = run("-r", "-q", "-H", stub.url, "-d", "_users", "-f", "dump.json", "--recreate", "--force",
-                     cwd=tmp_path)
+        result = run_port(["-r", "-q", "-H", stub.url, "-d", "_users", "-f", "dump.json", "--recreate", "--force"],
+                          cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sent(stub) == [("GET", "/_all_dbs"), ("DELETE", "/_users"), ("PUT", "/_users"),
                           ("POST", "/_users/_bulk_docs")]
@@ -215,7 +205,7 @@ def test_a_long_flag_given_a_value_is_a_usage_error_and_sends_nothing(db, spelli
     (tmp_path / "dump.json").write_bytes(DUMP)
     with DeletingStub(databases=[db]) as stub:
         stub.store.databases[db]["kept"] = {"_id": "kept", "_rev": "1-k"}
-        result = run("-r", "-q", "-H", stub.url, "-d", db, "-f", "dump.json", *spelling, cwd=tmp_path)
+        result = run_port(["-r", "-q", "-H", stub.url, "-d", db, "-f", "dump.json", *spelling], cwd=tmp_path)
     assert stub.requests == []
     assert result.returncode == 1
     assert ERROR_PREFIX.encode() in result.stdout
@@ -250,13 +240,13 @@ def test_the_readme_convertigo_command_lines_back_up_and_restore(pouchdb_url, tm
         return out
 
     (tmp_path / "dbs").mkdir()
-    done = run(*words(backup, source), cwd=tmp_path)
+    done = run_port(words(backup, source), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     report = last_json(done.stdout)
     assert report["ok"] is True and (tmp_path / report["file"]).is_file()
     assert report["file"] == "dbs/%s_backup.json%s" % (source, ".gz" if compress else "")
 
-    done = run(*words(restore, target, report["file"]), cwd=tmp_path)
+    done = run_port(words(restore, target, report["file"]), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert last_json(done.stdout)["ok"] is True
     same_documents(documents(pouchdb_url, target), documents(pouchdb_url, source))
@@ -270,8 +260,8 @@ def test_json_backup_success_reports_counts_and_the_size_of_the_file_written(pou
     fill(pouchdb_url, db)
     (tmp_path / "dbs").mkdir()
     name = "dbs/%s_backup.json" % db
-    result = run("-b", "-q", "--json", *host(pouchdb_url), "-d", db, "-f", name, *(["-z"] if compress else []),
-                 cwd=tmp_path)
+    result = run_port(["-b", "-q", "--json", *host(pouchdb_url), "-d", db, "-f", name, *(["-z"] if compress else [])],
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     # With -q the JSON object is all that standard output holds.
     assert len(result.stdout.splitlines()) == 1
@@ -294,7 +284,7 @@ def test_json_backup_counts_on_the_apache_couchdb_layout(tmp_path):
         docs.update({"d%02d" % i: {"_id": "d%02d" % i, "_rev": "1-a", "n": i} for i in range(12)})
         docs["_design/app"] = {"_id": "_design/app", "_rev": "2-b", "views": {}}
         docs["_design/more"] = {"_id": "_design/more", "_rev": "1-c"}
-        result = run("-b", "-q", "--json", "-H", stub.url, "-d", "db", "-f", "backup.json", cwd=tmp_path)
+        result = run_port(["-b", "-q", "--json", "-H", stub.url, "-d", "db", "-f", "backup.json"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(result.stdout.splitlines()) == 1
     report = last_json(result.stdout)
@@ -305,7 +295,7 @@ def test_json_backup_counts_on_the_apache_couchdb_layout(tmp_path):
 def test_json_names_the_timestamped_file_that_was_written(pouchdb_url, tmp_path):
     db = new_db("jsont")
     fill(pouchdb_url, db)
-    result = run("-b", "-q", "--json", "-T", *host(pouchdb_url), "-d", db, "-f", "backup.json", cwd=tmp_path)
+    result = run_port(["-b", "-q", "--json", "-T", *host(pouchdb_url), "-d", db, "-f", "backup.json"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     report = last_json(result.stdout)
     assert report["file"] != "backup.json"
@@ -316,9 +306,9 @@ def test_json_names_the_timestamped_file_that_was_written(pouchdb_url, tmp_path)
 def test_json_restore_success_reports_counts_and_the_dump_size(pouchdb_url, tmp_path):
     source, target = new_db("jsonsrc"), new_db("jsonr")
     fill(pouchdb_url, source)
-    assert run("-b", "-q", *host(pouchdb_url), "-d", source, "-f", "backup.json", cwd=tmp_path).returncode == 0
-    result = run("-r", "-q", "--json", "--recreate", *host(pouchdb_url), "-d", target, "-f", "backup.json",
-                 cwd=tmp_path)
+    assert run_port(["-b", "-q", *host(pouchdb_url), "-d", source, "-f", "backup.json"], cwd=tmp_path).returncode == 0
+    result = run_port(["-r", "-q", "--json", "--recreate", *host(pouchdb_url), "-d", target, "-f", "backup.json"],
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     report = last_json(result.stdout)
     assert report["ok"] is True
@@ -331,7 +321,7 @@ def test_json_restore_success_reports_counts_and_the_dump_size(pouchdb_url, tmp_
 
 def test_json_failure_of_a_backup_of_a_missing_database_carries_the_error_line(pouchdb_url, tmp_path):
     db = new_db("missing")
-    result = run("-b", "-q", "--json", *host(pouchdb_url), "-d", db, "-f", "backup.json", cwd=tmp_path)
+    result = run_port(["-b", "-q", "--json", *host(pouchdb_url), "-d", db, "-f", "backup.json"], cwd=tmp_path)
     assert result.returncode == 1
     report = last_json(result.stdout)
     assert report["ok"] is False
@@ -343,7 +333,8 @@ def test_json_failure_of_a_backup_of_a_missing_database_carries_the_error_line(p
 
 
 def test_json_failure_of_a_restore_from_a_missing_file(tmp_path):
-    result = run("-r", "-q", "--json", "--recreate", "-H", "127.0.0.1", "-d", "db", "-f", "none.json", cwd=tmp_path)
+    result = run_port(["-r", "-q", "--json", "--recreate", "-H", "127.0.0.1", "-d", "db", "-f", "none.json"],
+                      cwd=tmp_path)
     assert result.returncode == 1
     report = last_json(result.stdout)
     assert report["ok"] is False
@@ -352,7 +343,7 @@ def test_json_failure_of_a_restore_from_a_missing_file(tmp_path):
 
 
 def test_json_usage_error_is_reported_as_json_too(tmp_path):
-    result = run("-b", "--json", "-H", "127.0.0.1", "-f", "backup.json", cwd=tmp_path)
+    result = run_port(["-b", "--json", "-H", "127.0.0.1", "-f", "backup.json"], cwd=tmp_path)
     assert result.returncode == 1
     report = last_json(result.stdout)
     assert report["ok"] is False
@@ -363,8 +354,8 @@ def test_json_usage_error_is_reported_as_json_too(tmp_path):
 def test_json_of_a_backup_to_stdout_goes_to_stderr_and_stdout_is_only_the_dump(pouchdb_url, tmp_path):
     db = new_db("jsonstd")
     fill(pouchdb_url, db)
-    assert run("-b", "-q", *host(pouchdb_url), "-d", db, "-f", "backup.json", cwd=tmp_path).returncode == 0
-    result = run("-b", "--json", *host(pouchdb_url), "-d", db, "-f", "-", cwd=tmp_path)
+    assert run_port(["-b", "-q", *host(pouchdb_url), "-d", db, "-f", "backup.json"], cwd=tmp_path).returncode == 0
+    result = run_port(["-b", "--json", *host(pouchdb_url), "-d", db, "-f", "-"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (tmp_path / "backup.json").read_bytes()
     report = last_json(result.stderr)
@@ -376,7 +367,7 @@ def test_json_of_a_backup_to_stdout_goes_to_stderr_and_stdout_is_only_the_dump(p
 def test_json_bytes_of_a_backup_to_stdout_counts_the_bytes_written(pouchdb_url, tmp_path):
     db = new_db("jsonbytes")
     fill(pouchdb_url, db)
-    result = run("-b", "-q", "--json", *host(pouchdb_url), "-d", db, "-f", "-", cwd=tmp_path)
+    result = run_port(["-b", "-q", "--json", *host(pouchdb_url), "-d", db, "-f", "-"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert last_json(result.stderr)["bytes"] == len(result.stdout)
 
@@ -386,15 +377,15 @@ def test_json_bytes_of_a_backup_to_stdout_counts_the_bytes_written(pouchdb_url, 
 def test_backup_to_stdout_is_the_file_backup_byte_for_byte_with_messages_on_stderr(pouchdb_url, tmp_path):
     db = new_db("stdout")
     fill(pouchdb_url, db)
-    assert run("-b", "-q", *host(pouchdb_url), "-d", db, "-f", "backup.json", cwd=tmp_path).returncode == 0
+    assert run_port(["-b", "-q", *host(pouchdb_url), "-d", db, "-f", "backup.json"], cwd=tmp_path).returncode == 0
     dump = (tmp_path / "backup.json").read_bytes()
 
-    plain = run("-b", *host(pouchdb_url), "-d", db, "-f", "-", cwd=tmp_path)
+    plain = run_port(["-b", *host(pouchdb_url), "-d", db, "-f", "-"], cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout == dump
     assert b"... INFO: Export completed successfully. File available at: -\n" in plain.stderr
 
-    compressed = run("-b", "-z", *host(pouchdb_url), "-d", db, "-f", "-", cwd=tmp_path)
+    compressed = run_port(["-b", "-z", *host(pouchdb_url), "-d", db, "-f", "-"], cwd=tmp_path)
     assert compressed.returncode == 0, compressed.stderr
     assert gzip.decompress(compressed.stdout) == dump
     assert b"... INFO: Stage 5 - File compression\n" in compressed.stderr
@@ -405,10 +396,10 @@ def test_backup_to_stdout_is_the_file_backup_byte_for_byte_with_messages_on_stde
 def test_restore_from_stdin_restores_every_document(pouchdb_url, tmp_path, compress):
     source, target = new_db("stdinsrc"), new_db("stdin")
     fill(pouchdb_url, source)
-    assert run("-b", "-q", *host(pouchdb_url), "-d", source, "-f", "backup.json", cwd=tmp_path).returncode == 0
+    assert run_port(["-b", "-q", *host(pouchdb_url), "-d", source, "-f", "backup.json"], cwd=tmp_path).returncode == 0
     dump = (tmp_path / "backup.json").read_bytes()
-    result = run("-r", "-c", "--json", *host(pouchdb_url), "-d", target, "-f", "-",
-                 input=gzip.compress(dump) if compress else dump, cwd=tmp_path)
+    result = run_port(["-r", "-c", "--json", *host(pouchdb_url), "-d", target, "-f", "-"],
+                      input=gzip.compress(dump) if compress else dump, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert last_json(result.stdout)["documents"] == 21
     same_documents(documents(pouchdb_url, target), documents(pouchdb_url, source))
@@ -419,7 +410,7 @@ def test_restore_recreate_from_an_empty_pipe_sends_nothing(tmp_path):
     must not delete the target database."""
     with DeletingStub(databases=["db"]) as stub:
         stub.store.databases["db"]["kept"] = {"_id": "kept", "_rev": "1-k"}
-        result = run("-r", "-q", "--recreate", "-H", stub.url, "-d", "db", "-f", "-", input=b"", cwd=tmp_path)
+        result = run_port(["-r", "-q", "--recreate", "-H", stub.url, "-d", "db", "-f", "-"], input=b"", cwd=tmp_path)
     assert result.returncode == 1
     assert stub.requests == []
     assert "db" in stub.store.databases
@@ -429,13 +420,9 @@ def test_restore_recreate_from_an_empty_pipe_sends_nothing(tmp_path):
 def test_backup_piped_into_restore_copies_the_database(pouchdb_url, tmp_path):
     source, target = new_db("pipesrc"), new_db("pipe")
     fill(pouchdb_url, source)
-    backup = subprocess.Popen([sys.executable, str(PROGRAM), "-b", "-q", *host(pouchdb_url), "-d", source, "-f", "-"],
-                              cwd=tmp_path, env=environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
-    restore = subprocess.Popen([sys.executable, str(PROGRAM), "-r", "-q", "--recreate", *host(pouchdb_url),
-                                "-d", target, "-f", "-"],
-                               cwd=tmp_path, env=environment(), stdin=backup.stdout, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+    backup = start_port(["-b", "-q", *host(pouchdb_url), "-d", source, "-f", "-"], tmp_path)
+    restore = start_port(["-r", "-q", "--recreate", *host(pouchdb_url), "-d", target, "-f", "-"], tmp_path,
+                         stdin=backup.stdout)
     backup.stdout.close()   # the restore holds the only reading end
     restore_out, restore_err = restore.communicate(timeout=120)
     backup_err = backup.stderr.read()
@@ -456,7 +443,7 @@ def test_a_failed_gzip_backup_to_stdout_is_not_a_complete_gzip_stream(tmp_path):
         return Fault("cut", body=reply) if "/_all_docs" in path else None
 
     with CouchStub(faults=cut_all_docs, databases=["db"]) as stub:
-        result = run("-b", "-z", "-H", stub.url, "-d", "db", "-f", "-", cwd=tmp_path)
+        result = run_port(["-b", "-z", "-H", stub.url, "-d", "db", "-f", "-"], cwd=tmp_path)
     assert result.returncode == 1
     assert b"... ERROR: Curl encountered an issue whilst dumping the database.\n" in result.stderr
     with pytest.raises((EOFError, OSError)):
@@ -563,8 +550,7 @@ def run_in_terminal(args, cwd, seconds=120, feed=None, after=0.0):
     import pty
     import threading
     master, slave = pty.openpty()
-    process = subprocess.Popen([sys.executable, str(PROGRAM), *args], cwd=cwd, env=environment(),
-                               stdin=subprocess.PIPE, stdout=slave, stderr=slave)
+    process = start_port(args, cwd, stdin=subprocess.PIPE, stdout=slave, stderr=slave)
     os.close(slave)
 
     def writer():
@@ -593,9 +579,7 @@ def test_progress_line_and_messages_do_not_glue_in_a_terminal(tmp_path):
     """A restore in a terminal: each chunk's INFO line starts on a cleared
     line (never after '... s left'), the progress line comes back after it,
     and the last one drawn is the run's end, at 100%."""
-    docs = [b'{"_id":"d%02d","_rev":"1-a","v":%d}' % (i, i) for i in range(12)]
-    dump = b"\n".join([HEADER] + [d + b"," for d in docs[:-1]] + docs[-1:] + [b"]}"])
-    (tmp_path / "dump.json").write_bytes(dump + b"\n")
+    write_dump(tmp_path / "dump.json", [b'{"_id":"d%02d","_rev":"1-a","v":%d}' % (i, i) for i in range(12)])
     slow = lambda index, method, path: Fault("delay", seconds=0.25) if path.endswith("_bulk_docs") else None
     with CouchStub(databases=["db"], faults=slow) as stub:
         code, shown = run_in_terminal(["-r", "-H", stub.url, "-d", "db", "-f", "dump.json", "-l", "2"], tmp_path)
@@ -614,12 +598,11 @@ def test_progress_line_and_messages_do_not_glue_in_a_terminal(tmp_path):
 def test_restore_from_a_pipe_counts_its_rate_from_the_first_byte(tmp_path):
     """The writer of the pipe takes 5 s to start: the final line's time and
     rate count from its first byte, not from the start of the process."""
-    docs = [b'{"_id":"d%02d","_rev":"1-a","v":%d}' % (i, i) for i in range(12)]
-    dump = b"\n".join([b'{"new_edits":false,"docs":['] + [d + b"," for d in docs[:-1]] + docs[-1:] + [b"]}"])
+    dump = dump_of([b'{"_id":"d%02d","_rev":"1-a","v":%d}' % (i, i) for i in range(12)])
     slow = lambda index, method, path: Fault("delay", seconds=0.2) if path.endswith("_bulk_docs") else None
     with CouchStub(databases=["db"], faults=slow) as stub:
         code, shown = run_in_terminal(["-r", "-H", stub.url, "-d", "db", "-f", "-", "-l", "2"], tmp_path,
-                                      feed=dump + b"\n", after=5.0)
+                                      feed=dump, after=5.0)
     text = shown.decode("utf-8", "replace")
     assert code == 0, text
     final = text.rsplit("documents/s, 100%, ", 1)[1].split(" s", 1)[0]
@@ -668,8 +651,8 @@ def test_quiet_and_no_progress_turn_the_progress_line_off(monkeypatch, tmp_path,
 def test_quiet_backup_prints_nothing_at_all(tmp_path):
     with CouchStub(databases=["db"]) as stub:
         stub.store.databases["db"].update({"d%03d" % i: {"_id": "d%03d" % i, "_rev": "1-a"} for i in range(200)})
-        result = run("-b", "-q", "-H", stub.url, "-d", "db", "-f", "backup.json", cwd=tmp_path)
-        to_stdout = run("-b", "-q", "-H", stub.url, "-d", "db", "-f", "-", cwd=tmp_path)
+        result = run_port(["-b", "-q", "-H", stub.url, "-d", "db", "-f", "backup.json"], cwd=tmp_path)
+        to_stdout = run_port(["-b", "-q", "-H", stub.url, "-d", "db", "-f", "-"], cwd=tmp_path)
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     assert (to_stdout.returncode, to_stdout.stderr) == (0, b"")
     assert to_stdout.stdout == (tmp_path / "backup.json").read_bytes()
@@ -678,7 +661,7 @@ def test_quiet_backup_prints_nothing_at_all(tmp_path):
 # -- how it is started -----------------------------------------------------------
 
 def test_python_dash_m_couchdb_dump_prints_the_version():
-    result = run("-V", cwd=REPO, module=True)
+    result = run_port(["-V"], cwd=REPO, module=True)
     assert result.returncode == 1   # as bash's -V
     assert ("** couchdb_dump.py version: %s **" % couchdb_dump.__version__).encode() in result.stdout
     assert b"compatible with couchdb-dump version: 1.1.10" in result.stdout
@@ -686,15 +669,15 @@ def test_python_dash_m_couchdb_dump_prints_the_version():
 
 
 def test_usage_under_python_dash_m_names_the_command_not_the_module_path():
-    result = run("-h", cwd=REPO, module=True)
+    result = run_port(["-h"], cwd=REPO, module=True)
     assert result.stdout.startswith(b"\nUsage: python -m couchdb_dump [-b|-r]")
     assert b"Example: python -m couchdb_dump -b -H" in result.stdout
-    assert (run("--version", cwd=REPO, module=True).returncode, result.returncode) == (0, 1)
+    assert (run_port(["--version"], cwd=REPO, module=True).returncode, result.returncode) == (0, 1)
 
 
 def test_help_is_the_bash_usage_followed_by_every_long_option(tmp_path):
-    short = run("-h", cwd=tmp_path)
-    long = run("--help", cwd=tmp_path)
+    short = run_port(["-h"], cwd=tmp_path)
+    long = run_port(["--help"], cwd=tmp_path)
     assert (short.returncode, long.returncode) == (1, 0)   # -h as bash; --help as conventional tools
     assert short.stdout.startswith(b"\nUsage: %s [-b|-r] -H <COUCHDB_HOST>" % str(PROGRAM).encode())
     assert long.stdout.startswith(short.stdout)

@@ -9,14 +9,12 @@ test_compat.py; these cover the ones the issue lists without a recording.
 import base64
 import gzip
 import os
-import subprocess
-import sys
 
 import pytest
 
 from compat_replay import FIXTURES, load_case, run_case
 from couch_stub import CouchStub
-from helpers import HEADER, PROGRAM, clean_environment
+from helpers import HEADER, PROGRAM, closed_port, run_port
 
 
 
@@ -35,12 +33,6 @@ def recorded(case):
 
 def sent(result):
     return [(r["method"], r["path"], r["body"] or b"", r["headers"].get("authorization")) for r in result.requests]
-
-
-def run(args, cwd, env=None):
-    environment = clean_environment(env)
-    return subprocess.run([sys.executable, str(PROGRAM), *args], cwd=cwd, env=environment,
-                          stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
 
 
 @pytest.mark.parametrize("name", ["restore_basic", "restore_design", "restore_many_design_l3"])
@@ -111,7 +103,7 @@ def test_design_document_id_cannot_escape_the_target_database(tmp_path):
             b'{"_id":"d","_rev":"1-b","x":1}\n]}\n')
     (tmp_path / "dump.json").write_bytes(dump)
     with CouchStub(databases=["db"]) as stub:
-        result = run(["-r", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "dump.json"], tmp_path)
+        result = run_port(["-r", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "dump.json"], tmp_path)
     assert result.returncode == 0, result.stdout
     assert [(r.method, r.path) for r in stub.requests] == [
         ("GET", "/_all_dbs"), ("PUT", "/db/_design/..%2F_users%2Fx"), ("POST", "/db/_bulk_docs")]
@@ -121,7 +113,7 @@ def test_design_document_id_cannot_escape_the_target_database(tmp_path):
 def test_database_name_with_slash_is_encoded(tmp_path):
     with CouchStub(databases=["a/b"]) as stub:
         stub.store.databases["a/b"]["x"] = {"_id": "x", "_rev": "1-a"}
-        result = run(["-b", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "a/b", "-f", "out.json"], tmp_path)
+        result = run_port(["-b", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "a/b", "-f", "out.json"], tmp_path)
     assert result.returncode == 0, result.stdout
     assert stub.requests[0].path == "/a%2Fb/_all_docs?include_docs=true&attachments=true"
     assert (tmp_path / "out.json").read_bytes() == HEADER + b'\n{"_id":"x","_rev":"1-a"}\n]}\n'
@@ -130,7 +122,7 @@ def test_database_name_with_slash_is_encoded(tmp_path):
 def test_compressed_backup_refuses_to_overwrite_an_existing_gz(tmp_path):
     (tmp_path / "out.json.gz").write_bytes(b"precious")
     with CouchStub(databases=["db"]) as stub:
-        result = run(["-b", "-z", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "out.json"], tmp_path)
+        result = run_port(["-b", "-z", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "out.json"], tmp_path)
     assert result.returncode == 1
     assert b"... ERROR: Output file out.json.gz already exists." in result.stdout
     assert (tmp_path / "out.json.gz").read_bytes() == b"precious"
@@ -140,7 +132,7 @@ def test_compressed_backup_refuses_to_overwrite_an_existing_gz(tmp_path):
 def test_compressed_backup_never_writes_an_uncompressed_copy(tmp_path):
     with CouchStub(databases=["db"]) as stub:
         stub.store.databases["db"]["x"] = {"_id": "x", "_rev": "1-a", "v": "é"}
-        result = run(["-b", "-z", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "out.json"], tmp_path)
+        result = run_port(["-b", "-z", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "out.json"], tmp_path)
     assert result.returncode == 0
     assert sorted(os.listdir(tmp_path)) == ["out.json.gz"]
     assert gzip.decompress((tmp_path / "out.json.gz").read_bytes()) == \
@@ -149,7 +141,7 @@ def test_compressed_backup_never_writes_an_uncompressed_copy(tmp_path):
 
 def test_backup_into_a_missing_directory_fails_cleanly(tmp_path):
     with CouchStub(databases=["db"]) as stub:
-        result = run(["-b", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "nodir/out.json"], tmp_path)
+        result = run_port(["-b", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "nodir/out.json"], tmp_path)
     assert result.returncode == 1
     assert result.stdout.endswith(b"... ERROR: Curl encountered an issue whilst dumping the database.\n")
     assert os.listdir(tmp_path) == []
@@ -164,8 +156,8 @@ def test_refused_documents_are_named_and_fail_the_restore(tmp_path):
             from couch_stub import Fault
             return Fault("status", 201, b'[{"id":"b","rev":"1-b","error":"forbidden","reason":"no b"}]\n')
     with CouchStub(databases=["db"], faults=refuse) as stub:
-        result = run(["-r", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "dump.json", "-l", "2"],
-                     tmp_path)
+        result = run_port(["-r", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "dump.json", "-l", "2"],
+                          tmp_path)
     assert result.returncode == 1
     assert b'"b"' in result.stdout and b"forbidden" in result.stdout and b"no b" in result.stdout
     assert b"Successfully" not in result.stdout
@@ -175,17 +167,16 @@ def test_refused_documents_are_named_and_fail_the_restore(tmp_path):
 
 def test_proxy_variables_are_read_as_curl_reads_them(tmp_path):
     """curl in the script honoured http_proxy and no_proxy: so does the port."""
-    from compat_replay import closed_port
     target = closed_port()
     with CouchStub(databases=["db"]) as proxy:
         args = ["-b", "-H", "127.0.0.1", "-P", str(target), "-d", "db", "-f", "out.json"]
-        result = run(args, tmp_path, env={"http_proxy": proxy.url})
+        result = run_port(args, tmp_path, env={"http_proxy": proxy.url})
         # Through the proxy: the request names the server in full.
         assert [r.path for r in proxy.requests] == [
             "http://127.0.0.1:%d/db/_all_docs?include_docs=true&attachments=true" % target]
         assert result.returncode == 1
-        result = run(args, tmp_path, env={"http_proxy": proxy.url, "no_proxy": "localhost,127.0.0.1"})
+        result = run_port(args, tmp_path, env={"http_proxy": proxy.url, "no_proxy": "localhost,127.0.0.1"})
         assert len(proxy.requests) == 1, "no_proxy names the host: straight to it"
         assert result.stdout.endswith(b"... ERROR: Curl encountered an issue whilst dumping the database.\n")
-        result = run(args, tmp_path, env={"HTTP_PROXY": proxy.url})
+        result = run_port(args, tmp_path, env={"HTTP_PROXY": proxy.url})
         assert len(proxy.requests) == 1, "curl reads no upper-case HTTP_PROXY"

@@ -8,25 +8,17 @@ its reply into HTTP chunks and however long a document is.
 
 import gzip
 import json
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import couchdb_dump
 from couch_stub import CouchStub, couchdb_chunks, sized_chunks
-from helpers import FOOTER, HEADER, PROGRAM, clean_environment
+from helpers import FOOTER, HEADER, run_port, write_dump
 
 
-def run(args, cwd):
-    return subprocess.run([sys.executable, str(PROGRAM), *args], cwd=cwd, env=clean_environment(),
-                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
-
-
-def write_dump(path, count):
-    lines = [b'{"_id":"d%05d","_rev":"1-a","n":%d}' % (i, i) for i in range(count)]
-    path.write_bytes(HEADER + b"\n" + b",\n".join(lines) + b"\n" + FOOTER + b"\n")
+def numbered_dump(path, count):
+    write_dump(path, [b'{"_id":"d%05d","_rev":"1-a","n":%d}' % (i, i) for i in range(count)])
 
 
 def documents_per_bulk_request(stub):
@@ -45,20 +37,20 @@ def documents_per_bulk_request(stub):
     ([], [2200]),              # the script's 5,000: one body for fewer lines
 ])
 def test_jobs_without_l_restores_in_chunks_of_500_documents(tmp_path, options, sizes):
-    write_dump(tmp_path / "dump.json", 2200)
+    numbered_dump(tmp_path / "dump.json", 2200)
     with CouchStub(databases=["db"]) as stub:
-        result = run(["-r", "-q", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "dump.json"] + options,
-                     tmp_path)
+        result = run_port(["-r", "-q", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "dump.json"]
+                          + options, tmp_path)
         assert result.returncode == 0, result.stdout
         assert documents_per_bulk_request(stub) == sizes
         assert len(stub.store.databases["db"]) == 2200
 
 
 def test_jobs_without_l_says_the_block_size_it_uses(tmp_path):
-    write_dump(tmp_path / "dump.json", 1200)
+    numbered_dump(tmp_path / "dump.json", 1200)
     with CouchStub(databases=["db"]) as stub:
-        result = run(["-r", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "dump.json", "--jobs", "2"],
-                     tmp_path)
+        result = run_port(["-r", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "dump.json", "--jobs", "2"],
+                          tmp_path)
     assert result.returncode == 0, result.stdout
     assert b"... INFO: Block import set to 500 lines.\n" in result.stdout
 
@@ -73,8 +65,8 @@ def fill(stub, count):
 
 
 def backup(stub, tmp_path, name, *options):
-    result = run(["-b", "-q", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", name] + list(options),
-                 tmp_path)
+    result = run_port(["-b", "-q", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", name] + list(options),
+                      tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     return (tmp_path / (name + (".gz" if "-z" in options else ""))).read_bytes()
 
@@ -206,8 +198,8 @@ def test_a_33_mb_line_backs_up_and_restores_with_the_same_bytes(tmp_path, option
     assert text == HEADER + b"\n" + b",\n".join(lines) + b"\n" + FOOTER + b"\n"
     (tmp_path / "plain.json").write_bytes(text)
     with CouchStub(databases=["db"]) as stub:
-        result = run(["-r", "-q", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "plain.json",
-                      "-l", "2"], tmp_path)
+        result = run_port(["-r", "-q", "-H", "127.0.0.1", "-P", str(stub.port), "-d", "db", "-f", "plain.json",
+                           "-l", "2"], tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
         bodies = [r.body for r in stub.requests if r.path.endswith("/_bulk_docs")]
         assert stub.store.databases["db"]["big"] == big

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import couchdb_dump as cd
 from couch_stub import CouchStub, Fault
-from helpers import FOOTER, HEADER, run_in_process
+from helpers import FOOTER, HEADER, dump_of, run_in_process
 
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "0") or 0)
@@ -110,12 +110,6 @@ def no_pause_between_attempts(monkeypatch):
     monkeypatch.setattr(cd.Retry, "PAUSE", 0.0)
 
 
-def dump_of(docs):
-    lines = [json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8") for doc in docs]
-    body = [line + b"," for line in lines[:-1]] + lines[-1:]
-    return b"\n".join([HEADER] + body + [FOOTER]) + b"\n"
-
-
 def error_lines(stdout):
     return [line for line in stdout.decode("utf-8", "replace").splitlines() if line.startswith("... ERROR:")]
 
@@ -195,7 +189,7 @@ def test_any_option_value_proceeds_or_fails_before_any_write(tmp_path_factory, o
     folder = tmp_path_factory.mktemp("options")
     docs = [{"_id": "_design/d%d" % i, "_rev": "1-d", "views": {}} for i in range(designs)]
     docs += [{"_id": "doc%d" % i, "_rev": "1-a", "n": i} for i in range(5)]
-    (folder / "dump.json").write_bytes(dump_of(docs))
+    (folder / "dump.json").write_bytes(dump_of(docs, ensure_ascii=False))
     if option == "--timeout" and cd._positive_number(value) is not None and float(value) < 5:
         value = "5"   # a short timeout is a valid choice that may fail half-way: not this property
     if option == "-D" and cd._number_from_zero(value) is not None:
@@ -260,7 +254,7 @@ def test_every_request_path_decodes_to_the_database_and_the_document_id(tmp_path
     folder = tmp_path_factory.mktemp("paths")
     if not docs:
         docs = [{"_id": "only", "_rev": "1-a"}]
-    (folder / "dump.json").write_bytes(dump_of(docs))
+    (folder / "dump.json").write_bytes(dump_of(docs, ensure_ascii=False))
     with CouchStub(faults=Injected(fault)) as stub:
         code, stdout, stderr = run_in_process(
             ["-r", "-H", "127.0.0.1", "-P", str(stub.port), "-d", db, "-f", str(folder / "dump.json"), "-c",

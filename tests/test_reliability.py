@@ -20,8 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from couch_stub import CouchStub, Fault
-from helpers import FOOTER, HEADER, PROGRAM, clean_environment, make_dump
+from helpers import FOOTER, HEADER, closed_port, dump_of, make_dump, run_port, says, start_port
 
 
 # CouchDB's own error bodies for the statuses the matrix injects.
@@ -48,18 +46,6 @@ COUCH_ERRORS = {
 
 def port_args(port):
     return ["-H", "127.0.0.1", "-P", str(port)]
-
-
-def closed_port():
-    """A port where nothing listens: connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def dump_of(docs):
-    """A dump of the given document lines (bytes), commas and all."""
-    return b"\n".join([HEADER] + [d + b"," for d in docs[:-1]] + docs[-1:] + [FOOTER]) + b"\n"
 
 
 def all_docs_reply(count, total=None, complete=False):
@@ -92,9 +78,9 @@ class Run:
     seconds: float
     ended: float    # time.monotonic() when the port had exited
 
-    def says(self):
-        return "rc=%d\nstdout:\n%s\nstderr:\n%s" % (self.rc, self.stdout.decode("utf-8", "replace"),
-                                                    self.stderr.decode("utf-8", "replace")[-2000:])
+    @property
+    def returncode(self):
+        return self.rc
 
 
 def execute(cwd, args, dump=None, databases=("db",), faults=None, lose=None, env=None, refused=False,
@@ -111,8 +97,7 @@ def execute(cwd, args, dump=None, databases=("db",), faults=None, lose=None, env
         port = closed_port() if refused else stub.port
         argv = [a.replace("{PORT}", str(port)) for a in args]
         started = time.monotonic()
-        result = subprocess.run([sys.executable, str(PROGRAM), *argv], cwd=cwd, env=clean_environment(env),
-                                stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+        result = run_port(argv, cwd, env=env, timeout=timeout)
         ended = time.monotonic()
         seconds = ended - started
     store = {db: dict(docs) for db, docs in stub.store.databases.items()}
@@ -286,7 +271,7 @@ def test_permanent_fault_is_retried_a_times_then_fails_with_the_scripts_messages
     _, request, kind, _ = scenario
     run = scenario_runs(scenario)
     spec = REQUESTS[request]
-    assert run.rc == 1, run.says()
+    assert run.rc == 1, says(run)
     if kind in TRANSFER_FAULTS:
         warn, errors = spec["transfer_warn"], spec["transfer_errors"]
     else:
@@ -298,12 +283,12 @@ def test_permanent_fault_is_retried_a_times_then_fails_with_the_scripts_messages
         if kind == "hang":
             errors = errors + [RESUME_AAB]
         else:
-            assert RESUME_AAB[len("... ERROR: "):] in run.stderr.decode(), run.says()
-    assert warn_lines(run.stdout) == [warn], run.says()
+            assert RESUME_AAB[len("... ERROR: "):] in run.stderr.decode(), says(run)
+    assert warn_lines(run.stdout) == [warn], says(run)
     got = error_lines(run.stdout)
-    assert len(got) == len(errors), run.says()
+    assert len(got) == len(errors), says(run)
     for line, expected in zip(got, errors):
-        assert line.startswith(expected) if expected.endswith("(") else line == expected, run.says()
+        assert line.startswith(expected) if expected.endswith("(") else line == expected, says(run)
     # -a 2: exactly two attempts, and nothing sent after the failed request
     # but, once documents were being written and a long option was given
     # (--timeout for "hang"), the question for the database's doc_count.
@@ -311,7 +296,7 @@ def test_permanent_fault_is_retried_a_times_then_fails_with_the_scripts_messages
     assert len(attempts) == 2, [(r.method, r.path) for r in run.requests]
     after = run.requests[run.requests.index(attempts[-1]) + 1:]
     asked = kind == "hang" and request in ("design_put", "bulk_chunk", "bulk_single")
-    assert [(r.method, r.path) for r in after] == ([("GET", "/db")] if asked else []), run.says()
+    assert [(r.method, r.path) for r in after] == ([("GET", "/db")] if asked else []), says(run)
     assert attempts[1].time - attempts[0].time >= 0.9, "the script waits 1 s between attempts"
     assert attempts[0].body == attempts[1].body
     assert run.files == ["dump.json"]
@@ -323,10 +308,10 @@ def test_fault_that_happens_once_is_retried_and_every_document_arrives(scenario,
     _, request, kind, _ = scenario
     run = scenario_runs(scenario)
     spec = REQUESTS[request]
-    assert run.rc == 0, run.says()
+    assert run.rc == 0, says(run)
     warn = spec["transfer_warn"] if kind in TRANSFER_FAULTS else spec["reply_warn"]
-    assert warn_lines(run.stdout) == [warn], run.says()
-    assert error_lines(run.stdout) == [], run.says()
+    assert warn_lines(run.stdout) == [warn], says(run)
+    assert error_lines(run.stdout) == [], says(run)
     assert sorted(run.store["db"]) == sorted(expected_ids(request))
     failed = sent_to(run, request)[0]
     assert [r.body for r in run.requests if r.path == failed.path].count(failed.body) == 2, \
@@ -361,7 +346,7 @@ def test_failed_chunk_says_on_stderr_which_chunk_and_how_many_documents_were_wri
     else:
         # The script's options: no request the script would not send, so the database is not asked.
         assert lines == [written + "the database may hold more (a chunk whose answer was lost can be stored all"
-                         " the same)"], run.says()
+                         " the same)"], says(run)
         assert asked == []
     # ... and that is the truth: the first chunk's one document, no more.
     assert sorted(run.store["db"]) == ["doc000"]
@@ -373,7 +358,7 @@ def test_error_reply_to_all_dbs_is_not_retried_and_the_restore_goes_on(scenario,
     run = scenario_runs(scenario)
     assert sent_to(run, "all_dbs") == run.requests[:1]
     assert warn_lines(run.stdout) == ["... WARN: Curl failed to get the list of databases - Continuing"]
-    assert run.rc == 0, run.says()
+    assert run.rc == 0, says(run)
     assert sorted(run.store["db"]) == expected_ids("all_dbs")
 
 
@@ -446,7 +431,7 @@ def test_unreadable_database_list_with_c_does_not_pretend_the_database_exists(sc
                       faults=inject(Fault("drop_after"), REQUESTS["bulk_chunk"]["match"], times=1, start=2))))
 def test_chunk_whose_reply_is_lost_after_it_was_stored_is_resent_and_succeeds(scenario, scenario_runs):
     run = scenario_runs(scenario)
-    assert run.rc == 0, run.says()
+    assert run.rc == 0, says(run)
     assert sorted(run.store["db"]) == make_dump(5)[1]
 
 
@@ -470,7 +455,7 @@ def test_failed_chunk_with_jobs_tells_how_many_documents_are_in_the_server(scena
     run = scenario_runs(scenario)
     assert run.rc == 1
     line = [l for l in run.stderr.decode().splitlines() if l.startswith("couchdb_dump: the restore stopped at")]
-    assert len(line) == 1, run.says()
+    assert len(line) == 1, says(run)
     written = int(re.search(r"this run wrote (\d+) of the dump's 20 documents", line[0]).group(1))
     assert written == len(run.store["db"]), "%s, but the server holds %s" % (line[0], sorted(run.store["db"]))
     held = int(re.search(r"the database holds (\d+) documents now \(its doc_count", line[0]).group(1))
@@ -484,7 +469,7 @@ def test_2xx_bulk_docs_reply_that_is_no_couchdb_answer_is_not_success(body, line
     run = execute(tmp_path, ["-r", *port_args("{PORT}"), "-d", "db", "-f", "dump.json", "-a", "1", "-l", lines],
                   dump=dump, faults=lambda i, m, p: Fault("status", 200, body) if m == "POST" else None)
     assert run.store["db"] == {}
-    assert run.rc != 0, run.says()
+    assert run.rc != 0, says(run)
     assert [l for l in run.stdout.splitlines() if l.startswith(b"... ERROR: ")]
 
 
@@ -525,9 +510,9 @@ for _fault in BACKUP_FAULTS:
                          + [pytest.param(("backup", fault, True), id=fault + "-gzip") for fault in GZIP_BACKUP_FAULTS])
 def test_failed_backup_leaves_no_file_at_all_and_says_error(scenario, scenario_runs):
     run = scenario_runs(scenario)
-    assert run.rc != 0, run.says()
+    assert run.rc != 0, says(run)
     assert run.files == [], "no file, not even a temporary one"
-    assert [line for line in run.stdout.splitlines() if line.startswith(b"... ERROR: ")], run.says()
+    assert [line for line in run.stdout.splitlines() if line.startswith(b"... ERROR: ")], says(run)
     assert b"completed successfully" not in run.stdout
     assert [(r.method, r.path) for r in run.requests] == [("GET", "/db/_all_docs?include_docs=true&attachments=true")]
 
@@ -576,9 +561,7 @@ def restore_bad(tmp_path, data, name="dump.json", extra=()):
     if isinstance(data, bytes):
         path.write_bytes(data)
     with CouchStub(databases=["db"]) as stub:
-        result = subprocess.run([sys.executable, str(PROGRAM), "-r", *port_args(stub.port), "-d", "db",
-                                 "-f", name, *extra], cwd=tmp_path, env=clean_environment(),
-                                stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        result = run_port(["-r", "-d", "db", "-f", name, *extra], tmp_path, server=stub.port)
     return result, stub
 
 
@@ -697,20 +680,13 @@ def test_dump_with_a_three_megabyte_document_restores_whole(tmp_path):
     dump, ids = make_dump(4, big=big)
     (tmp_path / "dump.json").write_bytes(dump)
     with CouchStub(databases=["db"]) as stub:
-        result = subprocess.run([sys.executable, str(PROGRAM), "-r", *port_args(stub.port), "-d", "db",
-                                 "-f", "dump.json", "-l", "2", "--verify"], cwd=tmp_path, env=clean_environment(),
-                                stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        result = run_port(["-r", "-d", "db", "-f", "dump.json", "-l", "2", "--verify"], tmp_path, server=stub.port)
     assert result.returncode == 0, result.stdout
     assert sorted(stub.store.databases["db"]) == sorted(ids)
     assert stub.store.databases["db"]["big"]["blob"] == blob
 
 
 # -- interruptions -------------------------------------------------------------------
-
-def start(cwd, args, env=None):
-    return subprocess.Popen([sys.executable, str(PROGRAM), *args], cwd=cwd, env=clean_environment(env),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
 
 def wait_for(condition, seconds=20):
     deadline = time.monotonic() + seconds
@@ -740,8 +716,8 @@ def interrupt(process, signum, ready, before=lambda: None):
 def test_signal_during_backup_removes_the_temporary_file(signum, code, name, compress, tmp_path):
     slow = Fault("trickle", body=all_docs_reply(5), seconds=30)
     with CouchStub(databases=["db"], faults=lambda i, m, p: slow) as stub:
-        process = start(tmp_path, ["-b", *port_args(stub.port), "-d", "db", "-f", "out.json"]
-                        + (["-z"] if compress else []))
+        process = start_port(["-b", "-d", "db", "-f", "out.json"] + (["-z"] if compress else []), tmp_path,
+                             server=stub.port)
         def writing():
             time.sleep(0.3)   # the rows sent are being written
             assert [n for n in os.listdir(tmp_path) if n.endswith(".part")], os.listdir(tmp_path)
@@ -771,7 +747,7 @@ def test_signal_during_the_last_chunk_skips_verify_and_says_so(tmp_path):
                 return Fault("delay", seconds=1.0)
         return None
     with CouchStub(databases=["db"], faults=faults) as stub:
-        process = start(tmp_path, ["-r", *port_args(stub.port), "-d", "db", "-f", "dump.json", "-l", "2", "--verify"])
+        process = start_port(["-r", "-d", "db", "-f", "dump.json", "-l", "2", "--verify"], tmp_path, server=stub.port)
         _, stdout, stderr = interrupt(process, signal.SIGINT, lambda: len(posts) == 4)
         after = [(r.method, r.path) for r in stub.requests[stub.requests.index(stub.requests[posts[-1]]) + 1:]]
     assert process.returncode == 130, stdout + stderr
@@ -787,7 +763,7 @@ def test_signal_during_chunked_restore_stops_after_the_current_request(signum, c
     (tmp_path / "dump.json").write_bytes(dump)
     slow = Fault("delay", seconds=0.3)
     with CouchStub(databases=["db"], faults=lambda i, m, p: slow if m == "POST" else None) as stub:
-        process = start(tmp_path, ["-r", *port_args(stub.port), "-d", "db", "-f", "dump.json", "-l", "2"])
+        process = start_port(["-r", "-d", "db", "-f", "dump.json", "-l", "2"], tmp_path, server=stub.port)
         in_flight, stdout, stderr = interrupt(process, signum, lambda: len(stub.requests) >= 4,   # _all_dbs, 3 chunks
                                               lambda: len(stub.requests))
         requests = len(stub.requests)
@@ -805,7 +781,7 @@ def test_signal_during_retry_wait_stops_without_the_next_attempt(tmp_path):
     (tmp_path / "dump.json").write_bytes(dump)
     faults = inject(Fault("status", 500, COUCH_ERRORS[500]), REQUESTS["bulk_chunk"]["match"], start=2)
     with CouchStub(databases=["db"], faults=faults) as stub:
-        process = start(tmp_path, ["-r", *port_args(stub.port), "-d", "db", "-f", "dump.json", "-l", "2", "-a", "9"])
+        process = start_port(["-r", "-d", "db", "-f", "dump.json", "-l", "2", "-a", "9"], tmp_path, server=stub.port)
         def waiting():
             time.sleep(0.2)                             # in the 1 s wait
             return len(stub.requests)
@@ -821,7 +797,7 @@ def test_signal_while_design_documents_are_restored_stops_after_the_current_requ
     (tmp_path / "dump.json").write_bytes(dump)
     slow = Fault("delay", seconds=0.3)
     with CouchStub(databases=["db"], faults=lambda i, m, p: slow if m == "PUT" else None) as stub:
-        process = start(tmp_path, ["-r", *port_args(stub.port), "-d", "db", "-f", "dump.json"])
+        process = start_port(["-r", "-d", "db", "-f", "dump.json"], tmp_path, server=stub.port)
         in_flight, stdout, stderr = interrupt(process, signal.SIGTERM,
                                               lambda: len(stub.requests) >= 3,   # _all_dbs, two design documents
                                               lambda: len(stub.requests))
@@ -878,10 +854,10 @@ for _how in ("options", "url", "env"):
 def test_password_never_printed_and_only_sent_in_the_authorization_header(scenario, scenario_runs):
     _, how, case = scenario
     run = scenario_runs(scenario)
-    assert run.rc == SECRET_CASES[case][3], run.says()
+    assert run.rc == SECRET_CASES[case][3], says(run)
     output = run.stdout + run.stderr
     for form in (PASSWORD, "S3cr3t", "S3cr3t-Pa55%20w%3Ard", AUTHORIZATION.split()[1]):
-        assert form.encode() not in output, "%r printed:\n%s" % (form, run.says())
+        assert form.encode() not in output, "%r printed:\n%s" % (form, says(run))
     # --json: the last stdout line is the summary, and it is valid.
     summary = json.loads(run.stdout.splitlines()[-1])
     assert summary["ok"] is (run.rc == 0)
@@ -901,9 +877,7 @@ def verify_run(tmp_path, lose=None, faults=None, databases=("db",), extra=(), be
     with CouchStub(databases=databases, lose=lose, faults=faults) as stub:
         for doc in before or ():
             stub.store.databases["db"][doc["_id"]] = doc
-        result = subprocess.run([sys.executable, str(PROGRAM), "-r", *port_args(stub.port), "-d", "db",
-                                 "-f", "dump.json", "--verify", *extra], cwd=tmp_path, env=clean_environment(),
-                                stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        result = run_port(["-r", "-d", "db", "-f", "dump.json", "--verify", *extra], tmp_path, server=stub.port)
     return result, stub, ids
 
 

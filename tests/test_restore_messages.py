@@ -6,11 +6,9 @@ to stderr and to --json's ``error``.
 """
 
 import json
-import subprocess
-import sys
 
 from couch_stub import CouchStub, Fault
-from helpers import PROGRAM, clean_environment, make_dump
+from helpers import last_json, make_dump, run_port
 
 UNAUTHORIZED = b'{"error":"unauthorized","reason":"Name or password is incorrect."}\n'
 
@@ -23,18 +21,12 @@ def restore(tmp_path, args, dump, databases=("db",), faults_for=None, before=Non
             stub.faults = faults_for(stub)
         for doc in before or ():
             stub.store.databases["db"][doc["_id"]] = doc
-        result = subprocess.run([sys.executable, str(PROGRAM), "-r", "-H", "127.0.0.1", "-P", str(stub.port),
-                                 "-d", "db", "-f", "dump.json", *args], cwd=tmp_path, env=clean_environment(),
-                                stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        result = run_port(["-r", "-d", "db", "-f", "dump.json", *args], tmp_path, server=stub.port)
     return result, stub
 
 
 def stderr_lines(result, start):
     return [line for line in result.stderr.decode("utf-8", "replace").splitlines() if line.startswith(start)]
-
-
-def last_json(result):
-    return json.loads(result.stdout.decode("utf-8").splitlines()[-1])
 
 
 def test_failed_restore_tells_what_this_run_wrote_and_what_the_database_holds(tmp_path):
@@ -53,7 +45,7 @@ def test_failed_restore_tells_what_this_run_wrote_and_what_the_database_holds(tm
         "couchdb_dump: the restore stopped at dump.json.splitaab: this run wrote 1 of the dump's 5 documents;"
         " the database holds 3 documents now (its doc_count, with any it held before)"]
     assert [(r.method, r.path) for r in stub.requests][-1] == ("GET", "/db")
-    assert last_json(result)["documents"] == 1
+    assert last_json(result.stdout)["documents"] == 1
 
 
 def test_failed_restore_says_when_the_database_cannot_tell_its_count(tmp_path):
@@ -105,7 +97,7 @@ def test_verify_still_runs_and_reports_when_documents_were_refused(tmp_path):
     assert "... INFO: Verifying db against dump.json" in stdout
     assert "... ERROR: Verify: 1 of 3 documents of the dump are missing from db or at another revision:" in stdout
     assert '... ERROR:   missing: "doc001" at revision 1-001' in stdout
-    assert last_json(result)["error"] == (
+    assert last_json(result.stdout)["error"] == (
         "1 documents were refused by the server: the restore is incomplete.; "
         "Verify: 1 of 3 documents of the dump are missing from db or at another revision")
 
@@ -124,7 +116,7 @@ def test_json_error_of_a_failed_verify_is_its_summary_not_the_last_missing_id(tm
     result, stub = restore(tmp_path, ["--verify", "--json"], make_dump(5)[0], faults_for=faults_for)
     assert result.returncode == 1
     assert result.stdout.decode().splitlines()[-2] == '... ERROR:   missing: "doc003" at revision 1-003'
-    summary = last_json(result)
+    summary = last_json(result.stdout)
     assert summary["ok"] is False
     assert summary["error"] == "Verify: 2 of 5 documents of the dump are missing from db or at another revision"
 

@@ -10,8 +10,6 @@ issue asks for it against a real PouchDB Server too.
 import gzip
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -19,27 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from couch_stub import CouchStub, Fault, couchdb_chunks, sized_chunks
-from helpers import PROGRAM, clean_environment, http
-
-
-def run_port(cwd, url, args, timeout=180):
-    host, port = url.rsplit(":", 1)
-    return subprocess.run([sys.executable, str(PROGRAM), "-H", host, "-P", port, *args], cwd=cwd,
-                          env=clean_environment(), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-
-
-def says(result):
-    return "rc=%d\nstdout:\n%s\nstderr:\n%s" % (result.returncode, result.stdout.decode("utf-8", "replace"),
-                                                result.stderr.decode("utf-8", "replace")[-3000:])
-
-
-def stub_with(docs, **options):
-    """A stub holding database "db" with `docs` (id -> extra fields)."""
-    stub = CouchStub(databases=("db",), **options)
-    for doc_id, fields in docs.items():
-        stub.store.databases["db"][doc_id] = dict({"_id": doc_id, "_rev": "1-%08x" % (hash(doc_id) & 0xffffffff)},
-                                                  **fields)
-    return stub
+from helpers import dump_of, http, run_port, says, start_port, stub_with
 
 
 def numbered_docs(count, size=40):
@@ -73,7 +51,7 @@ def backup(tmp_path, stub, extra=(), name="out"):
     cwd = tmp_path / name
     cwd.mkdir()
     with stub:
-        result = run_port(cwd, stub.url, ["-b", "-d", "db", "-f", "dump.json", *extra])
+        result = run_port(["-b", "-d", "db", "-f", "dump.json", *extra], cwd, server=stub.url)
     return result, cwd
 
 
@@ -255,9 +233,6 @@ def test_backup_answered_503_without_retry_after_fails_as_today(tmp_path):
 
 # -- restore: helpers -------------------------------------------------------------
 
-HEADER = b'{"new_edits":false,"docs":['
-
-
 def dump_bytes(count, designs=0):
     """A dump of `designs` design documents then `count` documents, as the port writes it."""
     docs = [json.dumps({"_id": "_design/d%d" % i, "_rev": "1-d%d" % i,
@@ -265,7 +240,7 @@ def dump_bytes(count, designs=0):
             for i in range(designs)]
     docs += [json.dumps({"_id": "doc%05d" % i, "_rev": "1-%05x" % i, "value": i}, separators=(",", ":")).encode()
              for i in range(count)]
-    return b"\n".join([HEADER] + [d + b"," for d in docs[:-1]] + docs[-1:] + [b"]}"]) + b"\n"
+    return dump_of(docs)
 
 
 def restore(tmp_path, stub, args, dump, name="run"):
@@ -274,7 +249,7 @@ def restore(tmp_path, stub, args, dump, name="run"):
     (cwd / "dump.json").write_bytes(dump)
     with stub:
         started = time.monotonic()
-        result = run_port(cwd, stub.url, ["-r", "-d", "db", "-f", "dump.json", *args])
+        result = run_port(["-r", "-d", "db", "-f", "dump.json", *args], cwd, server=stub.url)
         result.seconds = time.monotonic() - started
     return result
 
@@ -458,7 +433,7 @@ def restore_twice(tmp_path, stub, dump, first_args, second_args, between=None):
                 mark = len(stub.requests)
                 if between is not None:
                     between(stub)
-            results.append(run_port(cwd, stub.url, ["-r", "-d", "db", "-f", "dump.json", *args]))
+            results.append(run_port(["-r", "-d", "db", "-f", "dump.json", *args], cwd, server=stub.url))
     return results[0], results[1], stub.requests[mark:]
 
 
@@ -545,7 +520,7 @@ def pouch_restore(pouchdb_url, tmp_path, name, db, dump, args):
     cwd = tmp_path / name
     cwd.mkdir()
     (cwd / "dump.json").write_bytes(dump)
-    return run_port(cwd, pouchdb_url, ["-r", "-d", db, "-f", "dump.json", *args])
+    return run_port(["-r", "-d", db, "-f", "dump.json", *args], cwd, server=pouchdb_url)
 
 
 def pouch_db(pouchdb_url, db):
@@ -590,10 +565,7 @@ def test_signal_while_waiting_out_a_push_back_stops_without_sending_again(tmp_pa
     stub = CouchStub(databases=("db",), faults=status_then_ok(429, {"Retry-After": "30"}, 100))
     (tmp_path / "dump.json").write_bytes(dump_bytes(5))
     with stub:
-        host, port = stub.url.rsplit(":", 1)
-        process = subprocess.Popen([sys.executable, str(PROGRAM), "-r", "-H", host, "-P", port, "-d", "db",
-                                    "-f", "dump.json"], cwd=tmp_path, env=clean_environment(),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = start_port(["-r", "-d", "db", "-f", "dump.json"], tmp_path, server=stub.url)
         deadline = time.monotonic() + 20
         while not bulk_posts(stub) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -15,8 +15,6 @@ too, so dumps travel both ways between the two servers.
 import base64
 import gzip
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,7 +25,7 @@ import pytest
 
 import helpers
 from compat_replay import FIXTURES, load_case
-from helpers import PROGRAM, http
+from helpers import http, run_port, write_dump
 
 HEADER = helpers.HEADER.decode("ascii")
 FOOTER = helpers.FOOTER.decode("ascii")
@@ -62,16 +60,8 @@ def documents(server, db):
     return {row["id"]: row["doc"] for row in reply["rows"]}
 
 
-def port_run(server, args, cwd):
-    """Run the port as its users do, against `server`; returns the CompletedProcess."""
-    port = urllib.parse.urlsplit(server).port
-    return subprocess.run(
-        [sys.executable, str(PROGRAM), *args[:1], "-H", "127.0.0.1", "-P", str(port), *args[1:]],
-        cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-
-
 def port_ok(server, args, cwd):
-    result = port_run(server, args, cwd)
+    result = run_port(args, cwd, server=server, text=True)
     assert result.returncode == 0, "port %s exited %d\n%s%s" % (
         " ".join(args), result.returncode, result.stdout[-3000:], result.stderr[-3000:])
     return result
@@ -257,24 +247,17 @@ def test_design_document_with_an_escaped_lone_surrogate_restores(pouchdb_url, tm
     round_trip(pouchdb_url, tmp_path, "surrogate", docs)
 
 
-def write_dump(path, *docs):
-    """A dump in couchdb-dump.sh's layout (`_id` and `_rev` first)."""
-    lines = [json.dumps(doc, separators=(",", ":")) for doc in docs]
-    path.write_text("\n".join([HEADER, ",\n".join(lines), FOOTER, ""]), encoding="ascii")
-    return path
-
-
 def test_refused_document_with_an_escaped_lone_surrogate_in_its_id_is_reported(pouchdb_url, tmp_path):
     """The port names each document the server refuses; an id holding a
     "\\ud800" escape (valid JSON) must be named too, not crash the report
     ("Unexpected failure (UnicodeEncodeError: str)") and hide the others."""
-    dump = write_dump(tmp_path / "dump.json",
-                      {"_id": "_design/guard", "_rev": "1-a", "validate_doc_update": VALIDATE},
-                      {"_id": "bad\ud800", "_rev": "1-b", "type": "bad"},
-                      {"_id": "bad2", "_rev": "1-c", "type": "bad"},
-                      {"_id": "good", "_rev": "1-d", "type": "good"})
+    dump = write_dump(tmp_path / "dump.json",   # couchdb-dump.sh's layout (`_id` and `_rev` first)
+                      [{"_id": "_design/guard", "_rev": "1-a", "validate_doc_update": VALIDATE},
+                       {"_id": "bad\ud800", "_rev": "1-b", "type": "bad"},
+                       {"_id": "bad2", "_rev": "1-c", "type": "bad"},
+                       {"_id": "good", "_rev": "1-d", "type": "good"}])
     target = unique("refused")
-    result = port_run(pouchdb_url, ["-r", "-d", target, "-f", str(dump), "-c"], tmp_path)
+    result = run_port(["-r", "-d", target, "-f", str(dump), "-c"], tmp_path, server=pouchdb_url, text=True)
     assert "Traceback" not in result.stderr and "Unexpected failure" not in result.stdout, result.stdout + result.stderr
     assert result.returncode == 1
     refusals = [line for line in result.stdout.splitlines() if " was refused: forbidden: " in line]
@@ -287,9 +270,8 @@ def test_design_document_with_an_escaped_lone_surrogate_in_its_id_is_no_crash(po
     into a URL as UTF-8; the port may refuse it with a message, but must not
     stop with "Unexpected failure (UnicodeEncodeError: str); please report it."."""
     dump = write_dump(tmp_path / "dump.json",
-                      {"_id": "_design/odd\ud800", "_rev": "1-a", "views": {}},
-                      {"_id": "plain", "_rev": "1-b"})
-    result = port_run(pouchdb_url, ["-r", "-d", unique("oddid"), "-f", str(dump), "-c"], tmp_path)
+                      [{"_id": "_design/odd\ud800", "_rev": "1-a", "views": {}}, {"_id": "plain", "_rev": "1-b"}])
+    result = run_port(["-r", "-d", unique("oddid"), "-f", str(dump), "-c"], tmp_path, server=pouchdb_url, text=True)
     assert "Traceback" not in result.stderr and "Unexpected failure" not in result.stdout, result.stdout + result.stderr
 
 
@@ -368,7 +350,7 @@ def test_backup_refuses_a_reply_that_hides_documents(pouchdb_url, tmp_path):
     say the backup is incomplete and write no file, not lose them silently."""
     source = unique("hidden")
     fill(pouchdb_url, source, [{"_id": "visible", "_rev": "1-a"}, {"_id": "日本", "_rev": "1-b"}])
-    result = port_run(pouchdb_url, ["-b", "-d", source, "-f", "dump.json"], tmp_path)
+    result = run_port(["-b", "-d", source, "-f", "dump.json"], tmp_path, server=pouchdb_url, text=True)
     assert result.returncode == 1
     assert "... ERROR: Backup failed, no file written: the reply holds 1 rows but the database has 2 documents." \
         in result.stdout
@@ -420,7 +402,7 @@ def test_golden_couchdb_dump_restores_into_pouchdb(pouchdb_url, tmp_path, case, 
     refused = REFUSED.get(case, set())
 
     target = unique("golden")
-    result = port_run(pouchdb_url, ["-r", "-d", target, "-f", str(path), "-c"], tmp_path)
+    result = run_port(["-r", "-d", target, "-f", str(path), "-c"], tmp_path, server=pouchdb_url, text=True)
     if refused:
         assert result.returncode == 1
         for doc_id in refused:

@@ -203,8 +203,8 @@ def test_demo_stops_on_the_ports_message_without_a_traceback(tmp_path):
             pytest.fail("CI must run the demo: %s" % reason, pytrace=False)
         pytest.skip(reason)
     python = externally_managed_python(tmp_path / "debian-like")
-    result = subprocess.run([str(python), str(REPO / "tests" / "tools" / "demo.py")], env=environment(), capture_output=True,
-                            timeout=600)
+    result = subprocess.run([str(python), str(REPO / "tests" / "tools" / "demo.py")], env=environment(),
+                            capture_output=True, timeout=600)
     output = (result.stdout + result.stderr).decode("utf-8", "replace")
     assert result.returncode == 1, output
     assert "Traceback" not in output, output

@@ -23,18 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # tests/: helpers
 import pouchdb_server  # noqa: E402
-from helpers import PROGRAM, clean_environment  # noqa: E402
+from helpers import PROGRAM, clean_environment, write_dump  # noqa: E402
 
 
-def write_dump(path, count):
-    with open(path, "wb") as out:
-        out.write(b'{"new_edits":false,"docs":[\n')
-        for i in range(count):
-            doc = {"_id": "doc%06d" % i, "_rev": "1-" + hashlib.md5(b"%d" % i).hexdigest(),
-                   "type": "item", "n": i, "name": "item number %d" % i, "tags": ["a", "b", "c"],
-                   "text": "lorem ipsum dolor sit amet " * 4}
-            out.write(json.dumps(doc, separators=(",", ":")).encode() + (b",\n" if i < count - 1 else b"\n"))
-        out.write(b"]}\n")
+def sample_docs(count):
+    return [{"_id": "doc%06d" % i, "_rev": "1-" + hashlib.md5(b"%d" % i).hexdigest(),
+             "type": "item", "n": i, "name": "item number %d" % i, "tags": ["a", "b", "c"],
+             "text": "lorem ipsum dolor sit amet " * 4} for i in range(count)]
 
 
 def restore(url, db, dump, lines, extra):
@@ -66,7 +61,7 @@ def main(argv=None):
     pouchdb_server.ensure_installed()
     with tempfile.TemporaryDirectory() as scratch, pouchdb_server.PouchDBServer() as server:
         dump = os.path.join(scratch, "dump.json")
-        write_dump(dump, args.documents)
+        write_dump(Path(dump), sample_docs(args.documents))
         full, resume = [], []
         for run in range(args.repeat):
             db = "bench-resume-%d" % run

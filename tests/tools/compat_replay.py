@@ -10,13 +10,11 @@ way the program's run differs from what the case expects.
 from __future__ import annotations
 
 import datetime
-import functools
 import gzip
 import http.server
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import REPO, clean_environment
+from helpers import REPO, clean_environment, closed_port
 
 FIXTURES = REPO / "fixtures" / "compat"
 
@@ -244,21 +242,6 @@ class ReplayServer:
 
     def __exit__(self, *exc_info):
         self.stop()
-
-
-@functools.lru_cache(maxsize=None)   # functools.cache is 3.9+: the tests run on 3.8 too
-def _closed_port_socket() -> socket.socket:
-    # Bound but never listening: connecting gets "connection refused", and
-    # holding the socket for the whole test session stops anything else from
-    # taking the port meanwhile.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
-    return _closed_port_socket().getsockname()[1]
 
 
 # --------------------------------------------------------------------------
