@@ -17,6 +17,31 @@ for _folder in (_TESTS / "tools", _TESTS, _TESTS.parent):   # the last one inser
         _sys.path.insert(0, str(_folder))
 
 
+# --- running in parallel (pytest-xdist: setup.cfg's addopts say -n auto) ---
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """Twice the processors: most of a test's time is a port run waiting on
+    a server, the 1 s between attempts or a timeout, not using a processor.
+    PYTEST_XDIST_AUTO_NUM_WORKERS still decides when it is set."""
+    if _os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None   # xdist's own hook reads it
+    return 2 * (_os.cpu_count() or 1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """The tests that share a module-scoped fixture run on one worker
+    (--dist loadgroup), so that it is made once, not once a worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        for name in getattr(info, "names_closure", ()):
+            definitions = info.name2fixturedefs.get(name)
+            if definitions and definitions[-1].scope == "module":
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
+
+
 # --- PouchDB Server (a real CouchDB-compatible server) --------------------
 
 @pytest.fixture(scope="session")

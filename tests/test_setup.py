@@ -154,8 +154,9 @@ def test_readme_test_command_works_with_an_externally_managed_python(tmp_path):
                                                                 "*.egg-info", ".pytest_cache"))
     command = readme_commands()[1].split()
     assert command[:2] == ["python3", "tests/run.py"]
-    result = subprocess.run([str(python), *command[1:], "-q", "-p", "no:cacheprovider", "tests/test_options.py"],
-                            cwd=clone, env=environment(), capture_output=True, timeout=600)
+    # -n 1: through pytest-xdist as the whole suite goes, without a worker a processor for a few quick tests.
+    result = subprocess.run([str(python), *command[1:], "-q", "-p", "no:cacheprovider", "-n", "1",
+                             "tests/test_options.py"], cwd=clone, env=environment(), capture_output=True, timeout=600)
     output = (result.stdout + result.stderr).decode("utf-8", "replace")
     if result.returncode != 0 and any(sign in output for sign in NO_NETWORK):
         unreachable = "pip needs PyPI, unreachable: %s" % output[-300:]
