@@ -1,4 +1,5 @@
-"""What every test file gets without asking: the import path, and the live server.
+"""What every test file gets without asking: the import path, the run in
+parallel, and the live server.
 
 The import path is set here, once: the port (couchdb_dump.py, at the top of
 the checkout), what the tests share (tests/helpers.py) and the servers and
@@ -26,7 +27,8 @@ def pytest_xdist_auto_num_workers(config):
     PYTEST_XDIST_AUTO_NUM_WORKERS still decides when it is set."""
     if _os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None   # xdist's own hook reads it
-    return 2 * (_os.cpu_count() or 1)
+    processors = len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity") else _os.cpu_count()
+    return 2 * (processors or 1)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -47,8 +49,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def pouchdb_url():
     """URL (http://127.0.0.1:PORT, no trailing slash) of one in-memory
-    PouchDB Server 4.2.0 shared by the whole test session, in "admin party"
-    mode (no credentials needed; Basic auth for unknown users gets 401).
+    PouchDB Server 4.2.0 shared by the whole test session (one a worker
+    when the suite runs in parallel: node serves on one processor, so a
+    server a worker spreads the load), in "admin party" mode (no
+    credentials needed; Basic auth for unknown users gets 401).
 
     Skips when node/npm are missing, except under CI (env CI set), where
     these tests must run, so it fails instead."""
