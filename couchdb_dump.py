@@ -8,12 +8,17 @@ Convertigo servers without changing a line of their callers.  Where the
 script loses or corrupts data it deliberately does better; README.md lists
 every such divergence.
 
-The file reads in the order the data flows:
+The file reads in the order the data flows, in eight chapters:
 
-    options  ->  messages  ->  HTTP session
-             ->  backup pipeline  (stream rows -> rewrite lines -> write file)
-             ->  restore pipeline (read -> design documents -> chunks -> upload)
-             ->  main
+    1. errors and exit codes     every failure is a ``Failure`` with its exit code
+    2. options                   the command line, read as the script reads it
+    3. messages and progress     what the user reads
+    4. talking to the server     one session, one requester that asks again
+    5. reading and rewriting rows    pure: a reply's rows -> the dump's lines
+    6. backup     stream rows -> rewrite -> write the file
+    7. restore    read -> check -> target database -> design documents
+                  -> chunks -> upload -> verify
+    8. main       the command line in, an exit code out
 
 It is importable: ``main(argv)`` runs the command line and returns the exit
 code; the classes below can be used on their own (``__all__`` names them):
@@ -69,6 +74,13 @@ BASH_VERSION = "1.1.10"
 PROGRAM = "couchdb_dump.py"
 
 
+# ===========================================================================
+# 1. Errors and exit codes
+# ===========================================================================
+# Every failure the program reports is a ``Failure`` that carries its exit code;
+# a signal is ``Interrupted``.  Only ``main`` turns them into an exit code and the --json line.
+
+
 class Exit(Exception):
     """Ends the run with an exit code; the messages were already printed."""
 
@@ -86,15 +98,108 @@ class Failure(Exception):
     """
 
 
-# ---------------------------------------------------------------------------
-# Options
-# ---------------------------------------------------------------------------
+class TransferFailed(Failure):
+    """The exchange did not complete: what made curl exit non-zero in bash."""
+
+
+class BackupFailed(Failure):
+    """The reply cannot give a complete dump; the text says why."""
+
+
+class ReplyShape(BackupFailed):
+    """A 2xx reply that is not an ``_all_docs`` answer: a health page, ``{"ok":true}``."""
+
+
+class ReplyCut(BackupFailed):
+    """The reply ended before its end, cleanly: what --resume continues."""
+
+
+class ReplyBroken(Exception):
+    """Reading the reply failed (reset, cut, timeout): what --resume continues."""
+
+    def __init__(self, cause):
+        super().__init__(cause)
+        self.cause = cause
+
+
+class DumpInvalid(Failure):
+    """The dump cannot be restored as it is; says where and why."""
+
+    def __init__(self, line, text):
+        super().__init__(text)
+        self.line = line
+        self.text = text
+
+
+class RestoreStopped(Exception):
+    """A signal asked the restore to stop; the current request has ended."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: ends the run with 128 + the signal's number."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+        self.code = 128 + signum
+
+
+class Stop:
+    """How a signal is taken: at once, or (restore) after the current request.
+
+    One instance a run: ``main`` installs it and hands it to the job.  While
+    ``graceful`` is set, the first signal is only noted in ``requested``;
+    the restore looks at it between requests.  A second signal, or any
+    signal outside, interrupts at once.
+    """
+
+    def __init__(self):
+        self.graceful = False
+        self.requested = None
+        self._previous = {}
+
+    def handler(self, signum, frame):
+        if self.graceful and self.requested is None:
+            self.requested = signum
+            return
+        raise Interrupted(signum)
+
+    def install(self):
+        """Take SIGINT and SIGTERM until ``uninstall``."""
+        self.graceful = False
+        self.requested = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self.handler)
+            except (ValueError, OSError):   # not the main thread: leave them be
+                pass
+
+    def uninstall(self):
+        """Give SIGINT and SIGTERM back to the handlers they had."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
+
+
+# ===========================================================================
+# 2. Options
+# ===========================================================================
+# The command line and the environment, read as couchdb-dump.sh reads them.
+
 
 # The short options, spelled as the bash script hands them to getopts.  Every
 # '?' in it is an option character of its own for getopts, which answers it
 # like an unknown option: the port does the same.  -D and -s are upstream's
 # newer options (its PR #102), not in 1.1.10.
 GETOPTS_SPEC = ":h?H:d:f:u:p:P:l:t:a:D:s:c?q?z?T?V?b?B?r?R?"
+
 
 # Long options are our extensions; none changes what a short option does.
 LONG_OPTIONS = {
@@ -114,8 +219,10 @@ LONG_OPTIONS = {
     "no-security": False,
 }
 
+
 # -l when --jobs is given without it (the bash default, 5000, otherwise).
 JOBS_LINES = "500"
+
 
 # Databases --recreate will not delete unless --force is given too.
 SYSTEM_DATABASES = ("_users", "_replicator", "_global_changes")
@@ -146,6 +253,7 @@ Example: {prog} -b -H 127.0.0.1 -d mydb -f dumpedDB.json -u admin -p password
 
 """
 
+
 EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its bash meaning):
 \t--recreate          Restore: delete the database if it exists, create it, then restore (implies -c).
 \t--force             With --recreate: allow it on _users, _replicator and _global_changes.
@@ -169,6 +277,7 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 
 """
 
+
 VERSION_TEXT = """
 \t** {program} version: {version} **
 \t   compatible with couchdb-dump version: {bash_version}
@@ -181,6 +290,7 @@ VERSION_TEXT = """
 \t Maximilian Huber (maximilian.huber@tngtech.com)
 
 """
+
 
 # What bash's `[ N -gt M ]` accepts as an integer: blanks and a sign allowed.
 _BASH_INTEGER = re.compile(r"\A\s*[+-]?\d+\s*\Z")
@@ -592,9 +702,11 @@ def build_url(host, port):
     return url
 
 
-# ---------------------------------------------------------------------------
-# Messages
-# ---------------------------------------------------------------------------
+# ===========================================================================
+# 3. Messages and progress
+# ===========================================================================
+# What the user reads: the script's lines on stdout, our explanations and progress on stderr.
+
 
 # Lines couchdb-dump.sh prints about work of its own that the port does not
 # do that way: after the download the script converts carriage returns and
@@ -615,6 +727,7 @@ SCRIPT_STEPS = {
                       "Stripping _design elements from regular documents", "Fixing end document"),
     "split": ("Generating files to import",),
 }
+
 
 class Messages:
     """The lines the bash script prints, on its standard output.
@@ -816,12 +929,11 @@ class Progress:
             self.figures = None
 
 
-# ---------------------------------------------------------------------------
-# HTTP session
-# ---------------------------------------------------------------------------
-
-class TransferFailed(Failure):
-    """The exchange did not complete: what made curl exit non-zero in bash."""
+# ===========================================================================
+# 4. Talking to the server
+# ===========================================================================
+# HTTP and JSON: one session, replies read in blocks, failures in words, and the one
+# requester that asks again.
 
 
 class Reply:
@@ -1174,6 +1286,8 @@ def _incomplete_read_bytes(error):
 
 # "\r\n" ending a chunk's data, then the next chunk's size line.
 _CHUNK_SIZE_LINE = re.compile(rb"\r\n([0-9A-Fa-f]{1,16})\r\n")   # with an extension: _walk
+
+
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -1457,66 +1571,28 @@ def _size_text(size):
     return "%.1f MB" % (size / 1e6) if size >= 1e6 else "%d bytes" % size
 
 
-# ---------------------------------------------------------------------------
-# Shared by both pipelines: stopping on a signal, retrying a request,
-# design document ids, worker processes, reading _all_docs rows
-# ---------------------------------------------------------------------------
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM: ends the run with 128 + the signal's number."""
-
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.signum = signum
-        self.code = 128 + signum
+_JSON_TOKENS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.S)
 
 
-class Stop:
-    """How a signal is taken: at once, or (restore) after the current request.
-
-    One instance a run: ``main`` installs it and hands it to the job.  While
-    ``graceful`` is set, the first signal is only noted in ``requested``;
-    the restore looks at it between requests.  A second signal, or any
-    signal outside, interrupts at once.
-    """
-
-    def __init__(self):
-        self.graceful = False
-        self.requested = None
-        self._previous = {}
-
-    def handler(self, signum, frame):
-        if self.graceful and self.requested is None:
-            self.requested = signum
-            return
-        raise Interrupted(signum)
-
-    def install(self):
-        """Take SIGINT and SIGTERM until ``uninstall``."""
-        self.graceful = False
-        self.requested = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[signum] = signal.signal(signum, self.handler)
-            except (ValueError, OSError):   # not the main thread: leave them be
-                pass
-
-    def uninstall(self):
-        """Give SIGINT and SIGTERM back to the handlers they had."""
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
+def compact_json(text):
+    """Drop the white space between JSON tokens, keeping every token's text."""
+    return _JSON_TOKENS.sub(lambda m: m.group(1) or "", text)
 
 
-def signal_name(signum):
+def _json_or_none(data):
+    """The JSON value of ``data``, or None when it is not JSON."""
     try:
-        return signal.Signals(signum).name
+        return json.loads(data)
     except ValueError:
-        return "signal %d" % signum
+        return None
 
 
-class RestoreStopped(Exception):
-    """A signal asked the restore to stop; the current request has ended."""
+def json_bytes(value):
+    """``value`` as compact JSON in UTF-8; a lone "\\ud800" escape stays an escape."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 class Retry:
@@ -1636,6 +1712,51 @@ class Retry:
         return reply.ok and isinstance(_json_or_none(reply.body), dict)
 
 
+def is_import_request(method, path):
+    """The requests -D spaces: a design document's PUT and a _bulk_docs POST."""
+    return (method == "PUT" and "/_design/" in path) or (method == "POST" and path.endswith("/_bulk_docs"))
+
+
+class PacedSession:
+    """-D: the session, with ``delay`` seconds between consecutive import requests.
+
+    The next import request starts ``delay`` seconds after the previous one
+    ended (upstream's sleep between requests); with --jobs, starts are also
+    spaced by ``delay``.  Other requests go at once.
+    """
+
+    def __init__(self, session, delay, stop):
+        self.session = session
+        self.delay = delay
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.next = 0.0
+
+    def request(self, method, path, body=None, content_type=None, **accept):
+        if not is_import_request(method, path):
+            return self.session.request(method, path, body, content_type, **accept)
+        with self.lock:
+            wait = self.next - time.monotonic()
+            if wait > 0 and not pause(wait, lambda: self.stop.requested):
+                raise RestoreStopped()
+            self.next = time.monotonic() + self.delay
+        try:
+            return self.session.request(method, path, body, content_type, **accept)
+        finally:
+            with self.lock:
+                self.next = max(self.next, time.monotonic() + self.delay)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+# ===========================================================================
+# 5. Reading and rewriting rows
+# ===========================================================================
+# Pure: bytes in, bytes out.  A reply's rows become the dump's lines; a dump's lines
+# give their ids and revisions back.  The worker processes at the end run this work on several cores.
+
+
 DESIGN_PREFIX = "_design/"
 
 
@@ -1644,169 +1765,161 @@ def is_design_id(doc_id):
     return isinstance(doc_id, str) and doc_id.startswith(DESIGN_PREFIX)
 
 
-def _parse_worker_started():
-    # Ctrl-C reaches the whole process group: only the main process decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+BACKUP_HEADER = b'{"new_edits":false,"docs":['
+
+FOOTER = b"]}"
+
+_ROW_START = b'{"id":'
 
 
-class Workers:
-    """Runs one function over blocks in worker processes, results in order.
+_DOC_MARK = b'"},"doc":'   # the end of a row's value {"rev":"..."} and its "doc" key
 
-    The main process keeps the network and the files; the workers do the
-    CPU work (rewriting and compressing rows, checking a dump).  Block i
-    goes to worker i mod n, so taking the results round the workers gives
-    them back in order; at most ``ahead`` blocks are out at once, so memory
-    holds a bounded number of blocks whatever the database size.  The
-    workers are forked: the function is inherited, never pickled, so this
-    works however the program was started.  Without fork, nothing runs in
-    parallel (``available`` is False).
+
+_DESIGN_ROW_START = _ROW_START + b'"' + DESIGN_PREFIX.encode()   # is_design_id, on the reply's bytes
+
+
+_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
+
+
+_ROW_ID = re.compile(rb'\A\{"id":("(?:[^"\\]|\\.)*")')
+
+
+def row_id(line):
+    """The id of an ``_all_docs`` row line in CouchDB's layout, or None."""
+    match = _ROW_ID.match(line)
+    if match is None:
+        return None
+    try:
+        return json.loads(match.group(1))
+    except ValueError:
+        return None
+
+
+def rewrite_row_line(line):
+    """One CouchDB ``_all_docs`` row line -> the dump line of its document.
+
+    ``{"id":..,"key":..,"value":{"rev":".."},"doc":{DOC}},`` becomes
+    ``{DOC},``.  The document is what follows the row's value: unlike the
+    script's greedy ``.*,"doc":``, a document holding ``,"doc":`` survives.
+    Other lines (the empty line of an empty database, the footer) only get
+    the script's brace fix, which it applies to every line.
     """
-
-    def __init__(self, count, function, *fixed):
-        import multiprocessing
-        context = multiprocessing.get_context("fork")
-        self.count = count
-        self.ahead = 2 * count
-        self.sent = 0
-        self.received = 0
-        # Queues, not SimpleQueues: their feeder threads keep a big block
-        # being sent from ever waiting on a worker that is itself sending.
-        self.tasks = [context.Queue() for _ in range(count)]
-        self.results = [context.Queue() for _ in range(count)]
-        self.processes = [
-            context.Process(target=_worker_loop, args=(function, fixed, self.tasks[i], self.results[i]), daemon=True)
-            for i in range(count)]
-        for process in self.processes:
-            process.start()
-
-    @staticmethod
-    def available():
-        try:
-            import multiprocessing
-            return "fork" in multiprocessing.get_all_start_methods()
-        except ImportError:
-            return False
-
-    def submit(self, *args):
-        """Queue one call; returns the results that are due, in order."""
-        self.tasks[self.sent % self.count].put(args)
-        self.sent += 1
-        done = []
-        while self.sent - self.received > self.ahead:
-            done.append(self._next())
-        return done
-
-    def drain(self):
-        done = []
-        while self.received < self.sent:
-            done.append(self._next())
-        return done
-
-    def _next(self):
-        index = self.received % self.count
-        while True:
-            try:
-                failed, value = self.results[index].get(timeout=1.0)
-                break
-            except queue.Empty:
-                if not self.processes[index].is_alive():
-                    raise RuntimeError("a worker process died (exit code %s)" % self.processes[index].exitcode)
-        self.received += 1
-        if failed:
-            raise value
-        return value
-
-    def close(self):
-        for tasks, process in zip(self.tasks, self.processes):
-            if process.is_alive():
-                try:
-                    tasks.put(None)
-                except (OSError, ValueError):
-                    pass
-        for process in self.processes:
-            process.join(timeout=1.0)
-            if process.is_alive():
-                process.terminate()
-                process.join()
-        for channel in self.tasks + self.results:
-            channel.close()
-            channel.cancel_join_thread()   # what a stopped worker never read is dropped
+    if line.startswith(_ROW_START):
+        mark = line.find(_DOC_MARK)
+        if mark < 0 or not _is_row_start(line[:mark + 2]):
+            raise ReplyShape("a row of the reply has no document: %r" % line[:80])
+        line = line[mark + len(_DOC_MARK):]
+    elif line and line != FOOTER:
+        raise ReplyShape("a line of the reply is not a row: %r" % line[:80])
+    return fix_closing_braces(line)
 
 
-def _worker_loop(function, fixed, tasks, results):
-    """A worker: take argument tuples, send back (failed, result) in order."""
-    _parse_worker_started()
-    while True:
-        args = tasks.get()
-        if args is None:
-            return
-        try:
-            results.put((False, function(*(args + fixed))))
-        except Exception as error:
-            try:
-                results.put((True, error))
-            except Exception:   # an exception that does not pickle
-                results.put((True, RuntimeError("%s: %s" % (type(error).__name__, error))))
+def _is_row_start(text):
+    """``{"id":..,"key":..,"value":{..}}``: the part of a row before its document."""
+    try:
+        row = json.loads(text + b"}")
+    except ValueError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("value"), dict)
 
 
-class BlockCalls:
-    """Calls one function on each block: inline while the data is small,
-    in ``Workers`` once it is worth starting them (``count`` of 2 or more).
+def fix_closing_braces(line):
+    """The script's stages 2 and 4: drop the row's closing brace at line end."""
+    if line.endswith(b"}},"):
+        return line[:-2] + b","
+    if line.endswith(b"}}"):
+        return line[:-1]
+    return line
 
-    ``submit`` returns the results that are due, in order; ``drain`` the
-    rest.  Used by the backup's row rewriting and the restore's check.
+
+def rewrite_couchdb_block(block):
+    """Rewrite a block of whole lines (the last may lack its newline).
+
+    Returns ``(bytes to write, rows seen)``.  The line-by-line way, for
+    whatever ``rewrite_rows_fast`` does not take.
     """
-
-    PARALLEL_FROM = 8 << 20   # below this, starting workers costs more than it saves
-    INLINE_FROM = 16 << 20    # a block this large (a long line) stays here: a worker would need two more copies
-
-    def __init__(self, count, function, *fixed):
-        self.count = count
-        self.function = function
-        self.fixed = fixed
-        self.workers = None
-        self.seen = 0
-
-    def submit(self, size, *args):
-        self.seen += size
-        if size >= self.INLINE_FROM:
-            done = self.drain()
-            done.append(self.function(*(args + self.fixed)))
-            return done
-        if self.workers is None and self.count > 1 and self.seen > self.PARALLEL_FROM and Workers.available():
-            self.workers = Workers(self.count, self.function, *self.fixed)
-        if self.workers is not None:
-            return self.workers.submit(*args)
-        return [self.function(*(args + self.fixed))]
-
-    def drain(self):
-        return self.workers.drain() if self.workers is not None else []
-
-    def close(self):
-        if self.workers is not None:
-            self.workers.close()
-            self.workers = None
+    lines = block.split(b"\n")
+    rows = sum(1 for line in lines if line.startswith(_ROW_START))
+    if FOOTER in lines and any(lines[lines.index(FOOTER) + 1:]):
+        raise ReplyShape("data after the reply's ']}' end")
+    return b"\n".join([rewrite_row_line(line) for line in lines]), rows
 
 
-class BackupFailed(Failure):
-    """The reply cannot give a complete dump; the text says why."""
+# A row's start up to its document, in the fast path's terms (below).
+_ROW_PREFIX = re.compile(rb'\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":')
 
 
-class ReplyShape(BackupFailed):
-    """A 2xx reply that is not an ``_all_docs`` answer: a health page, ``{"ok":true}``."""
+# A row's end and the next row's start, up to its document: the whole
+# rewrite between two rows is replacing this by ",\n".  Ids with quotes or
+# backslashes take the line-by-line way.
+_ROW_JOIN = {
+    True: re.compile(rb'\},\r\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
+    False: re.compile(rb'\},\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
+}
 
 
-class ReplyCut(BackupFailed):
-    """The reply ended before its end, cleanly: what --resume continues."""
+def rewrite_rows_fast(block):
+    """Rewrite a block of whole row lines in one regular-expression pass.
+
+    For the common case only: every line a row followed by a comma, line
+    ends all LF or all CRLF.  Returns ``(pieces to write, rows)``, or None
+    when the block is anything else; ``rewrite_couchdb_block`` then does it
+    line by line.  Both give the same bytes.  It avoids copying the block:
+    at a million rows, every pass over the data counts.
+    """
+    crlf = block.endswith(b"\r\n")
+    if not crlf and b"\r" in block:
+        return None
+    ending = b"}},\r\n" if crlf else b"}},\n"
+    if not block.endswith(ending) or not block.startswith(_ROW_START):
+        return None
+    first = _ROW_PREFIX.match(block)
+    if first is None:
+        return None
+    mark = first.end() - len(_DOC_MARK)
+    out, joined = _ROW_JOIN[crlf].subn(b",\n", memoryview(block)[mark + len(_DOC_MARK):])
+    # Every row start was joined to the row before, and no line end is left
+    # but the last one: then every line was a row.
+    if block.count(b'\n{"id":') != joined:
+        return None
+    body = len(out) - len(ending)
+    if out.find(b"\r" if crlf else b"\n", 0, body) >= 0:
+        return None
+    return b"".join((memoryview(out)[:body], b"},\n")), joined + 1
 
 
-class ReplyBroken(Exception):
-    """Reading the reply failed (reset, cut, timeout): what --resume continues."""
+def gzip_member(data, level=6):
+    """``data`` as one complete gzip member (RFC 1952).
 
-    def __init__(self, cause):
-        super().__init__(cause)
-        self.cause = cause
+    A compressed backup is a series of members, one a block: gzip, zcat and
+    Python read them as one stream, and blocks compress independently, in
+    parallel where there are workers.
+    """
+    packer = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return packer.compress(data) + packer.flush()
+
+
+def rewrite_row_block(complete, compress=False, count_designs=False):
+    """Everything one block of whole reply lines needs, as a pure function.
+
+    Runs inline or in a parse worker.  Returns ``(dump bytes, rows,
+    carriage returns removed, design rows)``; the bytes are a gzip member
+    when ``compress``.
+    """
+    done = rewrite_rows_fast(complete)
+    if done is not None:
+        data, rows = done
+        carriage_returns = rows if complete.endswith(b"\r\n") else 0
+    else:
+        stripped = complete.replace(b"\r", b"")
+        carriage_returns = len(complete) - len(stripped)
+        data, rows = rewrite_couchdb_block(stripped)
+    designs = 0
+    if count_designs and _DESIGN_ROW_START in complete:
+        designs = complete.count(b"\n" + _DESIGN_ROW_START) + complete.startswith(_DESIGN_ROW_START)
+    if compress:
+        data = gzip_member(data)
+    return data, rows, carriage_returns, designs
 
 
 class LongRow:
@@ -2085,179 +2198,406 @@ class JsonRowScanner:
         return docs
 
 
-_JSON_TOKENS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.S)
+class JsonCursor:
+    """Walks one JSON text value by value, handing out the server's own text.
 
-
-def compact_json(text):
-    """Drop the white space between JSON tokens, keeping every token's text."""
-    return _JSON_TOKENS.sub(lambda m: m.group(1) or "", text)
-
-
-def _json_or_none(data):
-    """The JSON value of ``data``, or None when it is not JSON."""
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
-
-
-def json_bytes(value):
-    """``value`` as compact JSON in UTF-8; a lone "\\ud800" escape stays an escape."""
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
-
-
-# ---------------------------------------------------------------------------
-# Backup pipeline: stream rows -> rewrite lines -> write file
-# ---------------------------------------------------------------------------
-
-BACKUP_HEADER = b'{"new_edits":false,"docs":['
-FOOTER = b"]}"
-ALL_DOCS_QUERY = "/_all_docs?include_docs=true&attachments=true"
-_ROW_START = b'{"id":'
-_DOC_MARK = b'"},"doc":'   # the end of a row's value {"rev":"..."} and its "doc" key
-_DESIGN_ROW_START = _ROW_START + b'"' + DESIGN_PREFIX.encode()   # is_design_id, on the reply's bytes
-_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
-_ROW_ID = re.compile(rb'\A\{"id":("(?:[^"\\]|\\.)*")')
-
-
-def row_id(line):
-    """The id of an ``_all_docs`` row line in CouchDB's layout, or None."""
-    match = _ROW_ID.match(line)
-    if match is None:
-        return None
-    try:
-        return json.loads(match.group(1))
-    except ValueError:
-        return None
-
-
-def rewrite_row_line(line):
-    """One CouchDB ``_all_docs`` row line -> the dump line of its document.
-
-    ``{"id":..,"key":..,"value":{"rev":".."},"doc":{DOC}},`` becomes
-    ``{DOC},``.  The document is what follows the row's value: unlike the
-    script's greedy ``.*,"doc":``, a document holding ``,"doc":`` survives.
-    Other lines (the empty line of an empty database, the footer) only get
-    the script's brace fix, which it applies to every line.
+    A complete backup writes each revision as the server sent it (numbers,
+    escapes and key order unchanged), not as Python would write it again.
+    ``members`` and ``elements`` yield with the cursor on each item, which
+    the caller reads (``value``) or walks into.  Raises ValueError where
+    the text is not the JSON expected.
     """
-    if line.startswith(_ROW_START):
-        mark = line.find(_DOC_MARK)
-        if mark < 0 or not _is_row_start(line[:mark + 2]):
-            raise ReplyShape("a row of the reply has no document: %r" % line[:80])
-        line = line[mark + len(_DOC_MARK):]
-    elif line and line != FOOTER:
-        raise ReplyShape("a line of the reply is not a row: %r" % line[:80])
-    return fix_closing_braces(line)
+
+    _WS = re.compile(r"[ \t\n\r]*")
+
+    def __init__(self, text):
+        self.text = text
+        self.pos = 0
+        self.decoder = json.JSONDecoder()
+
+    def _next(self):
+        self.pos = self._WS.match(self.text, self.pos).end()
+        if self.pos >= len(self.text):
+            raise ValueError("the reply ends early")
+        return self.text[self.pos]
+
+    def _items(self, opening, closing, keyed):
+        if self._next() != opening:
+            raise ValueError("%r expected" % opening)
+        self.pos += 1
+        if self._next() == closing:
+            self.pos += 1
+            return
+        while True:
+            if keyed:
+                key = self.value()[0]
+                if not isinstance(key, str) or self._next() != ":":
+                    raise ValueError("an object key expected")
+                self.pos += 1
+                yield key
+            else:
+                yield None
+            char = self._next()
+            self.pos += 1
+            if char == closing:
+                return
+            if char != ",":
+                raise ValueError("',' or %r expected" % closing)
+
+    def members(self):
+        """At an object: yield each key, the cursor on its value."""
+        return self._items("{", "}", True)
+
+    def elements(self):
+        """At an array: yield once for each element, the cursor on it."""
+        return self._items("[", "]", False)
+
+    def value(self):
+        """The value at the cursor, decoded, and its text."""
+        self._next()
+        start = self.pos
+        value, self.pos = self.decoder.raw_decode(self.text, start)
+        return value, self.text[start:self.pos]
+
+    def end(self):
+        if self._WS.match(self.text, self.pos).end() != len(self.text):
+            raise ValueError("data after the reply")
 
 
-def _is_row_start(text):
-    """``{"id":..,"key":..,"value":{..}}``: the part of a row before its document."""
+class Leaf:
+    """One leaf revision as the server sent it: its dump line and what it is."""
+
+    def __init__(self, doc_id, rev, text, deleted):
+        self.doc_id = doc_id
+        self.rev = rev
+        self.line = (compact_json(text) if "\n" in text or "\r" in text else text).encode("utf-8")
+        self.deleted = deleted
+
+
+def read_revisions(cursor, doc_id=None):
+    """The entries of one document's revisions, as ``_bulk_get`` and
+    ``open_revs`` give them: ``{"ok": doc}``, ``{"missing": rev}`` (PouchDB)
+    or ``{"error": {...}}`` (CouchDB).
+
+    Returns ``(leaves, missing revisions)``.  An error other than not_found
+    fails the backup: a leaf the server will not give is no complete backup.
+    """
+    leaves, missing = [], []
+    for _ in cursor.elements():
+        for key in cursor.members():
+            value, text = cursor.value()
+            if key == "ok" and isinstance(value, dict) and isinstance(value.get("_id"), str):
+                leaves.append(Leaf(value["_id"], value.get("_rev"), text, value.get("_deleted") is True))
+            elif key == "missing":
+                missing.append((doc_id, value))
+            elif key == "error" and isinstance(value, dict):
+                if value.get("error") != "not_found":
+                    raise BackupFailed("the server did not give %s at revision %s: %s: %s" % (
+                        json.dumps(value.get("id", doc_id), ensure_ascii=False), value.get("rev"),
+                        value.get("error"), value.get("reason", "")))
+                missing.append((value.get("id", doc_id), value.get("rev")))
+    return leaves, missing
+
+
+def read_bulk_get(text):
+    """A ``_bulk_get`` reply -> ``(leaves, missing (id, rev) pairs)``."""
+    cursor = JsonCursor(text)
+    leaves, missing = [], []
+    for key in cursor.members():
+        if key != "results":
+            cursor.value()
+            continue
+        for _ in cursor.elements():
+            doc_id, entries = None, ([], [])
+            for item in cursor.members():
+                if item == "docs":
+                    entries = read_revisions(cursor)
+                else:
+                    value = cursor.value()[0]
+                    if item == "id":
+                        doc_id = value
+            leaves.extend(entries[0])
+            missing.extend((pair_id if pair_id is not None else doc_id, rev) for pair_id, rev in entries[1])
+    cursor.end()
+    return leaves, missing
+
+
+def read_open_revs(text):
+    """A ``GET {id}?open_revs=all`` reply (JSON) -> ``(leaves, missing)``."""
+    cursor = JsonCursor(text)
+    found = read_revisions(cursor)
+    cursor.end()
+    return found
+
+
+def read_changes_page(text):
+    """One ``_changes?style=all_docs`` page -> ``(rows, last_seq, pending)``.
+
+    Each row is ``(id, its leaf revisions sorted by revision_order)``.
+    """
+    page = json.loads(text)
+    if not isinstance(page, dict) or not isinstance(page.get("results"), list) or "last_seq" not in page:
+        raise ValueError("a _changes reply without results and last_seq")
+    rows = []
     try:
-        row = json.loads(text + b"}")
+        for row in page["results"]:
+            revs = {change["rev"] for change in row["changes"]}
+            if type(row["id"]) is not str or not revs or set(map(type, revs)) != {str}:
+                raise TypeError()
+            rows.append((row["id"], sorted(revs, key=revision_order)))
+    except (TypeError, KeyError):
+        raise ValueError("a _changes row without id and revisions")
+    return rows, page["last_seq"], page.get("pending")
+
+
+def revision_order(rev):
+    """Sort key of a revision ``N-hash``: its generation, then its hash."""
+    number, _, digest = str(rev).partition("-")
+    return (int(number), digest) if number.isdigit() else (-1, str(rev))
+
+
+def complete_header(security):
+    """Line 1 of a complete backup: the usual header carrying ``_security``.
+
+    CouchDB and PouchDB Server ignore the extra key of a ``_bulk_docs``
+    body, so the bash script and a plain POST still load the file.
+    """
+    return b'{"new_edits":false,"_security":' + json_bytes(security) + b',"docs":['
+
+
+def complete_header_security(header):
+    """The ``_security`` object a complete backup's header carries, else None."""
+    if b'"_security"' not in header:
+        return None
+    try:
+        value = json.loads(header + b"]}")
+    except ValueError:
+        return None
+    security = value.get("_security") if isinstance(value, dict) else None
+    return security if isinstance(security, dict) else None
+
+
+def strip_newline(line):
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def has_revisions(line):
+    """Whether a dump line is a document carrying ``_revisions`` (a complete backup's)."""
+    try:
+        doc = json.loads(strip_newline(line).rstrip(b" \t,"))
     except ValueError:
         return False
-    return isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("value"), dict)
+    return isinstance(doc, dict) and "_revisions" in doc
 
 
-def fix_closing_braces(line):
-    """The script's stages 2 and 4: drop the row's closing brace at line end."""
-    if line.endswith(b"}},"):
-        return line[:-2] + b","
-    if line.endswith(b"}}"):
-        return line[:-1]
-    return line
+_DOC_ID_REV = re.compile(rb'\A\{"_id":("(?:[^"\\]|\\.)*"),"_rev":("(?:[^"\\]|\\.)*")')
 
 
-def rewrite_couchdb_block(block):
-    """Rewrite a block of whole lines (the last may lack its newline).
+def document_revision(line):
+    """``(id, rev)`` of a dump line's document; None where it has none."""
+    match = _DOC_ID_REV.match(line)
+    try:
+        if match:
+            return json.loads(match.group(1)), json.loads(match.group(2))
+        doc = json.loads(line)
+    except ValueError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    doc_id, rev = doc.get("_id"), doc.get("_rev")
+    return (doc_id if isinstance(doc_id, str) else None), (rev if isinstance(rev, str) else None)
 
-    Returns ``(bytes to write, rows seen)``.  The line-by-line way, for
-    whatever ``rewrite_rows_fast`` does not take.
+
+def design_document_id(line):
+    """The ``_design/…`` id of a dump line, or None for any other line.
+
+    The line is parsed, so ``_id`` may stand anywhere in it; a line in the
+    script's layout that does not parse still counts, as bash's grep does.
     """
-    lines = block.split(b"\n")
-    rows = sum(1 for line in lines if line.startswith(_ROW_START))
-    if FOOTER in lines and any(lines[lines.index(FOOTER) + 1:]):
-        raise ReplyShape("data after the reply's ']}' end")
-    return b"\n".join([rewrite_row_line(line) for line in lines]), rows
+    if b"_design" not in line:
+        return None
+    text = strip_newline(line).rstrip(b",")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        if line.startswith(b'{"_id":"_design'):
+            return line.split(b'"')[3].decode("utf-8", "replace")
+        return None
+    if isinstance(doc, dict) and is_design_id(doc.get("_id")):
+        return doc["_id"]
+    return None
 
 
-# A row's start up to its document, in the fast path's terms (below).
-_ROW_PREFIX = re.compile(rb'\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":')
-
-# A row's end and the next row's start, up to its document: the whole
-# rewrite between two rows is replacing this by ",\n".  Ids with quotes or
-# backslashes take the line-by-line way.
-_ROW_JOIN = {
-    True: re.compile(rb'\},\r\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
-    False: re.compile(rb'\},\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
-}
+def with_revision(body, rev):
+    """A design document's PUT body with ``_rev`` first: an update of that revision."""
+    rest = body[1:]
+    separator = b"" if rest.lstrip()[:1] == b"}" else b","
+    return b'{"_rev":' + json.dumps(rev).encode() + separator + rest
 
 
-def rewrite_rows_fast(block):
-    """Rewrite a block of whole row lines in one regular-expression pass.
+def documents_chunk(header, docs, footer):
+    """A chunk of document lines (without their commas) made a whole body."""
+    lines = [header] + [doc + b"," for doc in docs[:-1]] + docs[-1:] + [footer]
+    return Chunk(lines, True, True, True, len(docs))
 
-    For the common case only: every line a row followed by a comma, line
-    ends all LF or all CRLF.  Returns ``(pieces to write, rows)``, or None
-    when the block is anything else; ``rewrite_couchdb_block`` then does it
-    line by line.  Both give the same bytes.  It avoids copying the block:
-    at a million rows, every pass over the data counts.
+
+def chunk_documents(chunk):
+    """A chunk's document lines, without their trailing commas."""
+    return [line[:-1] if line.endswith(b",") else line for line in chunk.lines[1:-1] if line.strip(b" \t")]
+
+
+def _parse_worker_started():
+    # Ctrl-C reaches the whole process group: only the main process decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class Workers:
+    """Runs one function over blocks in worker processes, results in order.
+
+    The main process keeps the network and the files; the workers do the
+    CPU work (rewriting and compressing rows, checking a dump).  Block i
+    goes to worker i mod n, so taking the results round the workers gives
+    them back in order; at most ``ahead`` blocks are out at once, so memory
+    holds a bounded number of blocks whatever the database size.  The
+    workers are forked: the function is inherited, never pickled, so this
+    works however the program was started.  Without fork, nothing runs in
+    parallel (``available`` is False).
     """
-    crlf = block.endswith(b"\r\n")
-    if not crlf and b"\r" in block:
-        return None
-    ending = b"}},\r\n" if crlf else b"}},\n"
-    if not block.endswith(ending) or not block.startswith(_ROW_START):
-        return None
-    first = _ROW_PREFIX.match(block)
-    if first is None:
-        return None
-    mark = first.end() - len(_DOC_MARK)
-    out, joined = _ROW_JOIN[crlf].subn(b",\n", memoryview(block)[mark + len(_DOC_MARK):])
-    # Every row start was joined to the row before, and no line end is left
-    # but the last one: then every line was a row.
-    if block.count(b'\n{"id":') != joined:
-        return None
-    body = len(out) - len(ending)
-    if out.find(b"\r" if crlf else b"\n", 0, body) >= 0:
-        return None
-    return b"".join((memoryview(out)[:body], b"},\n")), joined + 1
+
+    def __init__(self, count, function, *fixed):
+        import multiprocessing
+        context = multiprocessing.get_context("fork")
+        self.count = count
+        self.ahead = 2 * count
+        self.sent = 0
+        self.received = 0
+        # Queues, not SimpleQueues: their feeder threads keep a big block
+        # being sent from ever waiting on a worker that is itself sending.
+        self.tasks = [context.Queue() for _ in range(count)]
+        self.results = [context.Queue() for _ in range(count)]
+        self.processes = [
+            context.Process(target=_worker_loop, args=(function, fixed, self.tasks[i], self.results[i]), daemon=True)
+            for i in range(count)]
+        for process in self.processes:
+            process.start()
+
+    @staticmethod
+    def available():
+        try:
+            import multiprocessing
+            return "fork" in multiprocessing.get_all_start_methods()
+        except ImportError:
+            return False
+
+    def submit(self, *args):
+        """Queue one call; returns the results that are due, in order."""
+        self.tasks[self.sent % self.count].put(args)
+        self.sent += 1
+        done = []
+        while self.sent - self.received > self.ahead:
+            done.append(self._next())
+        return done
+
+    def drain(self):
+        done = []
+        while self.received < self.sent:
+            done.append(self._next())
+        return done
+
+    def _next(self):
+        index = self.received % self.count
+        while True:
+            try:
+                failed, value = self.results[index].get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self.processes[index].is_alive():
+                    raise RuntimeError("a worker process died (exit code %s)" % self.processes[index].exitcode)
+        self.received += 1
+        if failed:
+            raise value
+        return value
+
+    def close(self):
+        for tasks, process in zip(self.tasks, self.processes):
+            if process.is_alive():
+                try:
+                    tasks.put(None)
+                except (OSError, ValueError):
+                    pass
+        for process in self.processes:
+            process.join(timeout=1.0)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        for channel in self.tasks + self.results:
+            channel.close()
+            channel.cancel_join_thread()   # what a stopped worker never read is dropped
 
 
-def gzip_member(data, level=6):
-    """``data`` as one complete gzip member (RFC 1952).
+def _worker_loop(function, fixed, tasks, results):
+    """A worker: take argument tuples, send back (failed, result) in order."""
+    _parse_worker_started()
+    while True:
+        args = tasks.get()
+        if args is None:
+            return
+        try:
+            results.put((False, function(*(args + fixed))))
+        except Exception as error:
+            try:
+                results.put((True, error))
+            except Exception:   # an exception that does not pickle
+                results.put((True, RuntimeError("%s: %s" % (type(error).__name__, error))))
 
-    A compressed backup is a series of members, one a block: gzip, zcat and
-    Python read them as one stream, and blocks compress independently, in
-    parallel where there are workers.
+
+class BlockCalls:
+    """Calls one function on each block: inline while the data is small,
+    in ``Workers`` once it is worth starting them (``count`` of 2 or more).
+
+    ``submit`` returns the results that are due, in order; ``drain`` the
+    rest.  Used by the backup's row rewriting and the restore's check.
     """
-    packer = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return packer.compress(data) + packer.flush()
+
+    PARALLEL_FROM = 8 << 20   # below this, starting workers costs more than it saves
+    INLINE_FROM = 16 << 20    # a block this large (a long line) stays here: a worker would need two more copies
+
+    def __init__(self, count, function, *fixed):
+        self.count = count
+        self.function = function
+        self.fixed = fixed
+        self.workers = None
+        self.seen = 0
+
+    def submit(self, size, *args):
+        self.seen += size
+        if size >= self.INLINE_FROM:
+            done = self.drain()
+            done.append(self.function(*(args + self.fixed)))
+            return done
+        if self.workers is None and self.count > 1 and self.seen > self.PARALLEL_FROM and Workers.available():
+            self.workers = Workers(self.count, self.function, *self.fixed)
+        if self.workers is not None:
+            return self.workers.submit(*args)
+        return [self.function(*(args + self.fixed))]
+
+    def drain(self):
+        return self.workers.drain() if self.workers is not None else []
+
+    def close(self):
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
 
 
-def rewrite_row_block(complete, compress=False, count_designs=False):
-    """Everything one block of whole reply lines needs, as a pure function.
+# ===========================================================================
+# 6. Backup
+# ===========================================================================
+# Stream rows -> rewrite -> write the file (whole or absent).
 
-    Runs inline or in a parse worker.  Returns ``(dump bytes, rows,
-    carriage returns removed, design rows)``; the bytes are a gzip member
-    when ``compress``.
-    """
-    done = rewrite_rows_fast(complete)
-    if done is not None:
-        data, rows = done
-        carriage_returns = rows if complete.endswith(b"\r\n") else 0
-    else:
-        stripped = complete.replace(b"\r", b"")
-        carriage_returns = len(complete) - len(stripped)
-        data, rows = rewrite_couchdb_block(stripped)
-    designs = 0
-    if count_designs and _DESIGN_ROW_START in complete:
-        designs = complete.count(b"\n" + _DESIGN_ROW_START) + complete.startswith(_DESIGN_ROW_START)
-    if compress:
-        data = gzip_member(data)
-    return data, rows, carriage_returns, designs
+
+ALL_DOCS_QUERY = "/_all_docs?include_docs=true&attachments=true"
 
 
 class CouchDBLayout:
@@ -2939,26 +3279,11 @@ class _DocumentLines:
         self._write(last + b"\n" + FOOTER + b"\n")
 
 
-# -- complete backups (--complete) ------------------------------------------
-
 CHANGES_QUERY = "/_changes?style=all_docs&limit=%d&since=%s"
+
 BULK_GET_QUERY = "/_bulk_get?revs=true&attachments=true"
+
 OPEN_REVS_QUERY = "?open_revs=all&revs=true&attachments=true"
-
-
-def complete_header(security):
-    """Line 1 of a complete backup: the usual header carrying ``_security``.
-
-    CouchDB and PouchDB Server ignore the extra key of a ``_bulk_docs``
-    body, so the bash script and a plain POST still load the file.
-    """
-    return b'{"new_edits":false,"_security":' + json_bytes(security) + b',"docs":['
-
-
-def revision_order(rev):
-    """Sort key of a revision ``N-hash``: its generation, then its hash."""
-    number, _, digest = str(rev).partition("-")
-    return (int(number), digest) if number.isdigit() else (-1, str(rev))
 
 
 def document_path(doc_id):
@@ -2966,158 +3291,6 @@ def document_path(doc_id):
     if is_design_id(doc_id):
         return "/" + DESIGN_PREFIX + quote_path_segment(doc_id[len(DESIGN_PREFIX):])
     return "/" + quote_path_segment(doc_id)
-
-
-class JsonCursor:
-    """Walks one JSON text value by value, handing out the server's own text.
-
-    A complete backup writes each revision as the server sent it (numbers,
-    escapes and key order unchanged), not as Python would write it again.
-    ``members`` and ``elements`` yield with the cursor on each item, which
-    the caller reads (``value``) or walks into.  Raises ValueError where
-    the text is not the JSON expected.
-    """
-
-    _WS = re.compile(r"[ \t\n\r]*")
-
-    def __init__(self, text):
-        self.text = text
-        self.pos = 0
-        self.decoder = json.JSONDecoder()
-
-    def _next(self):
-        self.pos = self._WS.match(self.text, self.pos).end()
-        if self.pos >= len(self.text):
-            raise ValueError("the reply ends early")
-        return self.text[self.pos]
-
-    def _items(self, opening, closing, keyed):
-        if self._next() != opening:
-            raise ValueError("%r expected" % opening)
-        self.pos += 1
-        if self._next() == closing:
-            self.pos += 1
-            return
-        while True:
-            if keyed:
-                key = self.value()[0]
-                if not isinstance(key, str) or self._next() != ":":
-                    raise ValueError("an object key expected")
-                self.pos += 1
-                yield key
-            else:
-                yield None
-            char = self._next()
-            self.pos += 1
-            if char == closing:
-                return
-            if char != ",":
-                raise ValueError("',' or %r expected" % closing)
-
-    def members(self):
-        """At an object: yield each key, the cursor on its value."""
-        return self._items("{", "}", True)
-
-    def elements(self):
-        """At an array: yield once for each element, the cursor on it."""
-        return self._items("[", "]", False)
-
-    def value(self):
-        """The value at the cursor, decoded, and its text."""
-        self._next()
-        start = self.pos
-        value, self.pos = self.decoder.raw_decode(self.text, start)
-        return value, self.text[start:self.pos]
-
-    def end(self):
-        if self._WS.match(self.text, self.pos).end() != len(self.text):
-            raise ValueError("data after the reply")
-
-
-class Leaf:
-    """One leaf revision as the server sent it: its dump line and what it is."""
-
-    def __init__(self, doc_id, rev, text, deleted):
-        self.doc_id = doc_id
-        self.rev = rev
-        self.line = (compact_json(text) if "\n" in text or "\r" in text else text).encode("utf-8")
-        self.deleted = deleted
-
-
-def read_revisions(cursor, doc_id=None):
-    """The entries of one document's revisions, as ``_bulk_get`` and
-    ``open_revs`` give them: ``{"ok": doc}``, ``{"missing": rev}`` (PouchDB)
-    or ``{"error": {...}}`` (CouchDB).
-
-    Returns ``(leaves, missing revisions)``.  An error other than not_found
-    fails the backup: a leaf the server will not give is no complete backup.
-    """
-    leaves, missing = [], []
-    for _ in cursor.elements():
-        for key in cursor.members():
-            value, text = cursor.value()
-            if key == "ok" and isinstance(value, dict) and isinstance(value.get("_id"), str):
-                leaves.append(Leaf(value["_id"], value.get("_rev"), text, value.get("_deleted") is True))
-            elif key == "missing":
-                missing.append((doc_id, value))
-            elif key == "error" and isinstance(value, dict):
-                if value.get("error") != "not_found":
-                    raise BackupFailed("the server did not give %s at revision %s: %s: %s" % (
-                        json.dumps(value.get("id", doc_id), ensure_ascii=False), value.get("rev"),
-                        value.get("error"), value.get("reason", "")))
-                missing.append((value.get("id", doc_id), value.get("rev")))
-    return leaves, missing
-
-
-def read_bulk_get(text):
-    """A ``_bulk_get`` reply -> ``(leaves, missing (id, rev) pairs)``."""
-    cursor = JsonCursor(text)
-    leaves, missing = [], []
-    for key in cursor.members():
-        if key != "results":
-            cursor.value()
-            continue
-        for _ in cursor.elements():
-            doc_id, entries = None, ([], [])
-            for item in cursor.members():
-                if item == "docs":
-                    entries = read_revisions(cursor)
-                else:
-                    value = cursor.value()[0]
-                    if item == "id":
-                        doc_id = value
-            leaves.extend(entries[0])
-            missing.extend((pair_id if pair_id is not None else doc_id, rev) for pair_id, rev in entries[1])
-    cursor.end()
-    return leaves, missing
-
-
-def read_open_revs(text):
-    """A ``GET {id}?open_revs=all`` reply (JSON) -> ``(leaves, missing)``."""
-    cursor = JsonCursor(text)
-    found = read_revisions(cursor)
-    cursor.end()
-    return found
-
-
-def read_changes_page(text):
-    """One ``_changes?style=all_docs`` page -> ``(rows, last_seq, pending)``.
-
-    Each row is ``(id, its leaf revisions sorted by revision_order)``.
-    """
-    page = json.loads(text)
-    if not isinstance(page, dict) or not isinstance(page.get("results"), list) or "last_seq" not in page:
-        raise ValueError("a _changes reply without results and last_seq")
-    rows = []
-    try:
-        for row in page["results"]:
-            revs = {change["rev"] for change in row["changes"]}
-            if type(row["id"]) is not str or not revs or set(map(type, revs)) != {str}:
-                raise TypeError()
-            rows.append((row["id"], sorted(revs, key=revision_order)))
-    except (TypeError, KeyError):
-        raise ValueError("a _changes row without id and revisions")
-    return rows, page["last_seq"], page.get("pending")
 
 
 class CompleteBackup(Backup):
@@ -3366,21 +3539,15 @@ class CompleteBackup(Backup):
         return answers[-1]
 
 
-# ---------------------------------------------------------------------------
-# Restore pipeline: read -> design documents -> chunks -> upload
-# ---------------------------------------------------------------------------
+# ===========================================================================
+# 7. Restore
+# ===========================================================================
+# Read -> check -> target database -> design documents -> chunks -> upload -> verify.
+
 
 GZIP_MAGIC = b"\x1f\x8b"
+
 _DESIGN_LAYOUT = re.compile(rb'\A\{"_id":"((?:[^"\\]|\\.)*)","_rev":"[0-9]*-[0-9a-zA-Z_\-]*",')
-
-
-class DumpInvalid(Failure):
-    """The dump cannot be restored as it is; says where and why."""
-
-    def __init__(self, line, text):
-        super().__init__(text)
-        self.line = line
-        self.text = text
 
 
 class _Borrowed:
@@ -3546,78 +3713,6 @@ class DumpFile:
                 yield part + b"\n"
             if last:
                 yield last
-
-
-def strip_newline(line):
-    return line[:-1] if line.endswith(b"\n") else line
-
-
-def complete_header_security(header):
-    """The ``_security`` object a complete backup's header carries, else None."""
-    if b'"_security"' not in header:
-        return None
-    try:
-        value = json.loads(header + b"]}")
-    except ValueError:
-        return None
-    security = value.get("_security") if isinstance(value, dict) else None
-    return security if isinstance(security, dict) else None
-
-
-def has_revisions(line):
-    """Whether a dump line is a document carrying ``_revisions`` (a complete backup's)."""
-    try:
-        doc = json.loads(strip_newline(line).rstrip(b" \t,"))
-    except ValueError:
-        return False
-    return isinstance(doc, dict) and "_revisions" in doc
-
-
-def design_document_id(line):
-    """The ``_design/…`` id of a dump line, or None for any other line.
-
-    The line is parsed, so ``_id`` may stand anywhere in it; a line in the
-    script's layout that does not parse still counts, as bash's grep does.
-    """
-    if b"_design" not in line:
-        return None
-    text = strip_newline(line).rstrip(b",")
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        if line.startswith(b'{"_id":"_design'):
-            return line.split(b'"')[3].decode("utf-8", "replace")
-        return None
-    if isinstance(doc, dict) and is_design_id(doc.get("_id")):
-        return doc["_id"]
-    return None
-
-
-def design_document_request(line, doc_id):
-    """The PUT path and body for one design document line.
-
-    As the script: ``_id``, ``_rev`` and the trailing comma are removed and a
-    newline ends the body.  A line in another layout is re-serialised
-    without ``_id``/``_rev``.  The id is percent-encoded after ``_design/``,
-    so a crafted dump cannot reach outside the target database.
-    """
-    text = strip_newline(line)
-    match = _DESIGN_LAYOUT.match(text)
-    if match and match.group(1) == doc_id.encode("utf-8", "surrogatepass"):
-        body = b"{" + text[match.end():]
-        if body.endswith(b","):
-            body = body[:-1]
-    else:
-        trimmed = text[:-1] if text.endswith(b",") else text
-        try:
-            doc = json.loads(trimmed)
-            doc.pop("_id", None)
-            doc.pop("_rev", None)
-            body = json_bytes(doc)
-        except (ValueError, AttributeError):
-            body = trimmed
-    name = doc_id[len(DESIGN_PREFIX):] if is_design_id(doc_id) else doc_id
-    return "/" + DESIGN_PREFIX + quote_path_segment(name), body + b"\n"
 
 
 _BLANK_LINE_BYTES = re.compile(rb"\n[ \t]*(?=\n)")
@@ -3866,6 +3961,202 @@ def database_names(reply):
     return names
 
 
+# What a refused list of databases most likely means (said on stderr).
+REFUSED_LISTING = {
+    401: ": it did not accept the user name and password (-u/-p, or COUCHDB_USER/COUCHDB_PASS)",
+    403: ": the user may not list the databases",
+}
+
+
+def report_refusals(out, reply):
+    """Report the documents an accepted _bulk_docs reply still refused; returns their number."""
+    try:
+        answers = json.loads(reply.body)
+    except ValueError:
+        return 0
+    if not isinstance(answers, list):
+        return 0
+    refused = 0
+    for answer in answers:
+        if isinstance(answer, dict) and "error" in answer:
+            refused += 1
+            out.line("... ERROR: Document %s was refused: %s: %s" % (
+                json.dumps(answer.get("id"), ensure_ascii=False), answer.get("error"), answer.get("reason", "")))
+    return refused
+
+
+class TargetDatabase:
+    """The database a restore writes to, made ready as the script does.
+
+    It asks for the list of databases; a database that is missing is
+    created with -c, one that exists is deleted and created again with
+    --recreate.  ``before_change`` runs before the first request that would
+    change the server, so a plan known to fail stops the run before it.
+    """
+
+    def __init__(self, opts, out, retry, path):
+        self.opts = opts
+        self.out = out
+        self.retry = retry
+        self.path = path
+
+    def prepare(self, before_change):
+        opts, out = self.opts, self.out
+        reply = self.retry.request(
+            "GET", "/_all_dbs", accept=lambda reply: True,
+            transfer_warn="... WARN: Curl failed to get the list of databases - Attempt %d/%s. Retrying...",
+            transfer_final=lambda error: out.line("... ERROR: Curl failed to get the list of databases - Stopping"))
+        names = database_names(reply)
+        if names is None:
+            out.line("... WARN: Curl failed to get the list of databases - Continuing")
+            if not reply.body.rstrip(b"\n"):
+                out.line("... WARN: Curl just returned: ")
+            if reply.status >= 400:
+                out.detail("couchdb_dump: the server answered HTTP %d to the list of databases%s"
+                           % (reply.status, REFUSED_LISTING.get(reply.status, "")))
+            if opts.recreate:
+                out.line("... ERROR: --recreate needs the list of databases - Stopping")
+                raise Exit(1)
+            return
+        exists = opts.db in names
+        if exists and opts.recreate:
+            before_change()
+            self.delete()
+            exists = False
+        if exists:
+            return
+        if not opts.create:
+            out.line("... ERROR: corresponding database %s not yet created - Stopping" % opts.db)
+            out.info("... HINT: you could add the -c flag to create the database automatically")
+            raise Exit(1)
+        before_change()
+        self.create()
+
+    def delete(self):
+        opts, out = self.opts, self.out
+        out.info("... INFO: Deleting database %s (--recreate)" % opts.db)
+        self.retry.request(
+            "DELETE", self.path,
+            transfer_warn=("... WARN: Curl failed to delete the database %s - Attempt %d/%s. Retrying...", opts.db),
+            transfer_final=lambda error: out.line("... ERROR: Curl failed to delete the database %s - Stopping"
+                                                  % opts.db),
+            reply_warn="... WARN: CouchDB Reported an error during db deletion - Attempt %d/%s - Retrying...",
+            accept=Retry.ok_accepted)
+
+    def create(self):
+        opts, out = self.opts, self.out
+
+        def failed(error):
+            out.line("... ERROR: Curl failed to create the database %s - Stopping" % opts.db)
+            out.line(".. ERROR: See above for any errors")
+        self.retry.request(
+            "PUT", self.path,
+            transfer_warn=("... WARN: Curl failed to create the database %s - Attempt %d/%s. Retrying...", opts.db),
+            transfer_final=failed,
+            reply_warn="... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying...",
+            accept=Retry.ok_accepted)
+
+
+def design_document_request(line, doc_id):
+    """The PUT path and body for one design document line.
+
+    As the script: ``_id``, ``_rev`` and the trailing comma are removed and a
+    newline ends the body.  A line in another layout is re-serialised
+    without ``_id``/``_rev``.  The id is percent-encoded after ``_design/``,
+    so a crafted dump cannot reach outside the target database.
+    """
+    text = strip_newline(line)
+    match = _DESIGN_LAYOUT.match(text)
+    if match and match.group(1) == doc_id.encode("utf-8", "surrogatepass"):
+        body = b"{" + text[match.end():]
+        if body.endswith(b","):
+            body = body[:-1]
+    else:
+        trimmed = text[:-1] if text.endswith(b",") else text
+        try:
+            doc = json.loads(trimmed)
+            doc.pop("_id", None)
+            doc.pop("_rev", None)
+            body = json_bytes(doc)
+        except (ValueError, AttributeError):
+            body = trimmed
+    name = doc_id[len(DESIGN_PREFIX):] if is_design_id(doc_id) else doc_id
+    return "/" + DESIGN_PREFIX + quote_path_segment(name), body + b"\n"
+
+
+class RestoreStep:
+    """A part of the restore's work, handed what every part needs from ``Restore``."""
+
+    def __init__(self, restore):
+        self.opts = restore.opts
+        self.out = restore.out
+        self.retry = restore.retry
+        self.counts = restore.counts
+        self.progress = restore.progress
+        self.db_path = restore.db_path
+
+
+class DesignDocuments(RestoreStep):
+    """PUTs the dump's design documents one by one, as the script does.
+
+    With -s or --resume the database may hold them already: each is read
+    first; one with the same content (compared without ``_rev``) is left as
+    it is, one with other content is PUT with its current ``_rev`` (an
+    update, never a ``conflict``).
+    """
+
+    def __init__(self, restore):
+        super().__init__(restore)
+        self.compare = restore.opts.resume or restore.opts.start_chunk is not None
+
+    def put_all(self, dump, survey):
+        opts, out, counts = self.opts, self.out, self.counts
+        wanted = dict(survey.designs)
+        for count, (number, line) in enumerate(dump.numbered_lines(wanted)):
+            path, body = design_document_request(line, wanted[number])
+            name = "%s-design.%d" % (opts.file, count)
+            if self.compare:
+                body = self.against_database(path, body, name, wanted[number])
+                if body is None:
+                    continue
+            self.retry.request(
+                "PUT", self.db_path + path, body, "application/json",
+                transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s. Retrying...", name),
+                transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
+                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
+                reply_final=lambda reply: self.refused(reply, wanted[number]),
+                accept=lambda reply: Retry.ok_accepted(reply, wanted[number]))
+            counts.documents_written += 1
+            self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
+
+    def refused(self, reply, doc_id):
+        """The script's last word on a design document, and what to do about a conflict."""
+        self.retry.couchdb_reported(reply)
+        if reply.status == 409 or b'"error":"conflict"' in reply.first_line:
+            self.out.detail("couchdb_dump: %s already holds the design document %s: to restore the dump over what"
+                            " the database holds, add --resume (it updates what differs) or --recreate (it deletes"
+                            " the database first)" % (self.opts.db, doc_id))
+
+    def against_database(self, path, body, name, doc_id):
+        """The body to PUT: as it is, with the current ``_rev``, or None when it is there already."""
+        reply = self.retry.request(
+            "GET", self.db_path + path + "?attachments=true",
+            accept=lambda reply: reply.status == 404 or Retry.object_accepted(reply),
+            transfer_warn=("... WARN: Failed to read %s from the database - Attempt %d/%s. Retrying...", name),
+            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to read %s - Stopping" % name),
+            reply_warn="... WARN: CouchDB Reported an error reading a design document - Attempt %d/%s - Retrying...")
+        if reply.status == 404:
+            return body
+        current = json.loads(reply.body)
+        rev = current.pop("_rev", None)
+        current.pop("_id", None)
+        if current == _json_or_none(body):
+            self.out.info("... INFO: Design document %s is in the database already: left as it is"
+                          % json.dumps(doc_id, ensure_ascii=False))
+            return None
+        return with_revision(body, rev) if isinstance(rev, str) else body
+
+
 def chunk_suffix(index):
     """split -a 3 names: aaa, aab, ... zzz; past that one letter more."""
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -4044,6 +4335,29 @@ class RestoreText:
     _chunk = staticmethod(Chunk.of_lines)
 
 
+def start_chunk(opts, out, survey, single):
+    """-s NAME: the index of the chunk to start at (0 without -s).
+
+    NAME is a chunk's split-file name as the messages print it (or its last
+    path component).  An unknown name ends the run before any request.
+    """
+    if opts.start_chunk is None or not single and opts.chunk_lines is None:
+        return 0
+    if single:
+        names = [opts.file]
+    else:
+        base = opts.file + ("-nodesign" if survey.designs else "")
+        text_lines = survey.lines - len(survey.designs)
+        names = ["%s.split%s" % (base, chunk_suffix(i)) for i in range(-(-text_lines // opts.chunk_lines))]
+    for index, name in enumerate(names):
+        if opts.start_chunk in (name, os.path.basename(name)):
+            return index
+    known = "%s to %s" % (names[0], names[-1]) if len(names) > 1 else (names[0] if names else "none")
+    out.line("... ERROR: -s %s names no chunk of this restore (its chunks: %s). Nothing was sent to the server."
+             % (opts.start_chunk, known))
+    raise Exit(1)
+
+
 class RevisionIndex:
     """Which (id, revision) pairs the dump holds, for --verify.
 
@@ -4095,205 +4409,95 @@ class RevisionIndex:
         return self.found.count(0)
 
 
-def report_refusals(out, reply):
-    """Report the documents an accepted _bulk_docs reply still refused; returns their number."""
-    try:
-        answers = json.loads(reply.body)
-    except ValueError:
-        return 0
-    if not isinstance(answers, list):
-        return 0
-    refused = 0
-    for answer in answers:
-        if isinstance(answer, dict) and "error" in answer:
-            refused += 1
-            out.line("... ERROR: Document %s was refused: %s: %s" % (
-                json.dumps(answer.get("id"), ensure_ascii=False), answer.get("error"), answer.get("reason", "")))
-    return refused
+def revs_diff(retry, db_path, asked, transfer_warn, transfer_final):
+    """Which (id, revision) pairs of ``asked`` ({id: [revisions]}) the database
+    lacks: one ``_revs_diff`` POST.  An answer's entry of another shape counts
+    as nothing missing there; an answer that is no JSON object is retried."""
+    reply = retry.request(
+        "POST", db_path + "/_revs_diff", json_bytes(asked), "application/json",
+        accept=Retry.object_accepted,
+        transfer_warn=transfer_warn, transfer_final=transfer_final,
+        reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...")
+    lacking = set()
+    for doc_id, answer in json.loads(reply.body).items():
+        missing = answer.get("missing") if isinstance(answer, dict) else None
+        if isinstance(missing, list):
+            lacking.update((doc_id, rev) for rev in missing if isinstance(rev, str))
+    return lacking
 
 
-# What a refused list of databases most likely means (said on stderr).
-REFUSED_LISTING = {
-    401: ": it did not accept the user name and password (-u/-p, or COUCHDB_USER/COUCHDB_PASS)",
-    403: ": the user may not list the databases",
-}
+class BulkUpload:
+    """Sends one _bulk_docs body: only what is missing, in halves when too large.
 
-
-class TargetDatabase:
-    """The database a restore writes to, made ready as the script does.
-
-    It asks for the list of databases; a database that is missing is
-    created with -c, one that exists is deleted and created again with
-    --recreate.  ``before_change`` runs before the first request that would
-    change the server, so a plan known to fail stops the run before it.
+    With --resume, one ``_revs_diff`` POST first asks which documents the
+    database lacks at the dump's revision; only those are sent, and nothing
+    when none is.  A 413 (request too large) splits the body in halves
+    (``Chunk.halves``), each sent on its own, down to one document; a single
+    document still refused is reported as refused, by id.  ``post(stream)``
+    sends a body through ``Retry`` and must take a 413 as an answer.
     """
 
-    def __init__(self, opts, out, retry, path):
-        self.opts = opts
-        self.out = out
+    TOO_LARGE = "the server refuses this document as too large (HTTP 413)"
+
+    def __init__(self, retry, out, db_path, resume):
         self.retry = retry
-        self.path = path
+        self.out = out
+        self.db_path = db_path
+        self.resume = resume
 
-    def prepare(self, before_change):
-        opts, out = self.opts, self.out
-        reply = self.retry.request(
-            "GET", "/_all_dbs", accept=lambda reply: True,
-            transfer_warn="... WARN: Curl failed to get the list of databases - Attempt %d/%s. Retrying...",
-            transfer_final=lambda error: out.line("... ERROR: Curl failed to get the list of databases - Stopping"))
-        names = database_names(reply)
-        if names is None:
-            out.line("... WARN: Curl failed to get the list of databases - Continuing")
-            if not reply.body.rstrip(b"\n"):
-                out.line("... WARN: Curl just returned: ")
-            if reply.status >= 400:
-                out.detail("couchdb_dump: the server answered HTTP %d to the list of databases%s"
-                           % (reply.status, REFUSED_LISTING.get(reply.status, "")))
-            if opts.recreate:
-                out.line("... ERROR: --recreate needs the list of databases - Stopping")
-                raise Exit(1)
-            return
-        exists = opts.db in names
-        if exists and opts.recreate:
-            before_change()
-            self.delete()
-            exists = False
-        if exists:
-            return
-        if not opts.create:
-            out.line("... ERROR: corresponding database %s not yet created - Stopping" % opts.db)
-            out.info("... HINT: you could add the -c flag to create the database automatically")
-            raise Exit(1)
-        before_change()
-        self.create()
+    @staticmethod
+    def accepted(reply):
+        return reply.status == 413 or Retry.bulk_accepted(reply)
 
-    def delete(self):
-        opts, out = self.opts, self.out
-        out.info("... INFO: Deleting database %s (--recreate)" % opts.db)
-        self.retry.request(
-            "DELETE", self.path,
-            transfer_warn=("... WARN: Curl failed to delete the database %s - Attempt %d/%s. Retrying...", opts.db),
-            transfer_final=lambda error: out.line("... ERROR: Curl failed to delete the database %s - Stopping"
-                                                  % opts.db),
-            reply_warn="... WARN: CouchDB Reported an error during db deletion - Attempt %d/%s - Retrying...",
-            accept=Retry.ok_accepted)
+    def send(self, stream, documents, make_chunk, name, post):
+        """Send ``stream`` (its ``Chunk`` from ``make_chunk()``, built only when
+        needed); returns ``(documents sent, the server's answers as one Reply)``."""
+        chunk = None
+        if self.resume:
+            chunk = self.missing(make_chunk(), name)
+            if not chunk.documents:
+                return 0, Reply(201, b"[]")
+            stream, documents = chunk.stream, chunk.documents
+        reply = post(stream)
+        if reply.status != 413:
+            return documents, reply
+        return self.halving(chunk or make_chunk(), name, post)
 
-    def create(self):
-        opts, out = self.opts, self.out
+    def halving(self, chunk, name, post):
+        """A chunk the server found too large: its halves, each sent (and halved) in turn."""
+        if chunk.documents <= 1:
+            refused = [{"id": document_revision(doc)[0], "error": "too_large", "reason": self.TOO_LARGE}
+                       for doc in chunk_documents(chunk)]
+            return len(refused), Reply(201, json.dumps(refused).encode())
+        halves = chunk.halves()
+        self.out.line("... WARN: %s is too large for the server (HTTP 413) - sending it as %d and %d documents"
+                      % (name, halves[0].documents, halves[1].documents))
+        sent, answers = 0, []
+        for half in halves:
+            reply = post(half.stream)
+            count, reply = (half.documents, reply) if reply.status != 413 else self.halving(half, name, post)
+            sent += count
+            answers.extend(json.loads(reply.body))
+        return sent, Reply(201, json.dumps(answers).encode())
 
-        def failed(error):
-            out.line("... ERROR: Curl failed to create the database %s - Stopping" % opts.db)
-            out.line(".. ERROR: See above for any errors")
-        self.retry.request(
-            "PUT", self.path,
-            transfer_warn=("... WARN: Curl failed to create the database %s - Attempt %d/%s. Retrying...", opts.db),
-            transfer_final=failed,
-            reply_warn="... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying...",
-            accept=Retry.ok_accepted)
-
-
-def verify_restore(session, out, opts, path, dump, index):
-    """--verify: every document of the dump is in the database, same revision.
-
-    Reads the database's ``_all_docs`` once and marks what it finds in
-    ``index``; then names each document missing or at another revision
-    (the dump is read again to name them).  Returns None when none is, else
-    the summary (``2 of 8 documents ... missing``) for --json's error.
-    """
-    out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
-    try:
-        response = session.open("GET", path + "/_all_docs")
-        scanner = JsonRowScanner(documents=False)
-        present_designs = set()
-        wanted_designs = set(index.design_ids)
-
-        def take(row):
-            value = row.get("value") or {}
-            if row.get("id") in wanted_designs:
-                present_designs.add(row["id"])
-            else:
-                index.mark(row.get("id"), value.get("rev"))
-        for block in read_blocks(response):
-            for row in scanner.feed(block):
-                take(row)
-        for row in scanner.finish():
-            take(row)
-        response.release_conn()
-    except Exception as error:
-        # Our own errors say what went wrong; any other is named by its type only.
-        why = error if isinstance(error, Failure) else _describe(error)
-        out.line("... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, why))
-        raise Exit(1)
-    missing = index.missing() + len(wanted_designs - present_designs)
-    total = len(index.keys) + len(wanted_designs)
-    if not missing:
-        out.info("... INFO: Verified: all %d documents of the dump are in %s with their revisions"
-                 " (%d design documents by id)." % (total, opts.db, len(wanted_designs)))
-        return None
-    summary = "Verify: %d of %d documents of the dump are missing from %s or at another revision" % (
-        missing, total, opts.db)
-    out.line("... ERROR: %s:" % summary)
-    for doc_id in sorted(wanted_designs - present_designs):
-        out.line("... ERROR:   missing: %s" % json.dumps(doc_id, ensure_ascii=False))
-    for line in dump.lines():
-        body = strip_newline(line).rstrip(b",")
-        if not body.startswith(b"{") or body == BACKUP_HEADER:
-            continue
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            continue
-        if not isinstance(doc, dict) or is_design_id(doc.get("_id")):
-            continue
-        if not index.has(doc.get("_id"), doc.get("_rev")):
-            out.line("... ERROR:   missing: %s at revision %s" % (
-                json.dumps(doc.get("_id"), ensure_ascii=False), doc.get("_rev")))
-    return summary
-
-
-def database_doc_count(session, path):
-    """The database's doc_count, or None when it does not answer with one (one try)."""
-    try:
-        reply = session.request("GET", path)
-        info = json.loads(reply.body) if reply.ok else None
-    except (TransferFailed, ValueError):
-        return None
-    count = info.get("doc_count") if isinstance(info, dict) else None
-    return count if type(count) is int else None
-
-
-def report_incomplete(session, out, opts, path, counts):
-    """After a restore that stopped part way: what this run wrote, and what the database holds.
-
-    Documents written counts what the server confirmed in this run; a chunk
-    whose answer was lost may be stored all the same, and the database may
-    have held documents before.  So the database is asked for its doc_count
-    (design documents included), when the run may send requests the
-    script never sends (``opts.extended``): a run with the script's
-    options sends the script's requests only.
-    """
-    where = " at %s" % counts.failed_chunk if counts.failed_chunk is not None else ""
-    text = "couchdb_dump: the restore stopped%s: this run wrote %d of the dump's %d documents" % (
-        where, counts.documents_written, counts.total_documents)
-    held = database_doc_count(session, path) if opts.extended else None
-    if held is not None:
-        text += "; the database holds %d documents now (its doc_count, with any it held before)" % held
-    elif opts.extended:
-        text += "; the database did not say how many documents it holds now"
-    else:
-        text += "; the database may hold more (a chunk whose answer was lost can be stored all the same)"
-    out.detail(text)
-
-
-class RestoreStep:
-    """A part of the restore's work, handed what every part needs from ``Restore``."""
-
-    def __init__(self, restore):
-        self.opts = restore.opts
-        self.out = restore.out
-        self.retry = restore.retry
-        self.counts = restore.counts
-        self.progress = restore.progress
-        self.db_path = restore.db_path
+    def missing(self, chunk, name):
+        """The chunk less the documents the database has at their revision (one _revs_diff POST)."""
+        docs = chunk_documents(chunk)
+        revisions = [document_revision(doc) for doc in docs]
+        asked = {}
+        for doc_id, rev in revisions:
+            if doc_id is not None and rev is not None:
+                asked.setdefault(doc_id, []).append(rev)
+        if not asked:
+            return chunk
+        lacking = revs_diff(
+            self.retry, self.db_path, asked,
+            transfer_warn=("... WARN: Failed to compare %s with the database - Attempt %d/%s - Retrying...", name),
+            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to compare %s - Stopping"
+                                                       % name))
+        return documents_chunk(chunk.lines[0], [doc for doc, (doc_id, rev) in zip(docs, revisions)
+                                                if doc_id is None or rev is None or (doc_id, rev) in lacking],
+                               chunk.lines[-1])
 
 
 class ChunkUpload(RestoreStep):
@@ -4492,23 +4696,6 @@ class CompleteRestore(RestoreStep):
         return [(doc_id, rev) for doc_id, revs in batch.items() for rev in revs if (doc_id, rev) in lacking]
 
 
-def revs_diff(retry, db_path, asked, transfer_warn, transfer_final):
-    """Which (id, revision) pairs of ``asked`` ({id: [revisions]}) the database
-    lacks: one ``_revs_diff`` POST.  An answer's entry of another shape counts
-    as nothing missing there; an answer that is no JSON object is retried."""
-    reply = retry.request(
-        "POST", db_path + "/_revs_diff", json_bytes(asked), "application/json",
-        accept=Retry.object_accepted,
-        transfer_warn=transfer_warn, transfer_final=transfer_final,
-        reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...")
-    lacking = set()
-    for doc_id, answer in json.loads(reply.body).items():
-        missing = answer.get("missing") if isinstance(answer, dict) else None
-        if isinstance(missing, list):
-            lacking.update((doc_id, rev) for rev in missing if isinstance(rev, str))
-    return lacking
-
-
 class RestoreCounts:
     """What a restore has done, counted in one place; its --json summary.
 
@@ -4541,215 +4728,97 @@ class RestoreCounts:
         return summary
 
 
-# -- resuming, pacing and pushing back (issue #11) ----------------------------
+def verify_restore(session, out, opts, path, dump, index):
+    """--verify: every document of the dump is in the database, same revision.
 
-def is_import_request(method, path):
-    """The requests -D spaces: a design document's PUT and a _bulk_docs POST."""
-    return (method == "PUT" and "/_design/" in path) or (method == "POST" and path.endswith("/_bulk_docs"))
-
-
-class PacedSession:
-    """-D: the session, with ``delay`` seconds between consecutive import requests.
-
-    The next import request starts ``delay`` seconds after the previous one
-    ended (upstream's sleep between requests); with --jobs, starts are also
-    spaced by ``delay``.  Other requests go at once.
+    Reads the database's ``_all_docs`` once and marks what it finds in
+    ``index``; then names each document missing or at another revision
+    (the dump is read again to name them).  Returns None when none is, else
+    the summary (``2 of 8 documents ... missing``) for --json's error.
     """
-
-    def __init__(self, session, delay, stop):
-        self.session = session
-        self.delay = delay
-        self.stop = stop
-        self.lock = threading.Lock()
-        self.next = 0.0
-
-    def request(self, method, path, body=None, content_type=None, **accept):
-        if not is_import_request(method, path):
-            return self.session.request(method, path, body, content_type, **accept)
-        with self.lock:
-            wait = self.next - time.monotonic()
-            if wait > 0 and not pause(wait, lambda: self.stop.requested):
-                raise RestoreStopped()
-            self.next = time.monotonic() + self.delay
-        try:
-            return self.session.request(method, path, body, content_type, **accept)
-        finally:
-            with self.lock:
-                self.next = max(self.next, time.monotonic() + self.delay)
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-
-_DOC_ID_REV = re.compile(rb'\A\{"_id":("(?:[^"\\]|\\.)*"),"_rev":("(?:[^"\\]|\\.)*")')
-
-
-def document_revision(line):
-    """``(id, rev)`` of a dump line's document; None where it has none."""
-    match = _DOC_ID_REV.match(line)
+    out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
     try:
-        if match:
-            return json.loads(match.group(1)), json.loads(match.group(2))
-        doc = json.loads(line)
-    except ValueError:
-        return None, None
-    if not isinstance(doc, dict):
-        return None, None
-    doc_id, rev = doc.get("_id"), doc.get("_rev")
-    return (doc_id if isinstance(doc_id, str) else None), (rev if isinstance(rev, str) else None)
+        response = session.open("GET", path + "/_all_docs")
+        scanner = JsonRowScanner(documents=False)
+        present_designs = set()
+        wanted_designs = set(index.design_ids)
+
+        def take(row):
+            value = row.get("value") or {}
+            if row.get("id") in wanted_designs:
+                present_designs.add(row["id"])
+            else:
+                index.mark(row.get("id"), value.get("rev"))
+        for block in read_blocks(response):
+            for row in scanner.feed(block):
+                take(row)
+        for row in scanner.finish():
+            take(row)
+        response.release_conn()
+    except Exception as error:
+        # Our own errors say what went wrong; any other is named by its type only.
+        why = error if isinstance(error, Failure) else _describe(error)
+        out.line("... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, why))
+        raise Exit(1)
+    missing = index.missing() + len(wanted_designs - present_designs)
+    total = len(index.keys) + len(wanted_designs)
+    if not missing:
+        out.info("... INFO: Verified: all %d documents of the dump are in %s with their revisions"
+                 " (%d design documents by id)." % (total, opts.db, len(wanted_designs)))
+        return None
+    summary = "Verify: %d of %d documents of the dump are missing from %s or at another revision" % (
+        missing, total, opts.db)
+    out.line("... ERROR: %s:" % summary)
+    for doc_id in sorted(wanted_designs - present_designs):
+        out.line("... ERROR:   missing: %s" % json.dumps(doc_id, ensure_ascii=False))
+    for line in dump.lines():
+        body = strip_newline(line).rstrip(b",")
+        if not body.startswith(b"{") or body == BACKUP_HEADER:
+            continue
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict) or is_design_id(doc.get("_id")):
+            continue
+        if not index.has(doc.get("_id"), doc.get("_rev")):
+            out.line("... ERROR:   missing: %s at revision %s" % (
+                json.dumps(doc.get("_id"), ensure_ascii=False), doc.get("_rev")))
+    return summary
 
 
-def documents_chunk(header, docs, footer):
-    """A chunk of document lines (without their commas) made a whole body."""
-    lines = [header] + [doc + b"," for doc in docs[:-1]] + docs[-1:] + [footer]
-    return Chunk(lines, True, True, True, len(docs))
+def database_doc_count(session, path):
+    """The database's doc_count, or None when it does not answer with one (one try)."""
+    try:
+        reply = session.request("GET", path)
+        info = json.loads(reply.body) if reply.ok else None
+    except (TransferFailed, ValueError):
+        return None
+    count = info.get("doc_count") if isinstance(info, dict) else None
+    return count if type(count) is int else None
 
 
-def chunk_documents(chunk):
-    """A chunk's document lines, without their trailing commas."""
-    return [line[:-1] if line.endswith(b",") else line for line in chunk.lines[1:-1] if line.strip(b" \t")]
+def report_incomplete(session, out, opts, path, counts):
+    """After a restore that stopped part way: what this run wrote, and what the database holds.
 
-
-class BulkUpload:
-    """Sends one _bulk_docs body: only what is missing, in halves when too large.
-
-    With --resume, one ``_revs_diff`` POST first asks which documents the
-    database lacks at the dump's revision; only those are sent, and nothing
-    when none is.  A 413 (request too large) splits the body in halves
-    (``Chunk.halves``), each sent on its own, down to one document; a single
-    document still refused is reported as refused, by id.  ``post(stream)``
-    sends a body through ``Retry`` and must take a 413 as an answer.
+    Documents written counts what the server confirmed in this run; a chunk
+    whose answer was lost may be stored all the same, and the database may
+    have held documents before.  So the database is asked for its doc_count
+    (design documents included), when the run may send requests the
+    script never sends (``opts.extended``): a run with the script's
+    options sends the script's requests only.
     """
-
-    TOO_LARGE = "the server refuses this document as too large (HTTP 413)"
-
-    def __init__(self, retry, out, db_path, resume):
-        self.retry = retry
-        self.out = out
-        self.db_path = db_path
-        self.resume = resume
-
-    @staticmethod
-    def accepted(reply):
-        return reply.status == 413 or Retry.bulk_accepted(reply)
-
-    def send(self, stream, documents, make_chunk, name, post):
-        """Send ``stream`` (its ``Chunk`` from ``make_chunk()``, built only when
-        needed); returns ``(documents sent, the server's answers as one Reply)``."""
-        chunk = None
-        if self.resume:
-            chunk = self.missing(make_chunk(), name)
-            if not chunk.documents:
-                return 0, Reply(201, b"[]")
-            stream, documents = chunk.stream, chunk.documents
-        reply = post(stream)
-        if reply.status != 413:
-            return documents, reply
-        return self.halving(chunk or make_chunk(), name, post)
-
-    def halving(self, chunk, name, post):
-        """A chunk the server found too large: its halves, each sent (and halved) in turn."""
-        if chunk.documents <= 1:
-            refused = [{"id": document_revision(doc)[0], "error": "too_large", "reason": self.TOO_LARGE}
-                       for doc in chunk_documents(chunk)]
-            return len(refused), Reply(201, json.dumps(refused).encode())
-        halves = chunk.halves()
-        self.out.line("... WARN: %s is too large for the server (HTTP 413) - sending it as %d and %d documents"
-                      % (name, halves[0].documents, halves[1].documents))
-        sent, answers = 0, []
-        for half in halves:
-            reply = post(half.stream)
-            count, reply = (half.documents, reply) if reply.status != 413 else self.halving(half, name, post)
-            sent += count
-            answers.extend(json.loads(reply.body))
-        return sent, Reply(201, json.dumps(answers).encode())
-
-    def missing(self, chunk, name):
-        """The chunk less the documents the database has at their revision (one _revs_diff POST)."""
-        docs = chunk_documents(chunk)
-        revisions = [document_revision(doc) for doc in docs]
-        asked = {}
-        for doc_id, rev in revisions:
-            if doc_id is not None and rev is not None:
-                asked.setdefault(doc_id, []).append(rev)
-        if not asked:
-            return chunk
-        lacking = revs_diff(
-            self.retry, self.db_path, asked,
-            transfer_warn=("... WARN: Failed to compare %s with the database - Attempt %d/%s - Retrying...", name),
-            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to compare %s - Stopping"
-                                                       % name))
-        return documents_chunk(chunk.lines[0], [doc for doc, (doc_id, rev) in zip(docs, revisions)
-                                                if doc_id is None or rev is None or (doc_id, rev) in lacking],
-                               chunk.lines[-1])
-
-
-def with_revision(body, rev):
-    """A design document's PUT body with ``_rev`` first: an update of that revision."""
-    rest = body[1:]
-    separator = b"" if rest.lstrip()[:1] == b"}" else b","
-    return b'{"_rev":' + json.dumps(rev).encode() + separator + rest
-
-
-class DesignDocuments(RestoreStep):
-    """PUTs the dump's design documents one by one, as the script does.
-
-    With -s or --resume the database may hold them already: each is read
-    first; one with the same content (compared without ``_rev``) is left as
-    it is, one with other content is PUT with its current ``_rev`` (an
-    update, never a ``conflict``).
-    """
-
-    def __init__(self, restore):
-        super().__init__(restore)
-        self.compare = restore.opts.resume or restore.opts.start_chunk is not None
-
-    def put_all(self, dump, survey):
-        opts, out, counts = self.opts, self.out, self.counts
-        wanted = dict(survey.designs)
-        for count, (number, line) in enumerate(dump.numbered_lines(wanted)):
-            path, body = design_document_request(line, wanted[number])
-            name = "%s-design.%d" % (opts.file, count)
-            if self.compare:
-                body = self.against_database(path, body, name, wanted[number])
-                if body is None:
-                    continue
-            self.retry.request(
-                "PUT", self.db_path + path, body, "application/json",
-                transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s. Retrying...", name),
-                transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
-                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
-                reply_final=lambda reply: self.refused(reply, wanted[number]),
-                accept=lambda reply: Retry.ok_accepted(reply, wanted[number]))
-            counts.documents_written += 1
-            self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
-
-    def refused(self, reply, doc_id):
-        """The script's last word on a design document, and what to do about a conflict."""
-        self.retry.couchdb_reported(reply)
-        if reply.status == 409 or b'"error":"conflict"' in reply.first_line:
-            self.out.detail("couchdb_dump: %s already holds the design document %s: to restore the dump over what"
-                            " the database holds, add --resume (it updates what differs) or --recreate (it deletes"
-                            " the database first)" % (self.opts.db, doc_id))
-
-    def against_database(self, path, body, name, doc_id):
-        """The body to PUT: as it is, with the current ``_rev``, or None when it is there already."""
-        reply = self.retry.request(
-            "GET", self.db_path + path + "?attachments=true",
-            accept=lambda reply: reply.status == 404 or Retry.object_accepted(reply),
-            transfer_warn=("... WARN: Failed to read %s from the database - Attempt %d/%s. Retrying...", name),
-            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to read %s - Stopping" % name),
-            reply_warn="... WARN: CouchDB Reported an error reading a design document - Attempt %d/%s - Retrying...")
-        if reply.status == 404:
-            return body
-        current = json.loads(reply.body)
-        rev = current.pop("_rev", None)
-        current.pop("_id", None)
-        if current == _json_or_none(body):
-            self.out.info("... INFO: Design document %s is in the database already: left as it is"
-                          % json.dumps(doc_id, ensure_ascii=False))
-            return None
-        return with_revision(body, rev) if isinstance(rev, str) else body
+    where = " at %s" % counts.failed_chunk if counts.failed_chunk is not None else ""
+    text = "couchdb_dump: the restore stopped%s: this run wrote %d of the dump's %d documents" % (
+        where, counts.documents_written, counts.total_documents)
+    held = database_doc_count(session, path) if opts.extended else None
+    if held is not None:
+        text += "; the database holds %d documents now (its doc_count, with any it held before)" % held
+    elif opts.extended:
+        text += "; the database did not say how many documents it holds now"
+    else:
+        text += "; the database may hold more (a chunk whose answer was lost can be stored all the same)"
+    out.detail(text)
 
 
 def tell_resume(out, opts, counts):
@@ -4771,29 +4840,6 @@ def tell_resume(out, opts, counts):
     cause = out.last_error
     out.line("... ERROR: " + text)
     out.last_error = cause
-
-
-def start_chunk(opts, out, survey, single):
-    """-s NAME: the index of the chunk to start at (0 without -s).
-
-    NAME is a chunk's split-file name as the messages print it (or its last
-    path component).  An unknown name ends the run before any request.
-    """
-    if opts.start_chunk is None or not single and opts.chunk_lines is None:
-        return 0
-    if single:
-        names = [opts.file]
-    else:
-        base = opts.file + ("-nodesign" if survey.designs else "")
-        text_lines = survey.lines - len(survey.designs)
-        names = ["%s.split%s" % (base, chunk_suffix(i)) for i in range(-(-text_lines // opts.chunk_lines))]
-    for index, name in enumerate(names):
-        if opts.start_chunk in (name, os.path.basename(name)):
-            return index
-    known = "%s to %s" % (names[0], names[-1]) if len(names) > 1 else (names[0] if names else "none")
-    out.line("... ERROR: -s %s names no chunk of this restore (its chunks: %s). Nothing was sent to the server."
-             % (opts.start_chunk, known))
-    raise Exit(1)
 
 
 class Restore:
@@ -4989,9 +5035,11 @@ class Restore:
             out.info("... INFO: Imported %s Successfully." % opts.file)
 
 
-# ---------------------------------------------------------------------------
-# main
-# ---------------------------------------------------------------------------
+# ===========================================================================
+# 8. Main
+# ===========================================================================
+# The command line in, an exit code out.
+
 
 def tune_memory():
     """Keep freed blocks for reuse instead of mapping fresh pages for each.
