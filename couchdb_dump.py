@@ -62,8 +62,8 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 # reply under backup --resume; urllib3 brings it anyway).
 
 __all__ = [
-    "main", "parse_options", "Options", "Messages", "Progress", "Stop", "Interrupted", "Exit",
-    "Failure", "TransferFailed", "BackupFailed", "DumpInvalid",
+    "main", "parse_options", "Options", "Messages", "Progress", "Stop", "Interrupted",
+    "Failure", "Finished", "Stopped", "TransferFailed", "BackupFailed", "DumpInvalid",
     "CouchSession", "Reply", "BackPressure", "Backup", "CompleteBackup", "Restore",
     "rewrite_row_line", "JsonRowScanner", "DumpFile", "DumpSurvey", "RestoreText", "RevisionIndex",
     "is_design_id", "__version__",
@@ -77,24 +77,69 @@ PROGRAM = "couchdb_dump.py"
 # ===========================================================================
 # 1. Errors and exit codes
 # ===========================================================================
-# Every failure the program reports is a ``Failure`` that carries its exit code;
-# a signal is ``Interrupted``.  Only ``main`` turns them into an exit code and the --json line.
-
-
-class Exit(Exception):
-    """Ends the run with an exit code; the messages were already printed."""
-
-    def __init__(self, code):
-        super().__init__(code)
-        self.code = code
+# Every way a run ends before its end is a ``Failure`` that carries its exit code and
+# the lines that say why; a signal that must end the run at once is ``Interrupted``.
+# Only ``main`` turns them into an exit code and the --json line.
 
 
 class Failure(Exception):
-    """A failure the program reports in words: its text says what went wrong.
+    """A run that ends before its end: its exit code and the lines that say why.
 
-    The root of ``TransferFailed`` (the HTTP exchange), ``BackupFailed``
-    (the server's reply) and ``DumpInvalid`` (the dump file): a caller of
-    the library catches this one to catch them all.
+    Every error the program reports is one: a usage error, a transfer that
+    failed, a reply that is no answer, a dump that cannot be restored, a
+    stop asked for by a signal.  It is raised where it is seen, with what
+    the user reads about it: ``lines`` (standard output, the script's
+    words), ``raw`` (a text printed as it is: the usage), ``hints`` (lines
+    -q silences), ``cause`` (why a transfer failed, in words) and ``notes``
+    (standard error), and ``summary`` (--json's error, when the last ERROR
+    line does not say it).  ``tell`` prints them, once: ``main`` does,
+    unless the code that prints what follows them told them first.
+
+    Its text (``str``) is the failure in words: ``TransferFailed`` (the
+    HTTP exchange), ``BackupFailed`` (the server's reply) and ``DumpInvalid``
+    (the dump file) carry no lines, only words their caller puts in its own
+    lines.  A caller of the library catches this one to catch them all.
+    """
+
+    code = 1
+
+    def __init__(self, text="", lines=(), code=None, raw=None, hints=(), cause=None, notes=(), summary=None):
+        super().__init__(text)
+        if code is not None:
+            self.code = code
+        self.lines = list(lines)
+        self.raw = raw
+        self.hints = list(hints)
+        self.cause = cause
+        self.notes = list(notes)
+        self.summary = summary
+        self.told = False
+
+    def tell(self, out):
+        """Print what the user reads about the failure (the first time only)."""
+        if self.told:
+            return
+        self.told = True
+        said = self.lines or self.raw or self.hints or self.cause or self.notes or self.summary
+        for line in self.lines if said or not str(self) else ["... ERROR: %s." % self]:
+            out.line(line)
+        if self.raw is not None:
+            out.raw(self.raw)
+        for hint in self.hints:
+            out.info(hint)
+        if self.cause is not None:
+            out.cause(self.cause)
+        for note in self.notes:
+            out.detail(note)
+        if self.summary is not None:
+            out.summarize(self.summary)
+
+
+class Finished(Failure):
+    """The command line asked for a text only (-h, -V, --help, --version).
+
+    The text is printed and the run ends with the script's exit code: 1
+    for -h and -V, as bash; 0 for the long spellings, ours.
     """
 
 
@@ -114,14 +159,6 @@ class ReplyCut(BackupFailed):
     """The reply ended before its end, cleanly: what --resume continues."""
 
 
-class ReplyBroken(Exception):
-    """Reading the reply failed (reset, cut, timeout): what --resume continues."""
-
-    def __init__(self, cause):
-        super().__init__(cause)
-        self.cause = cause
-
-
 class DumpInvalid(Failure):
     """The dump cannot be restored as it is; says where and why."""
 
@@ -131,8 +168,16 @@ class DumpInvalid(Failure):
         self.text = text
 
 
-class RestoreStopped(Exception):
-    """A signal asked the restore to stop; the current request has ended."""
+class Stopped(Failure):
+    """A signal asked the run to stop and the request on its way has ended.
+
+    Ends the run with 128 + the signal's number, as ``Interrupted`` does;
+    the restore says what it wrote before it stopped.
+    """
+
+    def __init__(self, signum, lines=()):
+        super().__init__(lines=lines, code=128 + signum)
+        self.signum = signum
 
 
 class Interrupted(BaseException):
@@ -447,12 +492,12 @@ def usage_text(prog):
 def parse_options(argv, environ, out, prog):
     """Read the command line as couchdb-dump.sh does, in the same order.
 
-    Prints what the script prints (usage, version, warnings) and raises
-    ``Exit`` where it exits; returns the ``Options`` of a run otherwise.
+    Prints the script's warnings and raises a ``Failure`` (``Finished``
+    for -h, -V, --help, --version) where it exits; returns the ``Options``
+    of a run otherwise.
     """
     if not argv or argv[0] == "":
-        out.raw(usage_text(prog))
-        raise Exit(1)
+        raise Finished(raw=usage_text(prog))
     opts = Options()
     stray = []
     lines_given = jobs_given = False
@@ -461,25 +506,23 @@ def parse_options(argv, environ, out, prog):
         if option == "end":
             stray = argv[value:]
         elif option == "h":
-            out.raw(usage_text(prog))
-            raise Exit(1)
+            raise Finished(raw=usage_text(prog))
         elif option in ("V", "--version"):
-            out.raw(VERSION_TEXT.format(program=PROGRAM, version=__version__, bash_version=BASH_VERSION))
             # bash's -V exits 1; the long spellings are ours and follow the convention.
-            raise Exit(0 if option == "--version" else 1)
+            raise Finished(raw=VERSION_TEXT.format(program=PROGRAM, version=__version__, bash_version=BASH_VERSION),
+                           code=0 if option == "--version" else 1)
         elif option == "--help":
-            out.raw(usage_text(prog) + EXTENSIONS_TEXT)
-            raise Exit(0)
+            raise Finished(raw=usage_text(prog) + EXTENSIONS_TEXT, code=0)
         elif option == ":":
             if value.startswith("-"):
-                _long_option_error(out, '... ERROR: Option "-%s" requires an argument' % value)
-            _usage_error(out, prog, '... ERROR: Option "-%s" requires an argument' % value)
+                raise _long_option_error('... ERROR: Option "-%s" requires an argument' % value)
+            raise _usage_error(prog, '... ERROR: Option "-%s" requires an argument' % value)
         elif option == "=":
-            _long_option_error(out, '... ERROR: Option "--%s" takes no value' % value)
+            raise _long_option_error('... ERROR: Option "--%s" takes no value' % value)
         elif option == "?":
             if value.startswith("-"):
-                _long_option_error(out, '... ERROR: Unknown Option "-%s"' % value, value[1:].partition("=")[0])
-            _usage_error(out, prog, '... ERROR: Unknown Option "-%s"' % value)
+                raise _long_option_error('... ERROR: Unknown Option "-%s"' % value, value[1:].partition("=")[0])
+            raise _usage_error(prog, '... ERROR: Unknown Option "-%s"' % value)
         elif option in ("b", "B"):
             opts.backup = True
         elif option in ("r", "R"):
@@ -506,7 +549,7 @@ def parse_options(argv, environ, out, prog):
         elif option == "D":
             seconds = _number_from_zero(value)
             if seconds is None:
-                _usage_error(out, prog, '... ERROR: Option "-D" takes a number of seconds, not "%s"' % value)
+                raise _usage_error(prog, '... ERROR: Option "-D" takes a number of seconds, not "%s"' % value)
             opts.delay = seconds
         elif option == "s":
             opts.start_chunk = value
@@ -521,16 +564,16 @@ def parse_options(argv, environ, out, prog):
         elif option == "--timeout":
             seconds = _positive_number(value)
             if seconds is None:
-                _long_option_error(out, '... ERROR: Option "--timeout" takes a number of seconds, not "%s"' % value)
+                raise _long_option_error('... ERROR: Option "--timeout" takes a number of seconds, not "%s"' % value)
             opts.timeout = seconds
         elif option == "--jobs":
             if not value.isdigit() or not value.isascii() or int(value) < 1:
-                _long_option_error(out, '... ERROR: Option "--jobs" takes a whole number from 1, not "%s"' % value)
+                raise _long_option_error('... ERROR: Option "--jobs" takes a whole number from 1, not "%s"' % value)
             opts.jobs = int(value)
             jobs_given = True
         elif option == "--max-line-mb":
             if not value.isdigit() or not value.isascii() or int(value) < 1:
-                _long_option_error(out, '... ERROR: Option "--max-line-mb" takes a whole number from 1, not "%s"'
+                raise _long_option_error('... ERROR: Option "--max-line-mb" takes a whole number from 1, not "%s"'
                              % value)
             opts.max_line = int(value) << 20
         elif option == "--verify":
@@ -560,18 +603,18 @@ def parse_options(argv, environ, out, prog):
     if stray and stray[0] == "--":
         stray = stray[1:]
     if len(stray) == 1 and stray[0] != "":
-        _usage_error(out, prog, '... ERROR: Unknown Option "%s"' % stray[0])
+        raise _usage_error(prog, '... ERROR: Unknown Option "%s"' % stray[0])
 
     if opts.backup and opts.restore:
-        _usage_error(out, prog, "... ERROR: Cannot pass both '-b' and '-r'")
+        raise _usage_error(prog, "... ERROR: Cannot pass both '-b' and '-r'")
     if not opts.backup and not opts.restore:
-        _usage_error(out, prog, "... ERROR: Missing argument '-b' (Backup), or '-r' (Restore)")
+        raise _usage_error(prog, "... ERROR: Missing argument '-b' (Backup), or '-r' (Restore)")
     if not opts.host:
-        _usage_error(out, prog, "... ERROR: Missing argument '-H <COUCHDB_HOST>'")
+        raise _usage_error(prog, "... ERROR: Missing argument '-H <COUCHDB_HOST>'")
     if not opts.db:
-        _usage_error(out, prog, "... ERROR: Missing argument '-d <DB_NAME>'")
+        raise _usage_error(prog, "... ERROR: Missing argument '-d <DB_NAME>'")
     if not opts.file:
-        _usage_error(out, prog, "... ERROR: Missing argument '-f <FILENAME>'")
+        raise _usage_error(prog, "... ERROR: Missing argument '-f <FILENAME>'")
 
     opts.cores = cpu_count()
     if opts.threads is not None and opts.threads != "":
@@ -604,15 +647,14 @@ def parse_options(argv, environ, out, prog):
     if not opts.password:
         opts.password = environ.get("COUCHDB_PASS", "")
     if opts.user and not opts.password:
-        _usage_error(out, prog, "... ERROR: Password cannot be blank, if username is specified.")
+        raise _usage_error(prog, "... ERROR: Password cannot be blank, if username is specified.")
     if opts.password and not opts.user:
-        _usage_error(out, prog, "... ERROR: Username cannot be blank, if password is specified.")
+        raise _usage_error(prog, "... ERROR: Username cannot be blank, if password is specified.")
     problem = url_problem(opts.url)
     if problem:
         # Never a request to a path the user did not mean.
-        out.line('... ERROR: -H "%s" with -P "%s" does not make a server URL: %s.'
-                 % (_without_userinfo(opts.host), opts.port, problem))
-        raise Exit(1)
+        raise Failure(lines=['... ERROR: -H "%s" with -P "%s" does not make a server URL: %s.'
+                             % (_without_userinfo(opts.host), opts.port, problem)])
     return opts
 
 
@@ -654,19 +696,17 @@ def chunk_lines(text):
     return int(text)
 
 
-def _usage_error(out, prog, message):
-    out.line(message)
-    out.raw(usage_text(prog))
-    raise Exit(1)
+def _usage_error(prog, message):
+    """A command line the script refuses: the error, then the usage."""
+    return Failure(lines=[message], raw=usage_text(prog))
 
 
-def _long_option_error(out, message, name=None):
+def _long_option_error(message, name=None):
     """A long option is ours: the short usage would not help; point to --help."""
     guess = difflib.get_close_matches(name, LONG_OPTIONS, n=1) if name else []
     if guess:
         message += " (did you mean --%s?)" % guess[0]
-    out.line(message + " - see --help for the long options")
-    raise Exit(1)
+    return Failure(lines=[message + " - see --help for the long options"])
 
 
 def _positive_number(text):
@@ -1099,9 +1139,8 @@ def require_urllib3(out):
     try:
         import urllib3  # noqa: F401
     except ImportError:
-        out.line("... ERROR: This script requires 'urllib3' to be present: pip install urllib3"
-                 " (Debian/Ubuntu: apt install python3-urllib3).")
-        raise Exit(1)
+        raise Failure(lines=["... ERROR: This script requires 'urllib3' to be present: pip install urllib3"
+                             " (Debian/Ubuntu: apt install python3-urllib3)."])
 
 
 class CouchSession:
@@ -1603,7 +1642,7 @@ class Retry:
     attempt the ``*_final`` callable prints the script's ERROR lines and the
     run ends.  A WARN line is a template, or ``(template, user text...)``:
     the user's text is a value, never part of the template.  A signal noted
-    by ``Stop`` ends the loop between two requests (``RestoreStopped``).
+    by ``Stop`` ends the loop between two requests (``Stopped``).
 
     ``before_request(method, path)``, when set, runs before every request.
     A server that pushes back (429, or 503 with Retry-After: ``BackPressure``)
@@ -1623,7 +1662,7 @@ class Retry:
 
     def request(self, method, path, body=None, content_type=None, *, transfer_warn, transfer_final,
                 reply_warn=None, reply_final=None, accept=None, reply_type=None):
-        """The reply ``accept`` takes (a 2xx without an error by default), or ``Exit(1)``.
+        """The reply ``accept`` takes (a 2xx without an error by default), or a ``Failure``.
 
         ``reply_type`` is the Accept header, where the server's default will not do.
         """
@@ -1661,18 +1700,18 @@ class Retry:
         self.out.detail("couchdb_dump: the server answered HTTP %d: sending the request again in %.1f s"
                         " (no attempt used)" % (reply.status, wait))
         if not pause(wait, lambda: self.stop.requested):
-            raise RestoreStopped()
+            raise Stopped(self.stop.requested)
         return True
 
     def check_stop(self):
         if self.stop.requested:
-            raise RestoreStopped()
+            raise Stopped(self.stop.requested)
 
     def _failed(self, attempt, failure, warning, final):
-        """After a failed attempt: the WARN line, or after the last the ERROR lines and Exit."""
+        """After a failed attempt: the WARN line, or after the last the ERROR lines and a Failure."""
         if attempt >= self.attempts:
             final(failure)
-            raise Exit(1)
+            raise Failure()
         template, values = (warning, ()) if isinstance(warning, str) else (warning[0], tuple(warning[1:]))
         self.out.line(template % (values + (attempt, self.attempts_text)))
 
@@ -1738,7 +1777,7 @@ class PacedSession:
         with self.lock:
             wait = self.next - time.monotonic()
             if wait > 0 and not pause(wait, lambda: self.stop.requested):
-                raise RestoreStopped()
+                raise Stopped(self.stop.requested)
             self.next = time.monotonic() + self.delay
         try:
             return self.session.request(method, path, body, content_type, **accept)
@@ -2935,6 +2974,14 @@ class StreamTarget(DumpTarget):
             pass
 
 
+class ReplyBroken(TransferFailed):
+    """Reading the reply failed (reset, cut, timeout): what --resume continues."""
+
+    def __init__(self, cause):
+        super().__init__(cause)
+        self.cause = cause
+
+
 def resumable_blocks(response, size=1 << 20):
     """``read_blocks`` for --resume: the bytes that arrived, then ``ReplyBroken``."""
     try:
@@ -3046,12 +3093,10 @@ class Backup:
         if not to_stdout:
             for path in (name, final):
                 if os.path.isfile(path):
-                    out.line("... ERROR: Output file %s already exists." % path)
-                    raise Exit(1)
+                    raise Failure(lines=["... ERROR: Output file %s already exists." % path])
             if os.path.isdir(final):
-                out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-                out.cause("%s is a directory" % final)
-                raise Exit(1)
+                raise Failure(lines=["... ERROR: Curl encountered an issue whilst dumping the database."],
+                              cause="%s is a directory" % final)
 
         path = "/" + quote_database(opts.db) + ALL_DOCS_QUERY
         try:
@@ -3061,14 +3106,15 @@ class Backup:
             else:
                 target = BackupFile(final, opts.compress, threads)
         except OSError as error:
-            out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-            out.cause("cannot write %s: %s" % (final, error.strerror))
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Curl encountered an issue whilst dumping the database."],
+                          cause="cannot write %s: %s" % (final, error.strerror))
         try:
             had_cr, size = self._transfer(path, target)
             target.commit()
             self.progress.resize(target.written)   # -z: the last members are written at the commit
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, Failure):
+                error.tell(out)   # while the progress line still stands, as every other line
             target.discard()
             raise
         finally:
@@ -3102,7 +3148,6 @@ class Backup:
 
     def _transfer(self, path, target):
         """Download and rewrite; returns (reply had CRs, size without CRs)."""
-        out = self.out
         try:
             response = self.open_reply(path)
         except TransferFailed as error:
@@ -3127,12 +3172,10 @@ class Backup:
             if head.startswith(b'{"error'):
                 rest = b"".join(blocks) if b"\n" not in head else b""
                 first = (head + rest).split(b"\n", 1)[0]
-                out.line(b"... ERROR: CouchDB reported: " + first)
-                raise Exit(1)
+                raise Failure(lines=[b"... ERROR: CouchDB reported: " + first])
             if not 200 <= response.status < 300:
-                out.line("... ERROR: The server answered HTTP %d %s instead of the documents."
-                         % (response.status, response.reason or ""))
-                raise Exit(1)
+                raise Failure(lines=["... ERROR: The server answered HTTP %d %s instead of the documents."
+                                     % (response.status, response.reason or "")])
             began = head[:200]
             had_cr = b"\r" in head
             head = head.replace(b"\r", b"")
@@ -3142,15 +3185,15 @@ class Backup:
                 return self._rewrite_couchdb(int(header.group(1)), rest, blocks, target, had_cr, len(head))
             return self._rewrite_any(head, blocks, target, had_cr)
         except ReplyShape as error:
-            out.line("... ERROR: Backup failed, no file written: the reply is not an _all_docs answer (%s). It began: %s"
-                     % (error, self.quote_reply(began)))
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Backup failed, no file written: the reply is not an _all_docs answer"
+                                 " (%s). It began: %s" % (error, self.quote_reply(began))])
         except BackupFailed as error:
-            out.line("... ERROR: Backup failed, no file written: %s." % error)
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Backup failed, no file written: %s." % error])
         except ReplyBroken as error:
             self._curl_failed(error.cause)
-        except (Exit, Interrupted, KeyboardInterrupt):
+        except TransferFailed as error:
+            self._curl_failed(error)
+        except (Failure, Interrupted, KeyboardInterrupt):
             raise
         except Exception as error:
             # A broken transfer or a failed write: bash's curl -o says the same.
@@ -3238,9 +3281,8 @@ class Backup:
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
     def _curl_failed(self, error, received=None):
-        self.out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-        self.out.cause(error if isinstance(error, Failure) else _describe(error, received, self.session.timeout))
-        raise Exit(1)
+        raise Failure(lines=["... ERROR: Curl encountered an issue whilst dumping the database."],
+                      cause=error if isinstance(error, Failure) else _describe(error, received, self.session.timeout))
 
 
 class _DocumentLines:
@@ -3336,9 +3378,10 @@ class CompleteBackup(Backup):
         try:
             return False, self._copy(target)
         except BackupFailed as error:
-            self.out.line("... ERROR: Backup failed, no file written: %s." % error)
-            raise Exit(1)
-        except (Exit, Interrupted, KeyboardInterrupt):
+            raise Failure(lines=["... ERROR: Backup failed, no file written: %s." % error])
+        except TransferFailed as error:
+            self._curl_failed(error)
+        except (Failure, Interrupted, KeyboardInterrupt):
             raise
         except Exception as error:
             self._curl_failed(error)
@@ -4015,8 +4058,7 @@ class TargetDatabase:
                 out.detail("couchdb_dump: the server answered HTTP %d to the list of databases%s"
                            % (reply.status, REFUSED_LISTING.get(reply.status, "")))
             if opts.recreate:
-                out.line("... ERROR: --recreate needs the list of databases - Stopping")
-                raise Exit(1)
+                raise Failure(lines=["... ERROR: --recreate needs the list of databases - Stopping"])
             return
         exists = opts.db in names
         if exists and opts.recreate:
@@ -4026,9 +4068,8 @@ class TargetDatabase:
         if exists:
             return
         if not opts.create:
-            out.line("... ERROR: corresponding database %s not yet created - Stopping" % opts.db)
-            out.info("... HINT: you could add the -c flag to create the database automatically")
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: corresponding database %s not yet created - Stopping" % opts.db],
+                          hints=["... HINT: you could add the -c flag to create the database automatically"])
         before_change()
         self.create()
 
@@ -4353,9 +4394,8 @@ def start_chunk(opts, out, survey, single):
         if opts.start_chunk in (name, os.path.basename(name)):
             return index
     known = "%s to %s" % (names[0], names[-1]) if len(names) > 1 else (names[0] if names else "none")
-    out.line("... ERROR: -s %s names no chunk of this restore (its chunks: %s). Nothing was sent to the server."
-             % (opts.start_chunk, known))
-    raise Exit(1)
+    raise Failure(lines=["... ERROR: -s %s names no chunk of this restore (its chunks: %s). Nothing was sent to"
+                         " the server." % (opts.start_chunk, known)])
 
 
 class RevisionIndex:
@@ -4543,7 +4583,8 @@ class ChunkUpload(RestoreStep):
                 on_their_way.append((name, chunk, pool.submit(self._post_chunk, name, chunk)))
             while on_their_way:
                 self._collect(*on_their_way.pop(0))
-        except (Exit, RestoreStopped):
+        except Failure as failure:
+            failure.tell(out)   # before what the chunks on their way say
             # Chunks are taken in order: the first not written is where -s resumes.
             counts = self.counts
             counts.resume_at = counts.failed_chunk or "%s.split%s" % (
@@ -4551,8 +4592,8 @@ class ChunkUpload(RestoreStep):
             for name, chunk, future in on_their_way:
                 try:
                     self._chunk_done(chunk, future.result())
-                except (Exit, RestoreStopped):
-                    pass
+                except Failure as also:
+                    also.tell(out)
             raise
         finally:
             pool.shutdown(wait=True)
@@ -4561,7 +4602,9 @@ class ChunkUpload(RestoreStep):
     def _collect(self, name, chunk, future):
         try:
             reply = future.result()
-        except Exit:
+        except Stopped:
+            raise
+        except Failure:
             self.counts.failed_chunk = name
             raise
         self._chunk_done(chunk, reply)
@@ -4758,8 +4801,7 @@ def verify_restore(session, out, opts, path, dump, index):
     except Exception as error:
         # Our own errors say what went wrong; any other is named by its type only.
         why = error if isinstance(error, Failure) else _describe(error)
-        out.line("... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, why))
-        raise Exit(1)
+        raise Failure(lines=["... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, why)])
     missing = index.missing() + len(wanted_designs - present_designs)
     total = len(index.keys) + len(wanted_designs)
     if not missing:
@@ -4879,8 +4921,8 @@ class Restore:
         opts, out, counts = self.opts, self.out, self.counts
         dump = self.open_dump()
         if opts.recreate and opts.db in SYSTEM_DATABASES and not opts.force:
-            out.line("... ERROR: Refusing to recreate the system database %s - add --force to do it anyway" % opts.db)
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Refusing to recreate the system database %s - add --force to do it anyway"
+                                 % opts.db])
         index = RevisionIndex() if opts.verify else None
         survey = self.survey(dump, index)
         counts.total_documents = survey.documents
@@ -4895,15 +4937,18 @@ class Restore:
         self.stop.graceful = True
         try:
             self.restore_documents(dump, survey)
-        except RestoreStopped:
+        except Stopped as stopped:
             self.progress.finish()
-            out.line("... ERROR: Stopped by %s: %d of %d documents were written (%d chunks); the restore is incomplete."
-                     % (signal_name(self.stop.requested), counts.documents_written, counts.total_documents,
-                        counts.chunks_written))
+            stopped = Stopped(stopped.signum, lines=[
+                "... ERROR: Stopped by %s: %d of %d documents were written (%d chunks); the restore is incomplete."
+                % (signal_name(stopped.signum), counts.documents_written, counts.total_documents,
+                   counts.chunks_written)])
+            stopped.tell(out)
             report_incomplete(self.session, out, opts, self.db_path, counts)
             tell_resume(out, opts, counts)
-            raise Exit(Interrupted(self.stop.requested).code)
-        except Exit:
+            raise stopped
+        except Failure as failure:
+            failure.tell(out)
             self.progress.finish()
             if not self.plan_fails:
                 report_incomplete(self.session, out, opts, self.db_path, counts)
@@ -4919,43 +4964,37 @@ class Restore:
         if index is not None and self.stop.requested:
             # The signal came during the last request: every chunk went, but
             # the user asked to stop, so --verify (more requests) is not run.
-            out.line("... ERROR: Stopped by %s after the last chunk: %d of %d documents were written;"
-                     " --verify was not run." % (signal_name(self.stop.requested), counts.documents_written,
-                                                 counts.total_documents))
-            raise Exit(Interrupted(self.stop.requested).code)
+            raise Stopped(self.stop.requested, lines=[
+                "... ERROR: Stopped by %s after the last chunk: %d of %d documents were written; --verify was not run."
+                % (signal_name(self.stop.requested), counts.documents_written, counts.total_documents)])
         if index is not None:
             # Refused or not, --verify says what the database holds.
             problems.append(self.complete.verify(dump) if self.complete is not None
                             else verify_restore(self.session, out, opts, self.db_path, dump, index))
         if any(problems):
-            out.summarize("; ".join(problem for problem in problems if problem))
-            raise Exit(1)
+            raise Failure(summary="; ".join(problem for problem in problems if problem))
 
     def open_dump(self):
-        opts, out = self.opts, self.out
+        opts = self.opts
         if opts.file == "-":
             dump = DumpFile.from_stream(sys.stdin.buffer, opts.max_line)
             self.progress.restart(dump.first_byte)   # the rate counts from the first byte, not the wait
             return dump
         if not os.path.isfile(opts.file):
-            out.line("... ERROR: Input file %s not found." % opts.file)
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Input file %s not found." % opts.file])
         try:
             return DumpFile(opts.file, opts.max_line)
         except OSError as error:
-            out.line("... ERROR: Cannot read %s: %s." % (opts.file, error.strerror))
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Cannot read %s: %s." % (opts.file, error.strerror)])
 
     def survey(self, dump, index):
         try:
             survey = DumpSurvey(dump, index=index, workers=self.opts.cores)
         except DumpInvalid as error:
-            self.out.line("... ERROR: %s line %d: %s. Nothing was sent to the server."
-                          % (self.opts.file, error.line, error.text))
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: %s line %d: %s. Nothing was sent to the server."
+                                 % (self.opts.file, error.line, error.text)])
         except OSError as error:
-            self.out.line("... ERROR: Cannot read %s: %s." % (self.opts.file, error.strerror or error))
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Cannot read %s: %s." % (self.opts.file, error.strerror or error)])
         if index is not None:
             index.seal()
         return survey
@@ -4977,10 +5016,9 @@ class Restore:
     def refuse_plan(self):
         """Before a write: end the run now if the plan cannot be carried out."""
         if self.plan_fails:
-            self.out.line("... ERROR: Unable to create split files.")
-            self.out.detail('couchdb_dump: -l "%s" is not a number of lines from 1; nothing was changed on the server'
-                            % self.opts.lines)
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Unable to create split files."],
+                          notes=['couchdb_dump: -l "%s" is not a number of lines from 1; nothing was changed on the'
+                                 ' server' % self.opts.lines])
 
     def restore_documents(self, dump, survey):
         opts, out = self.opts, self.out
@@ -5099,8 +5137,9 @@ def main(argv=None, environ=None, stdout=None):
             job = Restore(opts, session, out, progress, stop)
         job.run()
         code = 0
-    except Exit as done:
-        code = done.code
+    except Failure as failure:
+        failure.tell(out)
+        code = failure.code
     except (Interrupted, KeyboardInterrupt) as signalled:
         if not isinstance(signalled, Interrupted):
             signalled = Interrupted(signal.SIGINT)

@@ -19,9 +19,11 @@ RESTORE = ["-r", "-H", "127.0.0.1", "-d", "db", "-f", "f.json"]
 
 def parse(argv):
     stream = io.BytesIO()
+    out = cd.Messages(stream)
     try:
-        result = cd.parse_options(argv, {}, cd.Messages(stream), "prog")
-    except cd.Exit as done:
+        result = cd.parse_options(argv, {}, out, "prog")
+    except cd.Failure as done:
+        done.tell(out)
         result = done.code
     return result, stream.getvalue().decode()
 

@@ -86,10 +86,10 @@ def test_retry_ends_the_run_after_the_last_attempt_with_the_final_words():
     retry, stream = _retry([cd.Reply(409, b'{"error":"conflict","reason":"Document update conflict."}\n')] * 2, "2")
     try:
         retry.request("PUT", "/db/_design/a", transfer_warn="t %d/%s", transfer_final=None, reply_warn="r %d/%s")
-    except cd.Exit as done:
+    except cd.Failure as done:
         assert done.code == 1
     else:
-        raise AssertionError("no Exit")
+        raise AssertionError("no Failure")
     assert stream.getvalue().splitlines() == [
         b"r 1/2", b'... ERROR: CouchDB Reported: {"error":"conflict","reason":"Document update conflict."}']
 
