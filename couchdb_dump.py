@@ -23,7 +23,8 @@ The file reads in the order the data flows, in eight chapters:
 It is importable: ``main(argv)`` runs the command line and returns the exit
 code; the classes below can be used on their own (``__all__`` names them):
 ``parse_options`` reads a command line into ``Options``; ``CouchSession``
-talks to the server; ``Backup`` and ``Restore`` run a mode;
+talks to the server and ``Requester`` asks it what an ``Ask`` describes
+(attempts, back-pressure, pacing); ``Backup`` and ``Restore`` run a mode;
 ``rewrite_row_line``, ``JsonRowScanner``, ``DumpFile``, ``DumpSurvey`` and
 ``RestoreText`` are the pipelines' pieces; every failure the program reports
 in words is a ``Failure``.
@@ -64,7 +65,7 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 __all__ = [
     "main", "parse_options", "Options", "Messages", "Progress", "Stop", "Interrupted",
     "Failure", "Finished", "Stopped", "TransferFailed", "BackupFailed", "DumpInvalid",
-    "CouchSession", "Reply", "BackPressure", "Backup", "CompleteBackup", "Restore",
+    "CouchSession", "Reply", "BackPressure", "Ask", "Requester", "Backup", "CompleteBackup", "Restore",
     "rewrite_row_line", "JsonRowScanner", "DumpFile", "DumpSurvey", "RestoreText", "RevisionIndex",
     "is_design_id", "__version__",
 ]
@@ -769,6 +770,86 @@ SCRIPT_STEPS = {
 }
 
 
+# What the user reads when a request fails, by kind of request, from this table
+# only: the WARN line after a transfer that failed (curl's non-zero exit) and
+# after a reply that is no answer, each with its attempt number; then, once the
+# last attempt has failed, the ERROR lines of a failed transfer (``gave_up``) or
+# of a reply that is no answer (``refused``).  ``REPORTED`` stands for the
+# server's own first line (the script's "CouchDB Reported:"), ``REPLY_BODY``
+# for the reply's body.  ``hint`` follows a refusal (-q silences it);
+# ``conflict`` goes to standard error when the refusal is a conflict.  The
+# user's text (``%(name)s``, ``%(db)s``, ``%(id)s``, ``%(what)s``) is a value,
+# never part of a template; ``%(why)s`` is the failure in words.
+REPORTED = "... ERROR: CouchDB Reported: "
+REPLY_BODY = "... ERROR: Error message was:   "
+Words = collections.namedtuple("Words", "transfer reply gave_up refused hint conflict",
+                               defaults=(None, None, (), (REPORTED,), None, None))
+ATTEMPT = " - Attempt %(attempt)d/%(of)s"
+ATTEMPT_WORDS = {
+    "list databases": Words(
+        transfer="... WARN: Curl failed to get the list of databases" + ATTEMPT + ". Retrying...",
+        gave_up=("... ERROR: Curl failed to get the list of databases - Stopping",)),
+    "delete database": Words(
+        transfer="... WARN: Curl failed to delete the database %(db)s" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error during db deletion" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed to delete the database %(db)s - Stopping",)),
+    "create database": Words(
+        transfer="... WARN: Curl failed to create the database %(db)s" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error during db creation" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed to create the database %(db)s - Stopping",
+                 ".. ERROR: See above for any errors")),
+    "restore _security": Words(
+        transfer="... WARN: Curl failed to restore the _security object of %(db)s" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error restoring _security" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed to restore the _security object of %(db)s - Stopping",),
+        hint="... HINT: only an admin can set _security; --no-security restores the documents without it"),
+    "read design document": Words(
+        transfer="... WARN: Failed to read %(name)s from the database" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error reading a design document" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed trying to read %(name)s - Stopping",)),
+    "design document": Words(
+        transfer="... WARN: Import of %(name)s failed" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error during import" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed trying to restore %(name)s - Stopping",),
+        conflict="couchdb_dump: %(db)s already holds the design document %(id)s: to restore the dump over what the"
+                 " database holds, add --resume (it updates what differs) or --recreate (it deletes the database"
+                 " first)"),
+    "compare chunk": Words(
+        transfer="... WARN: Failed to compare %(name)s with the database" + ATTEMPT + " - Retrying...",
+        reply="... WARN: CouchDB Reported an error during _revs_diff" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed trying to compare %(name)s - Stopping",)),
+    "chunk": Words(
+        transfer="... WARN: Failed to import %(name)s" + ATTEMPT + " - Retrying...",
+        reply="... WARN: CouchDB Reported and error during import" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed trying to restore %(name)s - Stopping",)),
+    "whole file": Words(
+        transfer="... WARN: Import of %(name)s failed" + ATTEMPT + " - Retrying...",
+        reply="... WARN: Import of %(name)s failed" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Import of %(name)s failed.", REPLY_BODY + "the connection failed (%(why)s)"),
+        refused=("... ERROR: Import of %(name)s failed.", REPLY_BODY)),
+    "too large": Words(
+        reply="... WARN: %(name)s is too large for the server (HTTP 413) - sending it as %(first)d and %(second)d"
+              " documents"),
+    "verify revisions": Words(
+        transfer="... WARN: Curl failed to check revisions (_revs_diff)" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error during _revs_diff" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Verify failed: _revs_diff could not be read",)),
+    "verify _security": Words(
+        transfer="... WARN: Curl failed to read the _security object of %(db)s" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error reading the _security object of %(db)s" + ATTEMPT
+              + " - Retrying...",
+        gave_up=("... ERROR: Verify failed: could not read the _security object of %(db)s",)),
+    # Ours: a complete backup's reads, and the rest of a reply that broke off (--resume).
+    "complete backup": Words(
+        transfer="... WARN: %(what)s failed" + ATTEMPT + " - Retrying...",
+        reply="... WARN: %(what)s failed" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Backup failed, no file written: %(what)s failed after %(attempts)d attempts (%(why)s).",),
+        refused=("... ERROR: Backup failed, no file written: %(what)s failed after %(attempts)d attempts (%(why)s).",)),
+    "resume": Words(
+        transfer="... WARN: The transfer broke off after %(documents)d documents" + ATTEMPT + ". Resuming..."),
+}
+
+
 class Messages:
     """The lines the bash script prints, on its standard output.
 
@@ -983,6 +1064,7 @@ class Reply:
         self.status = status
         self.body = body
         self.headers = {name.lower(): value for name, value in (headers or {}).items()}
+        self.value = None   # the body as the request's ``Ask`` read it
 
     @property
     def first_line(self):
@@ -1077,21 +1159,6 @@ class BackPressure:
         wait = min(max(wait, self.SHORTEST), left)
         self.waited += wait
         return wait
-
-
-def pause(seconds, stop=None):
-    """Sleep, in short slices so that ``stop()`` (when given) can end it early.
-
-    Returns False when ``stop()`` became true, True after the whole wait.
-    """
-    end = time.monotonic() + seconds
-    while True:
-        if stop is not None and stop():
-            return False
-        left = end - time.monotonic()
-        if left <= 0:
-            return True
-        time.sleep(min(left, 0.2))
 
 
 def quote_path_segment(text):
@@ -1321,6 +1388,22 @@ def _incomplete_read_bytes(error):
         if isinstance(cause, http.client.IncompleteRead) and isinstance(cause.partial, bytes):
             return cause.partial
     return b""
+
+
+class ReplyBroken(TransferFailed):
+    """Reading the reply failed (reset, cut, timeout): what --resume continues."""
+
+    def __init__(self, cause):
+        super().__init__(cause)
+        self.cause = cause
+
+
+def resumable_blocks(response, size=1 << 20):
+    """``read_blocks`` for --resume: the bytes that arrived, then ``ReplyBroken``."""
+    try:
+        yield from read_blocks(response, size, partial=True)
+    except Exception as error:
+        raise ReplyBroken(error)
 
 
 # "\r\n" ending a chunk's data, then the next chunk's size line.
@@ -1634,121 +1717,71 @@ def json_bytes(value):
         return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
-class Retry:
-    """Sends one request up to -a times, 1 s apart, as the script retries.
+class Ask:
+    """One request and what counts as its answer: a record, no code.
 
-    A failed transfer (curl's non-zero exit) and an error reply each have
-    their WARN line, printed with the attempt number; after the last
-    attempt the ``*_final`` callable prints the script's ERROR lines and the
-    run ends.  A WARN line is a template, or ``(template, user text...)``:
-    the user's text is a value, never part of the template.  A signal noted
-    by ``Stop`` ends the loop between two requests (``Stopped``).
+    ``expect`` names the reply that answers it: ``"any"`` reply at all,
+    ``"ok"`` (2xx without an error line), ``"stored"`` (2xx and CouchDB's
+    ``{"ok":true}``, for the document ``doc_id`` with its new ``rev`` when
+    given: a health page behind a wrong path must not pass for a stored
+    document), ``"object"`` or ``"list"`` (2xx and a JSON object or list:
+    the script took any reply without an error line, and a proxy's page
+    passed for a restore).  ``read`` parses the text of a 2xx reply instead
+    (a value, or ValueError: no answer).  A status in ``tolerate`` is an
+    answer as it is (a document that may be missing).  What was read is the
+    reply's ``value``.
 
-    ``before_request(method, path)``, when set, runs before every request.
-    A server that pushes back (429, or 503 with Retry-After: ``BackPressure``)
-    is waited out and asked again without using an attempt.
+    ``words`` names the kind of request in ``ATTEMPT_WORDS``; ``values``
+    fill its templates.  ``accept`` is the Accept header, where the
+    server's default will not do.
     """
 
-    PAUSE = 1.0   # seconds between attempts: the script's sleep 1
+    EXPECTED = ("any", "ok", "stored", "object", "list")
 
-    def __init__(self, session, out, opts, stop):
-        self.session = session
-        self.out = out
-        self.attempts = opts.attempts
-        self.attempts_text = opts.attempts_text
-        self.stop = stop
-        self.before_request = None
-        self.pressure = threading.local()   # each request's BackPressure (--jobs: one a thread)
+    def __init__(self, method, path, words, body=None, expect="ok", doc_id=None, read=None, tolerate=(),
+                 accept=None, **values):
+        assert expect in self.EXPECTED and words in ATTEMPT_WORDS, (expect, words)
+        self.method = method
+        self.path = path
+        self.words = words
+        self.body = body
+        self.expect = expect
+        self.doc_id = doc_id
+        self.read = read
+        self.tolerate = tolerate
+        self.accept = accept
+        self.values = dict(values, id=doc_id) if doc_id is not None else values
 
-    def request(self, method, path, body=None, content_type=None, *, transfer_warn, transfer_final,
-                reply_warn=None, reply_final=None, accept=None, reply_type=None):
-        """The reply ``accept`` takes (a 2xx without an error by default), or a ``Failure``.
+    def sending(self, body):
+        """The same request with another body (a part of a body the server found too large)."""
+        other = Ask.__new__(Ask)
+        other.__dict__.update(self.__dict__, body=body)
+        return other
 
-        ``reply_type`` is the Accept header, where the server's default will not do.
-        """
-        accept = accept or (lambda reply: reply.ok)
-        reply_final = reply_final or self.couchdb_reported
-        self.pressure.now = BackPressure()
-        attempt = 0
-        while True:
-            self.check_stop()
-            if self.before_request is not None:
-                self.before_request(method, path)
+    def answered_by(self, reply):
+        """Whether ``reply`` answers the request; what it read is its ``value``."""
+        if reply.status in self.tolerate or self.expect == "any":
+            return True
+        if not reply.ok:
+            return False
+        if self.read is not None:
             try:
-                reply = self.session.request(method, path, body, content_type,
-                                             **({"accept": reply_type} if reply_type else {}))
-            except TransferFailed as error:
-                attempt += 1
-                self.out.cause(error)
-                self._failed(attempt, error, transfer_warn, transfer_final)
-            else:
-                # Before accept: a 429 is no answer, even where any answer would do.
-                if self.held_back(reply):
-                    continue
-                if accept(reply):
-                    return reply
-                attempt += 1
-                self._failed(attempt, reply, reply_warn, reply_final)
-            self.check_stop()
-            time.sleep(self.PAUSE)
-
-    def held_back(self, reply):
-        """Whether the server pushed back and the wait it asked for is over."""
-        wait = self.pressure.now.delay(reply.status, reply.headers)
-        if wait is None:
+                reply.value = self.read(reply.body.decode("utf-8"))
+            except ValueError:   # UnicodeDecodeError and JSONDecodeError too: a cut or garbled reply
+                return False
+            return True
+        if self.expect == "ok":
+            return True
+        reply.value = _json_or_none(reply.body)
+        if self.expect == "list":
+            return isinstance(reply.value, list)
+        if not isinstance(reply.value, dict):
             return False
-        self.out.detail("couchdb_dump: the server answered HTTP %d: sending the request again in %.1f s"
-                        " (no attempt used)" % (reply.status, wait))
-        if not pause(wait, lambda: self.stop.requested):
-            raise Stopped(self.stop.requested)
+        if self.expect == "stored":
+            answer = reply.value
+            return answer.get("ok") is True and (
+                self.doc_id is None or answer.get("id") == self.doc_id and isinstance(answer.get("rev"), str))
         return True
-
-    def check_stop(self):
-        if self.stop.requested:
-            raise Stopped(self.stop.requested)
-
-    def _failed(self, attempt, failure, warning, final):
-        """After a failed attempt: the WARN line, or after the last the ERROR lines and a Failure."""
-        if attempt >= self.attempts:
-            final(failure)
-            raise Failure()
-        template, values = (warning, ()) if isinstance(warning, str) else (warning[0], tuple(warning[1:]))
-        self.out.line(template % (values + (attempt, self.attempts_text)))
-
-    def couchdb_reported(self, reply):
-        """The script's last word on an error reply: its first line, or the status."""
-        if reply.is_couchdb_error or not reply.body.strip():
-            text = reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
-        else:
-            text = b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
-        self.out.line(b"... ERROR: CouchDB Reported: " + text)
-
-    @staticmethod
-    def ok_accepted(reply, doc_id=None):
-        """A reply to a PUT or DELETE that is CouchDB's: 2xx and ``{"ok":true,…}``,
-        for a document with its ``id`` and new ``rev``.
-
-        A 2xx from something else (a health page behind a wrong path) must
-        not pass for a stored design document or a created database.
-        """
-        answer = _json_or_none(reply.body) if reply.ok else None
-        if not isinstance(answer, dict) or answer.get("ok") is not True:
-            return False
-        return doc_id is None or answer.get("id") == doc_id and isinstance(answer.get("rev"), str)
-
-    @staticmethod
-    def bulk_accepted(reply):
-        """A _bulk_docs reply that is CouchDB's: 2xx and a JSON list.
-
-        The script took any reply without an error line for success; a
-        proxy's page or an empty body then passed for a restore.
-        """
-        return reply.ok and isinstance(_json_or_none(reply.body), list)
-
-    @staticmethod
-    def object_accepted(reply):
-        """A 2xx reply whose body is a JSON object (_revs_diff, _security, a document)."""
-        return reply.ok and isinstance(_json_or_none(reply.body), dict)
 
 
 def is_import_request(method, path):
@@ -1756,37 +1789,262 @@ def is_import_request(method, path):
     return (method == "PUT" and "/_design/" in path) or (method == "POST" and path.endswith("/_bulk_docs"))
 
 
-class PacedSession:
-    """-D: the session, with ``delay`` seconds between consecutive import requests.
+class Resumption:
+    """--resume of one reply: the attempts at its current break, the rows it had
+    brought at the last, and the response of the request for the rest."""
 
-    The next import request starts ``delay`` seconds after the previous one
-    ended (upstream's sleep between requests); with --jobs, starts are also
-    spaced by ``delay``.  Other requests go at once.
+    def __init__(self):
+        self.tries = 0
+        self.rows = -1
+        self.response = None
+
+    def close(self):
+        if self.response is not None:
+            self.response.release_conn()
+            self.response = None
+
+
+class Requester:
+    """The one way to ask the server: every request of a run goes through it.
+
+    It owns what "ask again" means, once for every request:
+
+    - attempts: an ``Ask`` is sent up to -a times, 1 s apart, as the script
+      retries; a failed transfer and a reply that is no answer each have
+      their WARN line, and after the last attempt the ERROR lines end the
+      run (a ``Failure``), all from ``ATTEMPT_WORDS``;
+    - back-pressure: a server that pushes back (429, or 503 with
+      Retry-After: ``BackPressure``) is waited out and asked again without
+      using an attempt;
+    - pacing (-D): an import request starts ``delay`` seconds after the
+      previous one ended (with --jobs, starts are spaced too);
+    - the 413 split: a _bulk_docs body the server finds too large is sent
+      in halves (``send_documents``);
+    - the rest of a reply that broke off (backup --resume: ``resume``).
+
+    A signal noted by ``Stop`` ends the waiting between two requests
+    (``Stopped``).  Nothing else in the program sleeps or loops over
+    attempts.
     """
 
-    def __init__(self, session, delay, stop):
+    PAUSE = 1.0   # seconds between attempts: the script's sleep 1
+    TOO_LARGE = "the server refuses this document as too large (HTTP 413)"
+
+    def __init__(self, session, out, opts, stop, delay=0.0):
         self.session = session
-        self.delay = delay
+        self.out = out
+        self.attempts = opts.attempts
+        self.attempts_text = opts.attempts_text
         self.stop = stop
-        self.lock = threading.Lock()
-        self.next = 0.0
+        self.delay = delay
+        self.pacing = threading.Lock()
+        self.next_import = 0.0
 
-    def request(self, method, path, body=None, content_type=None, **accept):
-        if not is_import_request(method, path):
-            return self.session.request(method, path, body, content_type, **accept)
-        with self.lock:
-            wait = self.next - time.monotonic()
-            if wait > 0 and not pause(wait, lambda: self.stop.requested):
-                raise Stopped(self.stop.requested)
-            self.next = time.monotonic() + self.delay
+    # -- asking ---------------------------------------------------------------
+
+    def ask(self, ask):
+        """The reply that answers ``ask``; a ``Failure`` once the attempts are spent."""
+        words = ATTEMPT_WORDS[ask.words]
+        pressure = BackPressure()
+        attempt = 0
+        while True:
+            self.check_stop()
+            try:
+                reply = self._send(ask)
+            except TransferFailed as error:
+                attempt += 1
+                self.out.cause(error)
+                self._failed(ask, words, attempt, error)
+            else:
+                # Before the answer is judged: a 429 is no answer, even where any answer would do.
+                wait = pressure.delay(reply.status, reply.headers)
+                if wait is not None:
+                    self._wait_out(reply.status, wait, "sending the request again in %.1f s (no attempt used)")
+                    continue
+                if ask.answered_by(reply):
+                    return reply
+                attempt += 1
+                self._failed(ask, words, attempt, reply)
+            self.check_stop()
+            time.sleep(self.PAUSE)
+
+    def open(self, path):
+        """GET ``path``, to be read as it streams: a server that pushes back is
+        waited out; a failed transfer is the caller's to tell (or to resume)."""
+        pressure = BackPressure()
+        while True:
+            response = self.session.open("GET", path)
+            wait = pressure.delay(response.status, response.headers)
+            if wait is None:
+                return response
+            response.drain_conn()
+            response.release_conn()
+            self._wait_out(response.status, wait, "asking again in %.1f s")
+
+    def glance(self, path):
+        """One GET whose answer only informs (what a database holds once a
+        restore stopped): one try, nothing waited out, nothing said; the
+        reply's JSON value, or None."""
         try:
-            return self.session.request(method, path, body, content_type, **accept)
-        finally:
-            with self.lock:
-                self.next = max(self.next, time.monotonic() + self.delay)
+            reply = self.session.request("GET", path)
+        except TransferFailed:
+            return None
+        return _json_or_none(reply.body) if reply.ok else None
 
-    def __getattr__(self, name):
-        return getattr(self.session, name)
+    def check_stop(self):
+        if self.stop.requested:
+            raise Stopped(self.stop.requested)
+
+    def _send(self, ask):
+        accept = {"accept": ask.accept} if ask.accept else {}
+        content_type = "application/json" if ask.body is not None else None
+        if not self.delay or not is_import_request(ask.method, ask.path):
+            return self.session.request(ask.method, ask.path, ask.body, content_type, **accept)
+        with self.pacing:
+            wait = self.next_import - time.monotonic()
+            if wait > 0 and not self.pause(wait, self._stop_requested):
+                raise Stopped(self.stop.requested)
+            self.next_import = time.monotonic() + self.delay
+        try:
+            return self.session.request(ask.method, ask.path, ask.body, content_type, **accept)
+        finally:
+            with self.pacing:
+                self.next_import = max(self.next_import, time.monotonic() + self.delay)
+
+    def _stop_requested(self):
+        return self.stop.requested
+
+    def _wait_out(self, status, wait, again):
+        """The wait a server that pushed back asked for (``BackPressure``), said on standard error."""
+        self.out.detail(("couchdb_dump: the server answered HTTP %d: " + again) % (status, wait))
+        if not self.pause(wait, self._stop_requested):
+            raise Stopped(self.stop.requested)
+
+    def _failed(self, ask, words, attempt, failure):
+        """After a failed attempt: its WARN line; after the last, the ``Failure`` with the ERROR lines."""
+        values = dict(ask.values, attempt=attempt, of=self.attempts_text, attempts=self.attempts,
+                      why=self.why(failure))
+        replied = isinstance(failure, Reply)
+        if attempt < self.attempts:
+            self.out.line(((words.reply or words.transfer) if replied else words.transfer) % values)
+            return
+        if not replied:
+            raise Failure(lines=[line % values for line in words.gave_up])
+        lines = []
+        for line in words.refused:
+            if line == REPORTED:
+                line = REPORTED.encode() + self.reported(failure)
+            elif line == REPLY_BODY:
+                # The server's body as the script printed it, but always a whole line.
+                line = REPLY_BODY.encode() + (failure.body[:-1] if failure.body.endswith(b"\n") else failure.body)
+            else:
+                line = line % values
+            lines.append(line)
+        conflict = failure.status == 409 or b'"error":"conflict"' in failure.first_line
+        raise Failure(lines=lines, hints=[words.hint] if words.hint else [],
+                      notes=[words.conflict % values] if words.conflict and conflict else [])
+
+    @staticmethod
+    def reported(reply):
+        """The script's last word on an error reply: its first line, or the status."""
+        if reply.is_couchdb_error or not reply.body.strip():
+            return reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
+        return b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
+
+    @staticmethod
+    def why(failure):
+        """A failed attempt in words: the transfer's failure, or what the reply was."""
+        if not isinstance(failure, Reply):
+            return str(failure)
+        if failure.is_couchdb_error:
+            return "HTTP %d, CouchDB reported: %s" % (failure.status, failure.first_line.decode("utf-8", "replace"))
+        return "HTTP %d" % failure.status if not failure.ok else "the reply is not the JSON expected"
+
+    @staticmethod
+    def pause(seconds, stop=None):
+        """Sleep, in short slices so that ``stop()`` (when given) can end it early.
+
+        Returns False when ``stop()`` became true, True after the whole wait.
+        """
+        end = time.monotonic() + seconds
+        while True:
+            if stop is not None and stop():
+                return False
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(left, 0.2))
+
+    # -- the 413 split ----------------------------------------------------------
+
+    def send_documents(self, ask, part):
+        """POST the _bulk_docs body of ``part``; returns ``(documents sent, one
+        Reply with every answer)``.
+
+        ``part`` has ``stream`` (the body, as ``CouchSession.open`` sends it),
+        ``documents`` and ``whole()``, a ``Chunk`` of it (built only when
+        needed), which has ``halves()`` and ``ids()``.  A body the server
+        refuses as too large (413) is sent in halves, each on its own, down
+        to one document; a single document still refused is answered as
+        refused, by id.
+        """
+        ask = ask.sending(part.stream)
+        ask.tolerate = (413,)
+        reply = self.ask(ask)
+        if reply.status != 413:
+            return part.documents, reply
+        sent, answers = self._halves(ask, part.whole())
+        return sent, Reply(201, json.dumps(answers).encode())
+
+    def _halves(self, ask, chunk):
+        """A chunk the server found too large: its halves, each sent (and halved) in turn."""
+        if chunk.documents <= 1:
+            refused = [{"id": doc_id, "error": "too_large", "reason": self.TOO_LARGE} for doc_id in chunk.ids()]
+            return len(refused), refused
+        halves = chunk.halves()
+        self.out.line(ATTEMPT_WORDS["too large"].reply % dict(ask.values, first=halves[0].documents,
+                                                              second=halves[1].documents))
+        sent, answers = 0, []
+        for half in halves:
+            reply = self.ask(ask.sending(half.stream))
+            count, answered = (half.documents, reply.value) if reply.status != 413 else self._halves(ask, half)
+            sent += count
+            answers.extend(answered)
+        return sent, answers
+
+    # -- the rest of a reply that broke off ------------------------------------------
+
+    def resume(self, resumption, path, rows, failure, begin):
+        """Backup --resume: ``begin(response)`` of a GET of ``path``, the rest of a
+        reply that broke off after ``rows`` rows.
+
+        Each break gets up to -a requests, 1 s apart like the script's
+        retries; a reply that brought new rows before it broke starts the
+        count again.  ``begin`` reads the start of the rest (a break there is
+        one more attempt).  Raises ``failure`` once the attempts are spent.
+        """
+        if rows > resumption.rows:
+            resumption.tries, resumption.rows = 0, rows
+        while True:
+            resumption.tries += 1
+            if resumption.tries > self.attempts:
+                raise failure
+            why = failure.cause if isinstance(failure, ReplyBroken) else failure
+            if not isinstance(why, (TransferFailed, BackupFailed)):
+                why = _describe(why)
+            self.out.detail("couchdb_dump: %s" % why)
+            self.out.line(ATTEMPT_WORDS["resume"].transfer % {"documents": rows, "attempt": resumption.tries,
+                                                              "of": self.attempts_text})
+            time.sleep(self.PAUSE)
+            resumption.close()
+            try:
+                resumption.response = self.open(path)
+                if not 200 <= resumption.response.status < 300:
+                    raise BackupFailed("the server answered HTTP %d to the request for the rest"
+                                       % resumption.response.status)
+                return begin(resumption.response)
+            except (TransferFailed, BackupFailed) as error:   # ReplyBroken is a TransferFailed
+                failure = error
 
 
 # ===========================================================================
@@ -2974,22 +3232,6 @@ class StreamTarget(DumpTarget):
             pass
 
 
-class ReplyBroken(TransferFailed):
-    """Reading the reply failed (reset, cut, timeout): what --resume continues."""
-
-    def __init__(self, cause):
-        super().__init__(cause)
-        self.cause = cause
-
-
-def resumable_blocks(response, size=1 << 20):
-    """``read_blocks`` for --resume: the bytes that arrived, then ``ReplyBroken``."""
-    try:
-        yield from read_blocks(response, size, partial=True)
-    except Exception as error:
-        raise ReplyBroken(error)
-
-
 def _raising(error):
     raise error
     yield  # a generator, that fails when it is first asked for a block
@@ -3001,49 +3243,27 @@ class ReplyResumer:
     The rest starts at the last complete row: ``startkey`` is that row's id
     as JSON, and the new reply's first row is dropped when it has that id
     (not ``skip=1``: had that document been deleted in between, the row
-    after it would be skipped and lost).  Each break gets up to ``-a``
-    requests, 1 s apart like the script's retries; a reply that brought
-    new rows before it broke starts the count again.
+    after it would be skipped and lost).  The requester asks (``Requester.resume``).
     """
 
-    def __init__(self, backup, path):
-        self.backup = backup
+    def __init__(self, requester, path, block):
+        self.requester = requester
         self.path = path
-        self.tries = 0
-        self.rows = -1          # rows written at the last break
-        self.response = None
+        self.block = block
+        self.resumption = Resumption()
 
     def resume(self, last_id, rows, failure, couchdb_layout):
         """The blocks of the rest of the reply; raises ``failure`` once the attempts are spent."""
-        opts, out = self.backup.opts, self.backup.out
         if rows > 0 and last_id is None:
             raise failure   # rows with no id we can start from: nothing safe to ask
-        if rows > self.rows:
-            self.tries, self.rows = 0, rows
         path = self.path
         if last_id is not None:
             path += "&startkey=" + quote(json.dumps(last_id), safe="")
-        while True:
-            self.tries += 1
-            if self.tries > opts.attempts:
-                raise failure
-            why = failure.cause if isinstance(failure, ReplyBroken) else failure
-            if not isinstance(why, (TransferFailed, BackupFailed)):
-                why = _describe(why)
-            out.detail("couchdb_dump: %s" % why)
-            out.line("... WARN: The transfer broke off after %d documents - Attempt %d/%s. Resuming..."
-                     % (rows, self.tries, opts.attempts_text))
-            time.sleep(1)
-            self.close()
-            try:
-                self.response = self.backup.open_reply(path)
-                if not 200 <= self.response.status < 300:
-                    raise BackupFailed("the server answered HTTP %d to the request for the rest"
-                                       % self.response.status)
-                blocks = resumable_blocks(self.response, self.backup.BLOCK)
-                return self._after(blocks, last_id) if couchdb_layout else blocks
-            except (TransferFailed, BackupFailed, ReplyBroken) as error:
-                failure = error
+
+        def begin(response):
+            blocks = resumable_blocks(response, self.block)
+            return self._after(blocks, last_id) if couchdb_layout else blocks
+        return self.requester.resume(self.resumption, path, rows, failure, begin)
 
     @staticmethod
     def _after(blocks, last_id):
@@ -3064,9 +3284,7 @@ class ReplyResumer:
         return itertools.chain([rest], blocks)
 
     def close(self):
-        if self.response is not None:
-            self.response.release_conn()
-            self.response = None
+        self.resumption.close()
 
 
 class Backup:
@@ -3082,6 +3300,8 @@ class Backup:
         self.summary = {"mode": "backup", "db": opts.db, "file": opts.file,
                         "documents": 0, "design_documents": 0, "bytes": 0}
         self.resumer = None   # --resume: a ReplyResumer while the reply is read
+        # A backup's signals end it at once (``Interrupted``): its Stop is never asked.
+        self.requester = Requester(session, out, opts, Stop())
 
     def run(self):
         opts, out = self.opts, self.out
@@ -3132,28 +3352,14 @@ class Backup:
             out.script_steps("compress")
         out.info("... INFO: Export completed successfully. File available at: %s" % final)
 
-    def open_reply(self, path):
-        """GET ``path``, waiting out a server that pushes back (``BackPressure``)."""
-        pressure = BackPressure()
-        while True:
-            response = self.session.open("GET", path)
-            wait = pressure.delay(response.status, response.headers)
-            if wait is None:
-                return response
-            response.drain_conn()
-            response.release_conn()
-            self.out.detail("couchdb_dump: the server answered HTTP %d: asking again in %.1f s"
-                            % (response.status, wait))
-            time.sleep(wait)
-
     def _transfer(self, path, target):
         """Download and rewrite; returns (reply had CRs, size without CRs)."""
         try:
-            response = self.open_reply(path)
+            response = self.requester.open(path)
         except TransferFailed as error:
             self._curl_failed(error)
         began = b""
-        self.resumer = ReplyResumer(self, path) if self.opts.resume else None
+        self.resumer = ReplyResumer(self.requester, path, self.BLOCK) if self.opts.resume else None
         try:
             if self.resumer is not None:
                 blocks = resumable_blocks(response, self.BLOCK)
@@ -3372,7 +3578,7 @@ class CompleteBackup(Backup):
         # set when the backup ends early, so that reads still on their way
         # give up at their next attempt instead of keeping the process alive.
         self.batches_stop = Stop()
-        self.retry = Retry(session, out, opts, self.batches_stop)
+        self.requester = Requester(session, out, opts, self.batches_stop)
 
     def _transfer(self, path, target):
         try:
@@ -3388,7 +3594,7 @@ class CompleteBackup(Backup):
 
     def _copy(self, target):
         """Write the whole file; returns its size before compression."""
-        security = self._ask("Reading the _security object", "GET", self.db_path + "/_security")
+        security = self._ask("Reading the _security object", "GET", self.db_path + "/_security").value
         if not isinstance(security, dict):
             raise BackupFailed("the _security object is not a JSON object")
         lines = _DocumentLines(target, complete_header(security))
@@ -3455,7 +3661,7 @@ class CompleteBackup(Backup):
             seq = since if isinstance(since, str) else json.dumps(since)
             rows, last_seq, pending = self._ask(
                 "Reading the changes feed", "GET",
-                self.db_path + CHANGES_QUERY % (self.PAGE, quote_path_segment(seq)), read=read_changes_page)
+                self.db_path + CHANGES_QUERY % (self.PAGE, quote_path_segment(seq)), read=read_changes_page).value
             if not rows:
                 return
             yield rows
@@ -3504,13 +3710,13 @@ class CompleteBackup(Backup):
         pairs = sum(len(revs) for _, revs in batch)
         reply = self._ask("Reading %d revisions (_bulk_get)" % pairs, "POST", self.db_path + BULK_GET_QUERY, body,
                           read=lambda text: (len(text), read_bulk_get(text)), tolerate=(404, 405))
-        if isinstance(reply, Reply):
+        if reply.status in (404, 405):
             with self.refusal:   # the notice once, whichever thread is refused first
                 if self.bulk_get:
                     self.bulk_get = False
                     self.refused = reply.status
             return [(doc_id, self._open_revs(doc_id)) for doc_id, _ in batch]
-        size, (leaves, missing) = reply
+        size, (leaves, missing) = reply.value
         self.batch_size = max(1, min(self.BATCH, self.BATCH_BYTES * pairs // max(size, 1)))
         found = {(leaf.doc_id, leaf.rev): leaf for leaf in leaves}
         unanswered = {(doc_id, rev) for doc_id, revs in batch for rev in revs if (doc_id, rev) not in found}
@@ -3526,9 +3732,9 @@ class CompleteBackup(Backup):
         reply = self._ask("Reading the revisions of " + json.dumps(doc_id, ensure_ascii=False), "GET",
                           self.db_path + document_path(doc_id) + OPEN_REVS_QUERY, read=read_open_revs,
                           tolerate=(404,))
-        if isinstance(reply, Reply):
+        if reply.status == 404:
             return [None]
-        leaves, missing = reply
+        leaves, missing = reply.value
         return sorted(leaves, key=lambda leaf: revision_order(leaf.rev)) + [None] * bool(missing)
 
     def _count(self, doc_id, leaves, written):
@@ -3547,39 +3753,14 @@ class CompleteBackup(Backup):
         summary["conflicted"] += alive > 1
 
     def _ask(self, what, method, path, body=None, read=json.loads, tolerate=()):
-        """One request through ``Retry`` (-a attempts 1 s apart, a server
-        pushing back waited out); returns ``read`` of its reply, or the
-        ``Reply`` itself when its status is in ``tolerate``.  A broken
-        transfer, an error reply or a reply that is not the JSON expected is
-        tried again; after the last attempt the backup fails (no file).
+        """One request through the requester (-a attempts 1 s apart, a server
+        pushing back waited out); its reply, with ``read`` of its text as its
+        ``value``, unless its status is in ``tolerate``.  A broken transfer,
+        an error reply or a reply that is not the JSON expected is tried
+        again; after the last attempt the backup fails (no file).
         """
-        answers = []
-
-        def taken(reply):
-            if reply.status in tolerate:
-                answers.append(reply)
-                return True
-            if not reply.ok:
-                return False
-            try:
-                answers.append(read(reply.body.decode("utf-8")))
-            except ValueError:   # UnicodeDecodeError and JSONDecodeError too: a cut or garbled reply
-                return False
-            return True
-
-        def failed(failure):
-            if not isinstance(failure, Reply):
-                why = failure
-            elif failure.is_couchdb_error:
-                why = "HTTP %d, CouchDB reported: %s" % (failure.status, failure.first_line.decode("utf-8", "replace"))
-            else:
-                why = "HTTP %d" % failure.status if not failure.ok else "the reply is not the JSON expected"
-            raise BackupFailed("%s failed after %d attempts (%s)" % (what, self.opts.attempts, why))
-        warning = ("... WARN: %s failed - Attempt %d/%s - Retrying...", what)
-        self.retry.request(method, path, body, "application/json" if body is not None else None,
-                           transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed,
-                           accept=taken, reply_type="application/json")
-        return answers[-1]
+        return self.requester.ask(Ask(method, path, "complete backup", body=body, read=read, tolerate=tolerate,
+                                      accept="application/json", what=what))
 
 
 # ===========================================================================
@@ -4037,18 +4218,15 @@ class TargetDatabase:
     change the server, so a plan known to fail stops the run before it.
     """
 
-    def __init__(self, opts, out, retry, path):
+    def __init__(self, opts, out, requester, path):
         self.opts = opts
         self.out = out
-        self.retry = retry
+        self.requester = requester
         self.path = path
 
     def prepare(self, before_change):
         opts, out = self.opts, self.out
-        reply = self.retry.request(
-            "GET", "/_all_dbs", accept=lambda reply: True,
-            transfer_warn="... WARN: Curl failed to get the list of databases - Attempt %d/%s. Retrying...",
-            transfer_final=lambda error: out.line("... ERROR: Curl failed to get the list of databases - Stopping"))
+        reply = self.requester.ask(Ask("GET", "/_all_dbs", "list databases", expect="any"))
         names = database_names(reply)
         if names is None:
             out.line("... WARN: Curl failed to get the list of databases - Continuing")
@@ -4076,26 +4254,10 @@ class TargetDatabase:
     def delete(self):
         opts, out = self.opts, self.out
         out.info("... INFO: Deleting database %s (--recreate)" % opts.db)
-        self.retry.request(
-            "DELETE", self.path,
-            transfer_warn=("... WARN: Curl failed to delete the database %s - Attempt %d/%s. Retrying...", opts.db),
-            transfer_final=lambda error: out.line("... ERROR: Curl failed to delete the database %s - Stopping"
-                                                  % opts.db),
-            reply_warn="... WARN: CouchDB Reported an error during db deletion - Attempt %d/%s - Retrying...",
-            accept=Retry.ok_accepted)
+        self.requester.ask(Ask("DELETE", self.path, "delete database", expect="stored", db=opts.db))
 
     def create(self):
-        opts, out = self.opts, self.out
-
-        def failed(error):
-            out.line("... ERROR: Curl failed to create the database %s - Stopping" % opts.db)
-            out.line(".. ERROR: See above for any errors")
-        self.retry.request(
-            "PUT", self.path,
-            transfer_warn=("... WARN: Curl failed to create the database %s - Attempt %d/%s. Retrying...", opts.db),
-            transfer_final=failed,
-            reply_warn="... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying...",
-            accept=Retry.ok_accepted)
+        self.requester.ask(Ask("PUT", self.path, "create database", expect="stored", db=self.opts.db))
 
 
 def design_document_request(line, doc_id):
@@ -4131,7 +4293,7 @@ class RestoreStep:
     def __init__(self, restore):
         self.opts = restore.opts
         self.out = restore.out
-        self.retry = restore.retry
+        self.requester = restore.requester
         self.counts = restore.counts
         self.progress = restore.progress
         self.db_path = restore.db_path
@@ -4151,7 +4313,7 @@ class DesignDocuments(RestoreStep):
         self.compare = restore.opts.resume or restore.opts.start_chunk is not None
 
     def put_all(self, dump, survey):
-        opts, out, counts = self.opts, self.out, self.counts
+        opts, counts = self.opts, self.counts
         wanted = dict(survey.designs)
         for count, (number, line) in enumerate(dump.numbered_lines(wanted)):
             path, body = design_document_request(line, wanted[number])
@@ -4160,35 +4322,18 @@ class DesignDocuments(RestoreStep):
                 body = self.against_database(path, body, name, wanted[number])
                 if body is None:
                     continue
-            self.retry.request(
-                "PUT", self.db_path + path, body, "application/json",
-                transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s. Retrying...", name),
-                transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
-                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
-                reply_final=lambda reply: self.refused(reply, wanted[number]),
-                accept=lambda reply: Retry.ok_accepted(reply, wanted[number]))
+            self.requester.ask(Ask("PUT", self.db_path + path, "design document", body=body, expect="stored",
+                                   doc_id=wanted[number], name=name, db=opts.db))
             counts.documents_written += 1
             self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
 
-    def refused(self, reply, doc_id):
-        """The script's last word on a design document, and what to do about a conflict."""
-        self.retry.couchdb_reported(reply)
-        if reply.status == 409 or b'"error":"conflict"' in reply.first_line:
-            self.out.detail("couchdb_dump: %s already holds the design document %s: to restore the dump over what"
-                            " the database holds, add --resume (it updates what differs) or --recreate (it deletes"
-                            " the database first)" % (self.opts.db, doc_id))
-
     def against_database(self, path, body, name, doc_id):
         """The body to PUT: as it is, with the current ``_rev``, or None when it is there already."""
-        reply = self.retry.request(
-            "GET", self.db_path + path + "?attachments=true",
-            accept=lambda reply: reply.status == 404 or Retry.object_accepted(reply),
-            transfer_warn=("... WARN: Failed to read %s from the database - Attempt %d/%s. Retrying...", name),
-            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to read %s - Stopping" % name),
-            reply_warn="... WARN: CouchDB Reported an error reading a design document - Attempt %d/%s - Retrying...")
+        reply = self.requester.ask(Ask("GET", self.db_path + path + "?attachments=true", "read design document",
+                                       expect="object", tolerate=(404,), name=name))
         if reply.status == 404:
             return body
-        current = json.loads(reply.body)
+        current = reply.value
         rev = current.pop("_rev", None)
         current.pop("_id", None)
         if current == _json_or_none(body):
@@ -4263,6 +4408,14 @@ class Chunk:
         half = len(documents) // 2
         return (Chunk.of_lines([header] + documents[:half], header, footer, True),
                 Chunk.of_lines(documents[half:] + [footer], header, footer, self.newline))
+
+    def whole(self):
+        """The chunk itself (the ``Requester.send_documents`` part it is)."""
+        return self
+
+    def ids(self):
+        """The ids of its documents, in order (None where a line has none)."""
+        return [document_revision(doc)[0] for doc in chunk_documents(self)]
 
     @property
     def stream(self):
@@ -4449,17 +4602,14 @@ class RevisionIndex:
         return self.found.count(0)
 
 
-def revs_diff(retry, db_path, asked, transfer_warn, transfer_final):
+def revs_diff(requester, db_path, asked, words, name=""):
     """Which (id, revision) pairs of ``asked`` ({id: [revisions]}) the database
     lacks: one ``_revs_diff`` POST.  An answer's entry of another shape counts
     as nothing missing there; an answer that is no JSON object is retried."""
-    reply = retry.request(
-        "POST", db_path + "/_revs_diff", json_bytes(asked), "application/json",
-        accept=Retry.object_accepted,
-        transfer_warn=transfer_warn, transfer_final=transfer_final,
-        reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...")
+    reply = requester.ask(Ask("POST", db_path + "/_revs_diff", words, body=json_bytes(asked), expect="object",
+                              name=name))
     lacking = set()
-    for doc_id, answer in json.loads(reply.body).items():
+    for doc_id, answer in reply.value.items():
         missing = answer.get("missing") if isinstance(answer, dict) else None
         if isinstance(missing, list):
             lacking.update((doc_id, rev) for rev in missing if isinstance(rev, str))
@@ -4467,58 +4617,27 @@ def revs_diff(retry, db_path, asked, transfer_warn, transfer_final):
 
 
 class BulkUpload:
-    """Sends one _bulk_docs body: only what is missing, in halves when too large.
+    """Sends one _bulk_docs body: with --resume, only what the database lacks.
 
     With --resume, one ``_revs_diff`` POST first asks which documents the
     database lacks at the dump's revision; only those are sent, and nothing
-    when none is.  A 413 (request too large) splits the body in halves
-    (``Chunk.halves``), each sent on its own, down to one document; a single
-    document still refused is reported as refused, by id.  ``post(stream)``
-    sends a body through ``Retry`` and must take a 413 as an answer.
+    when none is.  The requester sends the body (in halves, where the server
+    finds it too large: ``Requester.send_documents``).
     """
 
-    TOO_LARGE = "the server refuses this document as too large (HTTP 413)"
-
-    def __init__(self, retry, out, db_path, resume):
-        self.retry = retry
-        self.out = out
+    def __init__(self, requester, db_path, resume):
+        self.requester = requester
         self.db_path = db_path
         self.resume = resume
 
-    @staticmethod
-    def accepted(reply):
-        return reply.status == 413 or Retry.bulk_accepted(reply)
-
-    def send(self, stream, documents, make_chunk, name, post):
-        """Send ``stream`` (its ``Chunk`` from ``make_chunk()``, built only when
-        needed); returns ``(documents sent, the server's answers as one Reply)``."""
-        chunk = None
+    def send(self, part, ask):
+        """Send ``part`` (a ``Chunk``, or the ``WholeText``) as ``ask`` says;
+        returns ``(documents sent, the server's answers as one Reply)``."""
         if self.resume:
-            chunk = self.missing(make_chunk(), name)
-            if not chunk.documents:
+            part = self.missing(part.whole(), ask.values["name"])
+            if not part.documents:
                 return 0, Reply(201, b"[]")
-            stream, documents = chunk.stream, chunk.documents
-        reply = post(stream)
-        if reply.status != 413:
-            return documents, reply
-        return self.halving(chunk or make_chunk(), name, post)
-
-    def halving(self, chunk, name, post):
-        """A chunk the server found too large: its halves, each sent (and halved) in turn."""
-        if chunk.documents <= 1:
-            refused = [{"id": document_revision(doc)[0], "error": "too_large", "reason": self.TOO_LARGE}
-                       for doc in chunk_documents(chunk)]
-            return len(refused), Reply(201, json.dumps(refused).encode())
-        halves = chunk.halves()
-        self.out.line("... WARN: %s is too large for the server (HTTP 413) - sending it as %d and %d documents"
-                      % (name, halves[0].documents, halves[1].documents))
-        sent, answers = 0, []
-        for half in halves:
-            reply = post(half.stream)
-            count, reply = (half.documents, reply) if reply.status != 413 else self.halving(half, name, post)
-            sent += count
-            answers.extend(json.loads(reply.body))
-        return sent, Reply(201, json.dumps(answers).encode())
+        return self.requester.send_documents(ask, part)
 
     def missing(self, chunk, name):
         """The chunk less the documents the database has at their revision (one _revs_diff POST)."""
@@ -4530,14 +4649,23 @@ class BulkUpload:
                 asked.setdefault(doc_id, []).append(rev)
         if not asked:
             return chunk
-        lacking = revs_diff(
-            self.retry, self.db_path, asked,
-            transfer_warn=("... WARN: Failed to compare %s with the database - Attempt %d/%s - Retrying...", name),
-            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to compare %s - Stopping"
-                                                       % name))
+        lacking = revs_diff(self.requester, self.db_path, asked, "compare chunk", name)
         return documents_chunk(chunk.lines[0], [doc for doc, (doc_id, rev) in zip(docs, revisions)
                                                 if doc_id is None or rev is None or (doc_id, rev) in lacking],
                                chunk.lines[-1])
+
+
+class WholeText:
+    """The text as one _bulk_docs body, streamed from the file: a ``Chunk`` is
+    made of it, in memory, only when it must be filtered or cut."""
+
+    def __init__(self, text, documents):
+        self.text = text
+        self.documents = documents
+        self.stream = (text.size(), text.blocks)
+
+    def whole(self):
+        return self.text.as_chunk()
 
 
 class ChunkUpload(RestoreStep):
@@ -4573,7 +4701,7 @@ class ChunkUpload(RestoreStep):
                     continue
                 while len(on_their_way) >= opts.jobs:
                     self._collect(*on_their_way.pop(0))
-                self.retry.check_stop()
+                self.requester.check_stop()
                 name = "%s.split%s" % (text_name, chunk_suffix(index))
                 out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header
                                               else "Adding header to", name))
@@ -4610,15 +4738,7 @@ class ChunkUpload(RestoreStep):
         self._chunk_done(chunk, reply)
 
     def _post_chunk(self, name, chunk):
-        def post(body):
-            return self.retry.request(
-                "POST", self.path, body, "application/json",
-                transfer_warn=("... WARN: Failed to import %s - Attempt %d/%s - Retrying...", name),
-                transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to restore %s - Stopping"
-                                                           % name),
-                reply_warn="... WARN: CouchDB Reported and error during import - Attempt %d/%s - Retrying...",
-                accept=BulkUpload.accepted)
-        return self.bulk.send(chunk.stream, chunk.documents, lambda: chunk, name, post)
+        return self.bulk.send(chunk, Ask("POST", self.path, "chunk", expect="list", name=name))
 
     def _chunk_done(self, chunk, result):
         counts = self.counts
@@ -4669,18 +4789,8 @@ class CompleteRestore(RestoreStep):
             return
         before_change()
         out.info("... INFO: Restoring the _security object of %s" % opts.db)
-
-        def refused(reply):
-            self.retry.couchdb_reported(reply)
-            out.info("... HINT: only an admin can set _security; --no-security restores the documents without it")
-        self.retry.request(
-            "PUT", self.db_path + "/_security", json_bytes(self.security), "application/json",
-            transfer_warn=("... WARN: Curl failed to restore the _security object of %s - Attempt %d/%s. Retrying...",
-                           opts.db),
-            transfer_final=lambda error: out.line("... ERROR: Curl failed to restore the _security object of %s"
-                                                  " - Stopping" % opts.db),
-            reply_warn="... WARN: CouchDB Reported an error restoring _security - Attempt %d/%s - Retrying...",
-            reply_final=refused)
+        self.requester.ask(Ask("PUT", self.db_path + "/_security", "restore _security", body=json_bytes(self.security),
+                               db=opts.db))
 
     def verify(self, dump):
         """--verify: every leaf of the dump is known to the database, and its
@@ -4702,16 +4812,8 @@ class CompleteRestore(RestoreStep):
         missing += self._revs_diff(batch)
         security = None
         if self.security is not None:
-            reply = self.retry.request(
-                "GET", self.db_path + "/_security",
-                accept=Retry.object_accepted,
-                transfer_warn=("... WARN: Curl failed to read the _security object of %s - Attempt %d/%s."
-                               " Retrying...", opts.db),
-                transfer_final=lambda error: out.line("... ERROR: Verify failed: could not read the _security"
-                                                      " object of %s" % opts.db),
-                reply_warn=("... WARN: CouchDB Reported an error reading the _security object of %s"
-                            " - Attempt %d/%s - Retrying...", opts.db))
-            security = json.loads(reply.body)
+            security = self.requester.ask(Ask("GET", self.db_path + "/_security", "verify _security", expect="object",
+                                              db=opts.db)).value
         if not missing and security == self.security:
             out.info("... INFO: Verified: all %d revisions of the dump are in %s%s." % (
                 total, opts.db, ", and its _security object" if self.security is not None else ""))
@@ -4732,10 +4834,7 @@ class CompleteRestore(RestoreStep):
         """The (id, revision) pairs of ``batch`` the database does not know, in the batch's order."""
         if not batch:
             return []
-        lacking = revs_diff(
-            self.retry, self.db_path, batch,
-            transfer_warn="... WARN: Curl failed to check revisions (_revs_diff) - Attempt %d/%s. Retrying...",
-            transfer_final=lambda error: self.out.line("... ERROR: Verify failed: _revs_diff could not be read"))
+        lacking = revs_diff(self.requester, self.db_path, batch, "verify revisions")
         return [(doc_id, rev) for doc_id, revs in batch.items() for rev in revs if (doc_id, rev) in lacking]
 
 
@@ -4771,7 +4870,7 @@ class RestoreCounts:
         return summary
 
 
-def verify_restore(session, out, opts, path, dump, index):
+def verify_restore(requester, out, opts, path, dump, index):
     """--verify: every document of the dump is in the database, same revision.
 
     Reads the database's ``_all_docs`` once and marks what it finds in
@@ -4781,7 +4880,7 @@ def verify_restore(session, out, opts, path, dump, index):
     """
     out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
     try:
-        response = session.open("GET", path + "/_all_docs")
+        response = requester.open(path + "/_all_docs")
         scanner = JsonRowScanner(documents=False)
         present_designs = set()
         wanted_designs = set(index.design_ids)
@@ -4829,18 +4928,7 @@ def verify_restore(session, out, opts, path, dump, index):
     return summary
 
 
-def database_doc_count(session, path):
-    """The database's doc_count, or None when it does not answer with one (one try)."""
-    try:
-        reply = session.request("GET", path)
-        info = json.loads(reply.body) if reply.ok else None
-    except (TransferFailed, ValueError):
-        return None
-    count = info.get("doc_count") if isinstance(info, dict) else None
-    return count if type(count) is int else None
-
-
-def report_incomplete(session, out, opts, path, counts):
+def report_incomplete(requester, out, opts, path, counts):
     """After a restore that stopped part way: what this run wrote, and what the database holds.
 
     Documents written counts what the server confirmed in this run; a chunk
@@ -4853,7 +4941,9 @@ def report_incomplete(session, out, opts, path, counts):
     where = " at %s" % counts.failed_chunk if counts.failed_chunk is not None else ""
     text = "couchdb_dump: the restore stopped%s: this run wrote %d of the dump's %d documents" % (
         where, counts.documents_written, counts.total_documents)
-    held = database_doc_count(session, path) if opts.extended else None
+    info = requester.glance(path) if opts.extended else None
+    held = info.get("doc_count") if isinstance(info, dict) else None
+    held = held if type(held) is int else None
     if held is not None:
         text += "; the database holds %d documents now (its doc_count, with any it held before)" % held
     elif opts.extended:
@@ -4890,7 +4980,7 @@ class Restore:
     The dump is checked whole first (``DumpSurvey``); then the database is
     checked or created (``TargetDatabase``), the design documents are PUT
     one by one, and the rest goes to ``_bulk_docs`` in one body or in chunks
-    of ``-l`` lines.  Every request goes through ``Retry``: ``-a`` attempts,
+    of ``-l`` lines.  Every request goes through the ``Requester``: ``-a`` attempts,
     1 s apart, as the script does.  What was done is counted in
     ``RestoreCounts``.
     """
@@ -4902,12 +4992,10 @@ class Restore:
         self.progress = progress or Progress(False)
         self.stop = stop or Stop()
         self.counts = RestoreCounts(opts)
-        if opts.delay:
-            session = PacedSession(session, opts.delay, self.stop)
-        self.retry = Retry(session, out, opts, self.stop)
+        self.requester = Requester(session, out, opts, self.stop, opts.delay)
         self.db_path = "/" + quote_database(opts.db)
         self.complete = None     # a CompleteRestore, for a complete backup
-        self.bulk = BulkUpload(self.retry, out, self.db_path, opts.resume)
+        self.bulk = BulkUpload(self.requester, self.db_path, opts.resume)
         self.start = 0   # -s: the index of the first chunk to send
 
     @property
@@ -4931,7 +5019,7 @@ class Restore:
             self.complete = CompleteRestore(self, survey)
         self.plan(survey)
         out.info("... INFO: Checking for database")
-        TargetDatabase(opts, out, self.retry, self.db_path).prepare(self.refuse_plan)
+        TargetDatabase(opts, out, self.requester, self.db_path).prepare(self.refuse_plan)
         if self.complete is not None:
             self.complete.put_security(self.refuse_plan)
         self.stop.graceful = True
@@ -4944,14 +5032,14 @@ class Restore:
                 % (signal_name(stopped.signum), counts.documents_written, counts.total_documents,
                    counts.chunks_written)])
             stopped.tell(out)
-            report_incomplete(self.session, out, opts, self.db_path, counts)
+            report_incomplete(self.requester, out, opts, self.db_path, counts)
             tell_resume(out, opts, counts)
             raise stopped
         except Failure as failure:
             failure.tell(out)
             self.progress.finish()
             if not self.plan_fails:
-                report_incomplete(self.session, out, opts, self.db_path, counts)
+                report_incomplete(self.requester, out, opts, self.db_path, counts)
             tell_resume(out, opts, counts)
             raise
         finally:
@@ -4970,7 +5058,7 @@ class Restore:
         if index is not None:
             # Refused or not, --verify says what the database holds.
             problems.append(self.complete.verify(dump) if self.complete is not None
-                            else verify_restore(self.session, out, opts, self.db_path, dump, index))
+                            else verify_restore(self.requester, out, opts, self.db_path, dump, index))
         if any(problems):
             raise Failure(summary="; ".join(problem for problem in problems if problem))
 
@@ -5049,23 +5137,11 @@ class Restore:
     def upload_whole(self, text, documents):
         """Fewer lines than -l: one _bulk_docs of the whole text."""
         opts, out, counts = self.opts, self.out, self.counts
-        body = (text.size(), text.blocks)
-
-        def failed(failure):
-            out.line("... ERROR: Import of %s failed." % opts.file)
-            if isinstance(failure, Reply):
-                # The server's body as the script printed it, but always a whole line.
-                body = failure.body if failure.body.endswith(b"\n") else failure.body + b"\n"
-                out.raw(b"... ERROR: Error message was:   " + body)
-            else:
-                out.line("... ERROR: Error message was:   the connection failed (%s)" % failure)
-        warning = ("... WARN: Import of %s failed - Attempt %d/%s - Retrying...", opts.file)
-        documents, reply = self.bulk.send(body, documents, text.as_chunk, opts.file, lambda body: self.retry.request(
-            "POST", self.db_path + "/_bulk_docs", body, "application/json",
-            transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed,
-            accept=BulkUpload.accepted))
+        whole = WholeText(text, documents)
+        documents, reply = self.bulk.send(whole, Ask("POST", self.db_path + "/_bulk_docs", "whole file", expect="list",
+                                                     name=opts.file))
         counts.chunks_written = 1
-        counts.bytes_sent += body[0]
+        counts.bytes_sent += whole.stream[0]
         refused = report_refusals(out, reply)
         counts.refused += refused
         counts.documents_written += documents - refused

@@ -183,5 +183,5 @@ def test_after_the_budget_a_push_back_is_an_ordinary_failure():
 def test_pause_ends_early_when_asked_to_stop():
     import time
     started = time.monotonic()
-    assert cd.pause(5, stop=lambda: time.monotonic() - started > 0.3) is False
+    assert cd.Requester.pause(5, stop=lambda: time.monotonic() - started > 0.3) is False
     assert time.monotonic() - started < 1.5

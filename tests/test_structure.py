@@ -63,44 +63,45 @@ class _Session:
         return answer
 
 
-def _retry(answers, attempts="3"):
+def _requester(answers, attempts="3"):
     import io
     opts = cd.Options()
     opts.attempts_text, opts.attempts = attempts, int(attempts)
     stream = io.BytesIO()
-    retry = cd.Retry(_Session(answers), cd.Messages(stream), opts, cd.Stop())
-    retry.PAUSE = 0
-    return retry, stream
+    session = _Session(answers)
+    requester = cd.Requester(session, cd.Messages(stream), opts, cd.Stop())
+    requester.PAUSE = 0
+    return requester, stream, session
 
 
-def test_retry_warns_with_the_user_text_as_a_value_and_returns_the_accepted_reply():
+def test_requester_warns_with_the_user_text_as_a_value_and_returns_the_accepted_reply():
     ok = cd.Reply(201, b'{"ok":true}\n')
-    retry, stream = _retry([cd.TransferFailed("reset"), cd.Reply(500, b'{"error":"x"}\n'), ok])
-    reply = retry.request("PUT", "/db", transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s.", "100%d.json"),
-                          transfer_final=None, reply_warn="... WARN: error - Attempt %d/%s")
+    requester, stream, _ = _requester([cd.TransferFailed("reset"), cd.Reply(500, b'{"error":"x"}\n'), ok])
+    reply = requester.ask(cd.Ask("PUT", "/db/_design/a", "design document", body=b"{}", name="100%d.json"))
     assert reply is ok
-    assert stream.getvalue() == b"... WARN: Import of 100%d.json failed - Attempt 1/3.\n... WARN: error - Attempt 2/3\n"
+    assert stream.getvalue() == (b"... WARN: Import of 100%d.json failed - Attempt 1/3. Retrying...\n"
+                                 b"... WARN: CouchDB Reported an error during import - Attempt 2/3 - Retrying...\n")
 
 
-def test_retry_ends_the_run_after_the_last_attempt_with_the_final_words():
-    retry, stream = _retry([cd.Reply(409, b'{"error":"conflict","reason":"Document update conflict."}\n')] * 2, "2")
+def test_requester_ends_the_run_after_the_last_attempt_with_the_final_words():
+    conflict = cd.Reply(409, b'{"error":"conflict","reason":"Document update conflict."}\n')
+    requester, stream, _ = _requester([conflict] * 2, "2")
     try:
-        retry.request("PUT", "/db/_design/a", transfer_warn="t %d/%s", transfer_final=None, reply_warn="r %d/%s")
+        requester.ask(cd.Ask("PUT", "/db/_design/a", "design document", body=b"{}", expect="stored",
+                             doc_id="_design/a", name="f-design.0", db="db"))
     except cd.Failure as done:
         assert done.code == 1
+        done.tell(cd.Messages(stream))
     else:
         raise AssertionError("no Failure")
     assert stream.getvalue().splitlines() == [
-        b"r 1/2", b'... ERROR: CouchDB Reported: {"error":"conflict","reason":"Document update conflict."}']
+        b"... WARN: CouchDB Reported an error during import - Attempt 1/2 - Retrying...",
+        b'... ERROR: CouchDB Reported: {"error":"conflict","reason":"Document update conflict."}']
 
 
 def test_a_held_back_reply_is_sent_again_without_using_an_attempt():
-    busy, ok = cd.Reply(429, b'{"error":"too_many_requests"}\n'), cd.Reply(201, b"[]")
-    retry, stream = _retry([busy, busy, busy, ok], "1")
-    retry.held_back = lambda reply: reply.status == 429
-    seen = []
-    retry.before_request = lambda method, path: seen.append(path)
-    assert retry.request("POST", "/db/_bulk_docs", transfer_warn="t", transfer_final=None,
-                         accept=cd.Retry.bulk_accepted) is ok
-    assert seen == ["/db/_bulk_docs"] * 4
+    busy, ok = cd.Reply(429, b'{"error":"too_many_requests"}\n', {"Retry-After": "0"}), cd.Reply(201, b"[]")
+    requester, stream, session = _requester([busy, busy, busy, ok], "1")
+    assert requester.ask(cd.Ask("POST", "/db/_bulk_docs", "chunk", body=b"{}", expect="list", name="x")) is ok
+    assert session.sent == [("POST", "/db/_bulk_docs")] * 4
     assert stream.getvalue() == b""
