@@ -65,7 +65,7 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 __all__ = [
     "main", "parse_options", "Options", "Messages", "Progress", "Stop", "Interrupted",
     "Failure", "Finished", "Stopped", "TransferFailed", "BackupFailed", "DumpInvalid",
-    "CouchSession", "Reply", "BackPressure", "Ask", "Requester", "Backup", "CompleteBackup", "Restore",
+    "CouchSession", "Reply", "BackPressure", "Ask", "Requester", "Backup", "Restore",
     "rewrite_row_line", "JsonRowScanner", "DumpFile", "DumpSurvey", "RestoreText", "RevisionIndex",
     "is_design_id", "__version__",
 ]
@@ -2732,17 +2732,6 @@ def with_revision(body, rev):
     return b'{"_rev":' + json.dumps(rev).encode() + separator + rest
 
 
-def documents_chunk(header, docs, footer):
-    """A chunk of document lines (without their commas) made a whole body."""
-    lines = [header] + [doc + b"," for doc in docs[:-1]] + docs[-1:] + [footer]
-    return Chunk(lines, True, True, True, len(docs))
-
-
-def chunk_documents(chunk):
-    """A chunk's document lines, without their trailing commas."""
-    return [line[:-1] if line.endswith(b",") else line for line in chunk.lines[1:-1] if line.strip(b" \t")]
-
-
 def _parse_worker_started():
     # Ctrl-C reaches the whole process group: only the main process decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -3287,60 +3276,47 @@ class ReplyResumer:
         self.resumption.close()
 
 
-class Backup:
-    """Backup mode: one GET of ``_all_docs``, streamed into the dump file."""
+def curl_failed(cause):
+    """The backup failed in the transfer or the file: bash's curl -o says the same."""
+    return Failure(lines=["... ERROR: Curl encountered an issue whilst dumping the database."], cause=cause)
 
-    BLOCK = 1 << 20
 
-    def __init__(self, opts, session, out, progress=None):
+class BackupOutput:
+    """Where a backup goes, whichever source fills it.
+
+    The name (-T puts a time stamp in it, -z adds ``.gz``), then a
+    temporary file beside it (``BackupFile``: gzip, fsync, rename once
+    whole) or standard output (``StreamTarget``), and the script's closing
+    lines once the backup is there.
+    """
+
+    def __init__(self, opts, out):
         self.opts = opts
-        self.session = session
         self.out = out
-        self.progress = progress or Progress(False)
-        self.summary = {"mode": "backup", "db": opts.db, "file": opts.file,
-                        "documents": 0, "design_documents": 0, "bytes": 0}
-        self.resumer = None   # --resume: a ReplyResumer while the reply is read
-        # A backup's signals end it at once (``Interrupted``): its Stop is never asked.
-        self.requester = Requester(session, out, opts, Stop())
+        self.to_stdout = opts.file == "-"
+        self.name = timestamped_name(opts.file) if opts.timestamp and not self.to_stdout else opts.file
+        self.final = self.name + ".gz" if opts.compress and not self.to_stdout else self.name
 
-    def run(self):
-        opts, out = self.opts, self.out
-        to_stdout = opts.file == "-"
-        name = timestamped_name(opts.file) if opts.timestamp and not to_stdout else opts.file
-        out.info("... INFO: Output file %s" % name)
-        final = name + ".gz" if opts.compress and not to_stdout else name
-        self.summary["file"] = final
-        if not to_stdout:
-            for path in (name, final):
+    def open(self):
+        """The target to write the dump to; a ``Failure`` where it cannot be made."""
+        opts = self.opts
+        if not self.to_stdout:
+            for path in (self.name, self.final):
                 if os.path.isfile(path):
                     raise Failure(lines=["... ERROR: Output file %s already exists." % path])
-            if os.path.isdir(final):
-                raise Failure(lines=["... ERROR: Curl encountered an issue whilst dumping the database."],
-                              cause="%s is a directory" % final)
-
-        path = "/" + quote_database(opts.db) + ALL_DOCS_QUERY
+            if os.path.isdir(self.final):
+                raise curl_failed("%s is a directory" % self.final)
         try:
             threads = max(opts.cores - 1, 1)
-            if to_stdout:
-                target = StreamTarget(sys.stdout.buffer, opts.compress, threads)
-            else:
-                target = BackupFile(final, opts.compress, threads)
+            if self.to_stdout:
+                return StreamTarget(sys.stdout.buffer, opts.compress, threads)
+            return BackupFile(self.final, opts.compress, threads)
         except OSError as error:
-            raise Failure(lines=["... ERROR: Curl encountered an issue whilst dumping the database."],
-                          cause="cannot write %s: %s" % (final, error.strerror))
-        try:
-            had_cr, size = self._transfer(path, target)
-            target.commit()
-            self.progress.resize(target.written)   # -z: the last members are written at the commit
-        except BaseException as error:
-            if isinstance(error, Failure):
-                error.tell(out)   # while the progress line still stands, as every other line
-            target.discard()
-            raise
-        finally:
-            self.progress.finish()
-        self.summary["bytes"] = target.written
+            raise curl_failed("cannot write %s: %s" % (self.final, error.strerror))
 
+    def tell_done(self, had_cr, size):
+        """The lines the script prints once its file is there (``SCRIPT_STEPS``)."""
+        opts, out = self.opts, self.out
         if had_cr:
             out.script_steps("carriage_returns")
         out.script_steps("amend")
@@ -3350,7 +3326,28 @@ class Backup:
         out.script_steps("stages")
         if opts.compress:
             out.script_steps("compress")
-        out.info("... INFO: Export completed successfully. File available at: %s" % final)
+        out.info("... INFO: Export completed successfully. File available at: %s" % self.final)
+
+
+class AllDocsSource:
+    """The default backup's source: one GET of ``_all_docs``, its rows
+    rewritten into the dump's lines as the reply streams in."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, opts, session, out, progress, summary):
+        self.opts = opts
+        self.session = session
+        self.out = out
+        self.progress = progress
+        self.summary = summary
+        self.resumer = None   # --resume: a ReplyResumer while the reply is read
+        # A backup's signals end it at once (``Interrupted``): its Stop is never asked.
+        self.requester = Requester(session, out, opts, Stop())
+
+    def copy(self, target):
+        """Download and rewrite into ``target``; returns (reply had CRs, size without CRs)."""
+        return self._transfer("/" + quote_database(self.opts.db) + ALL_DOCS_QUERY, target)
 
     def _transfer(self, path, target):
         """Download and rewrite; returns (reply had CRs, size without CRs)."""
@@ -3487,8 +3484,7 @@ class Backup:
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
     def _curl_failed(self, error, received=None):
-        raise Failure(lines=["... ERROR: Curl encountered an issue whilst dumping the database."],
-                      cause=error if isinstance(error, Failure) else _describe(error, received, self.session.timeout))
+        raise curl_failed(error if isinstance(error, Failure) else _describe(error, received, self.session.timeout))
 
 
 class _DocumentLines:
@@ -3541,8 +3537,8 @@ def document_path(doc_id):
     return "/" + quote_path_segment(doc_id)
 
 
-class CompleteBackup(Backup):
-    """Backup with --complete: every leaf revision, with its history.
+class CompleteSource:
+    """The source of a backup with --complete: every leaf revision, with its history.
 
     The document ids and their leaves come from ``_changes?style=all_docs``
     in pages of ``PAGE``; the leaves themselves from ``_bulk_get`` in
@@ -3563,9 +3559,13 @@ class CompleteBackup(Backup):
     BATCH_BYTES = 16 << 20   # inline attachments can make 500 revisions gigabytes
     JOBS = 2
 
-    def __init__(self, opts, session, out, progress=None):
-        super().__init__(opts, session, out, progress)
-        self.summary.update({"complete": True, "leaves": 0, "deleted": 0, "conflicted": 0})
+    def __init__(self, opts, session, out, progress, summary):
+        self.opts = opts
+        self.session = session
+        self.out = out
+        self.progress = progress
+        self.summary = summary
+        summary.update({"complete": True, "leaves": 0, "deleted": 0, "conflicted": 0})
         self.db_path = "/" + quote_database(opts.db)
         self.bulk_get = True
         self.refused = None     # the status of a _bulk_get refused, until its notice is printed
@@ -3580,17 +3580,19 @@ class CompleteBackup(Backup):
         self.batches_stop = Stop()
         self.requester = Requester(session, out, opts, self.batches_stop)
 
-    def _transfer(self, path, target):
+    def copy(self, target):
+        """Write the whole file into ``target``; returns (False: no carriage
+        returns removed, its size before compression)."""
         try:
             return False, self._copy(target)
         except BackupFailed as error:
             raise Failure(lines=["... ERROR: Backup failed, no file written: %s." % error])
         except TransferFailed as error:
-            self._curl_failed(error)
+            raise curl_failed(error)
         except (Failure, Interrupted, KeyboardInterrupt):
             raise
         except Exception as error:
-            self._curl_failed(error)
+            raise curl_failed(_describe(error, None, self.session.timeout))
 
     def _copy(self, target):
         """Write the whole file; returns its size before compression."""
@@ -3763,6 +3765,45 @@ class CompleteBackup(Backup):
                                       accept="application/json", what=what))
 
 
+class Backup:
+    """Backup mode: a source of the dump's lines feeding one output.
+
+    The source is one GET of ``_all_docs`` (``AllDocsSource``) or, with
+    --complete, every leaf revision (``CompleteSource``); either writes
+    into the target ``BackupOutput`` opens, which becomes the backup file
+    only once the source wrote all of it.
+    """
+
+    def __init__(self, opts, session, out, progress=None):
+        self.opts = opts
+        self.out = out
+        self.progress = progress or Progress(False)
+        self.summary = {"mode": "backup", "db": opts.db, "file": opts.file,
+                        "documents": 0, "design_documents": 0, "bytes": 0}
+        source = CompleteSource if opts.complete else AllDocsSource
+        self.source = source(opts, session, out, self.progress, self.summary)
+
+    def run(self):
+        out = self.out
+        output = BackupOutput(self.opts, out)
+        out.info("... INFO: Output file %s" % output.name)
+        self.summary["file"] = output.final
+        target = output.open()
+        try:
+            had_cr, size = self.source.copy(target)
+            target.commit()
+            self.progress.resize(target.written)   # -z: the last members are written at the commit
+        except BaseException as error:
+            if isinstance(error, Failure):
+                error.tell(out)   # while the progress line still stands, as every other line
+            target.discard()
+            raise
+        finally:
+            self.progress.finish()
+        self.summary["bytes"] = target.written
+        output.tell_done(had_cr, size)
+
+
 # ===========================================================================
 # 7. Restore
 # ===========================================================================
@@ -3770,6 +3811,57 @@ class CompleteBackup(Backup):
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+
+
+class RestoreRun:
+    """What every stage of one restore shares, and nothing more.
+
+    The options, the messages, the requester, the progress line, what was
+    done so far (``counts``) and, once the dump is checked, the ``plan``.
+    One a run: the stages read it, none copies it.
+    """
+
+    def __init__(self, opts, out, requester, progress):
+        self.opts = opts
+        self.out = out
+        self.requester = requester
+        self.progress = progress
+        self.counts = RestoreCounts(opts)
+        self.db_path = "/" + quote_database(opts.db)
+        self.plan = None   # a RestorePlan, once the dump is checked
+
+
+class RestoreCounts:
+    """What a restore has done, counted in one place; its --json summary.
+
+    ``documents_written`` counts the documents the server took in this run
+    (design documents included), ``refused`` those it answered with an
+    error; ``failed_chunk`` names the chunk the run stopped at.
+    """
+
+    def __init__(self, opts):
+        self.db = opts.db
+        self.file = opts.file
+        self.total_documents = 0     # in the dump
+        self.file_bytes = 0          # of the dump file, once it is checked
+        self.design_documents = 0    # PUT, once all of them are
+        self.documents_written = 0
+        self.refused = 0
+        self.chunks_written = 0
+        self.bytes_sent = 0
+        self.failed_chunk = None
+        self.complete = False        # a complete backup: documents counts its revisions
+        self.resume_at = None        # the -s value that resumes a restore that stopped
+
+    def summary(self):
+        summary = {"mode": "restore", "db": self.db, "file": self.file, "documents": self.documents_written,
+                   "design_documents": self.design_documents, "bytes": self.file_bytes}
+        if self.complete:
+            summary["complete"] = True
+        if self.resume_at is not None:
+            summary["resume"] = "-s " + self.resume_at
+        return summary
+
 
 _DESIGN_LAYOUT = re.compile(rb'\A\{"_id":"((?:[^"\\]|\\.)*)","_rev":"[0-9]*-[0-9a-zA-Z_\-]*",')
 
@@ -4030,7 +4122,7 @@ def _last_non_blank(text, start=0, end=None):
 
 
 class DumpSurvey:
-    """One streaming pass over the dump, before anything is sent.
+    """One streaming pass over the dump (``read``), before anything is sent.
 
     Counts lines as ``wc -l`` does (newline characters), finds the design
     documents, and keeps the first and last lines: all the script learns
@@ -4060,6 +4152,12 @@ class DumpSurvey:
         self.complete = False
         self.security = None
         self._comma_pending = None   # the last document line seen ended with a comma
+        self.check = check
+        self.design_lines = set()
+
+    def read(self):
+        """The pass over the dump; returns the survey, or raises ``DumpInvalid``."""
+        dump, check = self.dump, self.check
         held = None
         try:
             for number, block, newlines in dump.blocks():
@@ -4080,6 +4178,7 @@ class DumpSurvey:
         end = len(block) - 1 if self.last_has_newline else len(block)
         self.last = block[block.rfind(b"\n", 0, end) + 1:]   # the dump's last line, copied once
         self.design_lines = {number for number, _ in self.designs}
+        return self
 
     def _survey(self, number, block, newlines):
         if self.first is None:
@@ -4172,6 +4271,60 @@ class DumpSurvey:
         self.bulk_designs, self.designs, self.design_lines = self.designs, [], set()
 
 
+def open_dump(run):
+    """The restore's first stage: the dump file (``-f -``: standard input, kept)."""
+    opts = run.opts
+    if opts.file == "-":
+        dump = DumpFile.from_stream(sys.stdin.buffer, opts.max_line)
+        run.progress.restart(dump.first_byte)   # the rate counts from the first byte, not the wait
+        return dump
+    if not os.path.isfile(opts.file):
+        raise Failure(lines=["... ERROR: Input file %s not found." % opts.file])
+    try:
+        return DumpFile(opts.file, opts.max_line)
+    except OSError as error:
+        raise Failure(lines=["... ERROR: Cannot read %s: %s." % (opts.file, error.strerror)])
+
+
+def check_dump(run, dump, index):
+    """The second stage: the whole dump proved restorable before anything is sent."""
+    opts = run.opts
+    try:
+        survey = DumpSurvey(dump, index=index, workers=opts.cores).read()
+    except DumpInvalid as error:
+        raise Failure(lines=["... ERROR: %s line %d: %s. Nothing was sent to the server."
+                             % (opts.file, error.line, error.text)])
+    except OSError as error:
+        raise Failure(lines=["... ERROR: Cannot read %s: %s." % (opts.file, error.strerror or error)])
+    if index is not None:
+        index.seal()
+    return survey
+
+
+class RestorePlan:
+    """How the text will be sent, decided before any request.
+
+    Whatever can be known in advance to fail is known here: the script
+    found out that split refuses -l only after it had deleted, created
+    and written design documents.  ``refuse`` ends the run before the
+    first request that would change the server.
+    """
+
+    def __init__(self, opts, survey):
+        self.lines = opts.lines
+        self.text_newlines = survey.remaining_newlines() if survey.designs else survey.newlines
+        self.single = opts.single_below is not None and self.text_newlines < opts.single_below
+        self.fails = not self.single and opts.chunk_lines is None
+        self.start = start_chunk(opts, survey, self.single)   # -s: the index of the first chunk to send
+
+    def refuse(self):
+        """Before a write: end the run now if the plan cannot be carried out."""
+        if self.fails:
+            raise Failure(lines=["... ERROR: Unable to create split files."],
+                          notes=['couchdb_dump: -l "%s" is not a number of lines from 1; nothing was changed on the'
+                                 ' server' % self.lines])
+
+
 def database_names(reply):
     """The names an ``_all_dbs`` reply lists, or None when it is no such list."""
     if not 200 <= reply.status < 300:
@@ -4218,15 +4371,13 @@ class TargetDatabase:
     change the server, so a plan known to fail stops the run before it.
     """
 
-    def __init__(self, opts, out, requester, path):
-        self.opts = opts
-        self.out = out
-        self.requester = requester
-        self.path = path
+    def __init__(self, run):
+        self.run = run
+        self.path = run.db_path
 
     def prepare(self, before_change):
-        opts, out = self.opts, self.out
-        reply = self.requester.ask(Ask("GET", "/_all_dbs", "list databases", expect="any"))
+        opts, out = self.run.opts, self.run.out
+        reply = self.run.requester.ask(Ask("GET", "/_all_dbs", "list databases", expect="any"))
         names = database_names(reply)
         if names is None:
             out.line("... WARN: Curl failed to get the list of databases - Continuing")
@@ -4252,12 +4403,12 @@ class TargetDatabase:
         self.create()
 
     def delete(self):
-        opts, out = self.opts, self.out
+        opts, out = self.run.opts, self.run.out
         out.info("... INFO: Deleting database %s (--recreate)" % opts.db)
-        self.requester.ask(Ask("DELETE", self.path, "delete database", expect="stored", db=opts.db))
+        self.run.requester.ask(Ask("DELETE", self.path, "delete database", expect="stored", db=opts.db))
 
     def create(self):
-        self.requester.ask(Ask("PUT", self.path, "create database", expect="stored", db=self.opts.db))
+        self.run.requester.ask(Ask("PUT", self.path, "create database", expect="stored", db=self.run.opts.db))
 
 
 def design_document_request(line, doc_id):
@@ -4287,19 +4438,7 @@ def design_document_request(line, doc_id):
     return "/" + DESIGN_PREFIX + quote_path_segment(name), body + b"\n"
 
 
-class RestoreStep:
-    """A part of the restore's work, handed what every part needs from ``Restore``."""
-
-    def __init__(self, restore):
-        self.opts = restore.opts
-        self.out = restore.out
-        self.requester = restore.requester
-        self.counts = restore.counts
-        self.progress = restore.progress
-        self.db_path = restore.db_path
-
-
-class DesignDocuments(RestoreStep):
+class DesignDocuments:
     """PUTs the dump's design documents one by one, as the script does.
 
     With -s or --resume the database may hold them already: each is read
@@ -4308,12 +4447,12 @@ class DesignDocuments(RestoreStep):
     update, never a ``conflict``).
     """
 
-    def __init__(self, restore):
-        super().__init__(restore)
-        self.compare = restore.opts.resume or restore.opts.start_chunk is not None
+    def __init__(self, run):
+        self.run = run
+        self.compare = run.opts.resume or run.opts.start_chunk is not None
 
     def put_all(self, dump, survey):
-        opts, counts = self.opts, self.counts
+        opts, counts = self.run.opts, self.run.counts
         wanted = dict(survey.designs)
         for count, (number, line) in enumerate(dump.numbered_lines(wanted)):
             path, body = design_document_request(line, wanted[number])
@@ -4322,14 +4461,14 @@ class DesignDocuments(RestoreStep):
                 body = self.against_database(path, body, name, wanted[number])
                 if body is None:
                     continue
-            self.requester.ask(Ask("PUT", self.db_path + path, "design document", body=body, expect="stored",
+            self.run.requester.ask(Ask("PUT", self.run.db_path + path, "design document", body=body, expect="stored",
                                    doc_id=wanted[number], name=name, db=opts.db))
             counts.documents_written += 1
-            self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
+            self.run.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
 
     def against_database(self, path, body, name, doc_id):
         """The body to PUT: as it is, with the current ``_rev``, or None when it is there already."""
-        reply = self.requester.ask(Ask("GET", self.db_path + path + "?attachments=true", "read design document",
+        reply = self.run.requester.ask(Ask("GET", self.run.db_path + path + "?attachments=true", "read design document",
                                        expect="object", tolerate=(404,), name=name))
         if reply.status == 404:
             return body
@@ -4337,7 +4476,7 @@ class DesignDocuments(RestoreStep):
         rev = current.pop("_rev", None)
         current.pop("_id", None)
         if current == _json_or_none(body):
-            self.out.info("... INFO: Design document %s is in the database already: left as it is"
+            self.run.out.info("... INFO: Design document %s is in the database already: left as it is"
                           % json.dumps(doc_id, ensure_ascii=False))
             return None
         return with_revision(body, rev) if isinstance(rev, str) else body
@@ -4440,6 +4579,17 @@ class Chunk:
             start = stop
 
 
+def documents_chunk(header, docs, footer):
+    """A chunk of document lines (without their commas) made a whole body."""
+    lines = [header] + [doc + b"," for doc in docs[:-1]] + docs[-1:] + [footer]
+    return Chunk(lines, True, True, True, len(docs))
+
+
+def chunk_documents(chunk):
+    """A chunk's document lines, without their trailing commas."""
+    return [line[:-1] if line.endswith(b",") else line for line in chunk.lines[1:-1] if line.strip(b" \t")]
+
+
 class RestoreText:
     """The text the script uploads: the dump less its design documents.
 
@@ -4529,7 +4679,7 @@ class RestoreText:
     _chunk = staticmethod(Chunk.of_lines)
 
 
-def start_chunk(opts, out, survey, single):
+def start_chunk(opts, survey, single):
     """-s NAME: the index of the chunk to start at (0 without -s).
 
     NAME is a chunk's split-file name as the messages print it (or its last
@@ -4668,7 +4818,7 @@ class WholeText:
         return self.text.as_chunk()
 
 
-class ChunkUpload(RestoreStep):
+class ChunkUpload:
     """The text in chunks of -l lines, each made a complete _bulk_docs body.
 
     With --jobs N, up to N chunks are on their way at once (after every
@@ -4677,18 +4827,17 @@ class ChunkUpload(RestoreStep):
     the run ends, so the count told is what the server holds.
     """
 
-    def __init__(self, restore):
-        super().__init__(restore)
-        self.path = restore.db_path + "/_bulk_docs"
-        self.refuse_plan = restore.refuse_plan
-        self.bulk = restore.bulk
-        self.start = restore.start   # -s: the chunks before it are not sent
+    def __init__(self, run):
+        self.run = run
+        self.path = run.db_path + "/_bulk_docs"
+        self.bulk = BulkUpload(run.requester, run.db_path, run.opts.resume)
+        self.start = run.plan.start   # -s: the chunks before it are not sent
 
     def send(self, text, text_name):
-        opts, out = self.opts, self.out
+        opts, out = self.run.opts, self.run.out
         out.info("... INFO: Block import set to %s lines." % opts.lines)
         out.script_steps("split")
-        self.refuse_plan()
+        self.run.plan.refuse()
         on_their_way = []
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(max_workers=opts.jobs)
@@ -4701,7 +4850,7 @@ class ChunkUpload(RestoreStep):
                     continue
                 while len(on_their_way) >= opts.jobs:
                     self._collect(*on_their_way.pop(0))
-                self.requester.check_stop()
+                self.run.requester.check_stop()
                 name = "%s.split%s" % (text_name, chunk_suffix(index))
                 out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header
                                               else "Adding header to", name))
@@ -4714,7 +4863,7 @@ class ChunkUpload(RestoreStep):
         except Failure as failure:
             failure.tell(out)   # before what the chunks on their way say
             # Chunks are taken in order: the first not written is where -s resumes.
-            counts = self.counts
+            counts = self.run.counts
             counts.resume_at = counts.failed_chunk or "%s.split%s" % (
                 text_name, chunk_suffix(self.start + counts.chunks_written))
             for name, chunk, future in on_their_way:
@@ -4727,13 +4876,26 @@ class ChunkUpload(RestoreStep):
             pool.shutdown(wait=True)
         out.line("... INFO: Import Cycle Completed.")
 
+    def send_whole(self, text, documents):
+        """Fewer lines than -l: one _bulk_docs of the whole text."""
+        opts, out, counts = self.run.opts, self.run.out, self.run.counts
+        whole = WholeText(text, documents)
+        documents, reply = self.bulk.send(whole, Ask("POST", self.path, "whole file", expect="list", name=opts.file))
+        counts.chunks_written = 1
+        counts.bytes_sent += whole.stream[0]
+        refused = report_refusals(out, reply)
+        counts.refused += refused
+        counts.documents_written += documents - refused
+        if not counts.refused:
+            out.info("... INFO: Imported %s Successfully." % opts.file)
+
     def _collect(self, name, chunk, future):
         try:
             reply = future.result()
         except Stopped:
             raise
         except Failure:
-            self.counts.failed_chunk = name
+            self.run.counts.failed_chunk = name
             raise
         self._chunk_done(chunk, reply)
 
@@ -4741,19 +4903,19 @@ class ChunkUpload(RestoreStep):
         return self.bulk.send(chunk, Ask("POST", self.path, "chunk", expect="list", name=name))
 
     def _chunk_done(self, chunk, result):
-        counts = self.counts
+        counts = self.run.counts
         documents, reply = result
         counts.chunks_written += 1
         counts.bytes_sent += chunk.size
-        refused = report_refusals(self.out, reply)
+        refused = report_refusals(self.run.out, reply)
         counts.refused += refused
         counts.documents_written += documents - refused
         if not refused:
-            self.out.info("... INFO: Successfully Imported %d Files" % counts.chunks_written)
-        self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
+            self.run.out.info("... INFO: Successfully Imported %d Files" % counts.chunks_written)
+        self.run.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
 
 
-class CompleteRestore(RestoreStep):
+class CompleteRestore:
     """What a restore does more for a complete backup (``--complete``).
 
     Every line, design documents included, goes to ``_bulk_docs`` with
@@ -4767,20 +4929,20 @@ class CompleteRestore(RestoreStep):
 
     BATCH = 500   # revisions a _revs_diff request
 
-    def __init__(self, restore, survey):
-        super().__init__(restore)
-        self.counts.complete = True
+    def __init__(self, run, survey):
+        self.run = run
+        run.counts.complete = True
         self.security = survey.security
         survey.keep_designs_in_text()
         self.designs = len(survey.bulk_designs)
 
     def announce(self):
-        self.out.info("... INFO: Complete backup: every revision goes to _bulk_docs as it is,"
+        self.run.out.info("... INFO: Complete backup: every revision goes to _bulk_docs as it is,"
                       " %d design documents included." % self.designs)
-        self.counts.design_documents = self.designs
+        self.run.counts.design_documents = self.designs
 
     def put_security(self, before_change):
-        opts, out = self.opts, self.out
+        opts, out = self.run.opts, self.run.out
         if opts.no_security or not self.security:
             why = "--no-security" if opts.no_security else "the dump's is empty" if self.security == {} \
                 else "the dump carries none"
@@ -4789,13 +4951,13 @@ class CompleteRestore(RestoreStep):
             return
         before_change()
         out.info("... INFO: Restoring the _security object of %s" % opts.db)
-        self.requester.ask(Ask("PUT", self.db_path + "/_security", "restore _security", body=json_bytes(self.security),
+        self.run.requester.ask(Ask("PUT", self.run.db_path + "/_security", "restore _security", body=json_bytes(self.security),
                                db=opts.db))
 
     def verify(self, dump):
         """--verify: every leaf of the dump is known to the database, and its
         _security is the dump's.  Returns None, or the summary for --json."""
-        opts, out = self.opts, self.out
+        opts, out = self.run.opts, self.run.out
         out.info("... INFO: Verifying %s against %s (every revision, by _revs_diff)" % (opts.db, opts.file))
         missing, total, batch = [], 0, {}
         for line in dump.lines():
@@ -4812,7 +4974,7 @@ class CompleteRestore(RestoreStep):
         missing += self._revs_diff(batch)
         security = None
         if self.security is not None:
-            security = self.requester.ask(Ask("GET", self.db_path + "/_security", "verify _security", expect="object",
+            security = self.run.requester.ask(Ask("GET", self.run.db_path + "/_security", "verify _security", expect="object",
                                               db=opts.db)).value
         if not missing and security == self.security:
             out.info("... INFO: Verified: all %d revisions of the dump are in %s%s." % (
@@ -4834,40 +4996,8 @@ class CompleteRestore(RestoreStep):
         """The (id, revision) pairs of ``batch`` the database does not know, in the batch's order."""
         if not batch:
             return []
-        lacking = revs_diff(self.requester, self.db_path, batch, "verify revisions")
+        lacking = revs_diff(self.run.requester, self.run.db_path, batch, "verify revisions")
         return [(doc_id, rev) for doc_id, revs in batch.items() for rev in revs if (doc_id, rev) in lacking]
-
-
-class RestoreCounts:
-    """What a restore has done, counted in one place; its --json summary.
-
-    ``documents_written`` counts the documents the server took in this run
-    (design documents included), ``refused`` those it answered with an
-    error; ``failed_chunk`` names the chunk the run stopped at.
-    """
-
-    def __init__(self, opts):
-        self.db = opts.db
-        self.file = opts.file
-        self.total_documents = 0     # in the dump
-        self.file_bytes = 0          # of the dump file, once it is checked
-        self.design_documents = 0    # PUT, once all of them are
-        self.documents_written = 0
-        self.refused = 0
-        self.chunks_written = 0
-        self.bytes_sent = 0
-        self.failed_chunk = None
-        self.complete = False        # a complete backup: documents counts its revisions
-        self.resume_at = None        # the -s value that resumes a restore that stopped
-
-    def summary(self):
-        summary = {"mode": "restore", "db": self.db, "file": self.file, "documents": self.documents_written,
-                   "design_documents": self.design_documents, "bytes": self.file_bytes}
-        if self.complete:
-            summary["complete"] = True
-        if self.resume_at is not None:
-            summary["resume"] = "-s " + self.resume_at
-        return summary
 
 
 def verify_restore(requester, out, opts, path, dump, index):
@@ -4977,74 +5107,73 @@ def tell_resume(out, opts, counts):
 class Restore:
     """Restore mode: the requests couchdb-dump.sh sends, in the same order.
 
-    The dump is checked whole first (``DumpSurvey``); then the database is
-    checked or created (``TargetDatabase``), the design documents are PUT
-    one by one, and the rest goes to ``_bulk_docs`` in one body or in chunks
-    of ``-l`` lines.  Every request goes through the ``Requester``: ``-a`` attempts,
-    1 s apart, as the script does.  What was done is counted in
-    ``RestoreCounts``.
+    Its stages, in the order they run: the file (``open_dump``), its check
+    (``check_dump``, a ``DumpSurvey``: nothing is sent for a broken dump),
+    the target database (``TargetDatabase``), the design documents
+    (``DesignDocuments``), the chunks (``ChunkUpload``), then --verify
+    (``verify_restore``, or ``CompleteRestore`` for a complete backup).
+    They share one ``RestoreRun``; every request goes through its
+    ``Requester``: -a attempts, 1 s apart, as the script does.
     """
 
     def __init__(self, opts, session, out, progress=None, stop=None):
-        self.opts = opts
-        self.session = session
-        self.out = out
-        self.progress = progress or Progress(False)
         self.stop = stop or Stop()
-        self.counts = RestoreCounts(opts)
-        self.requester = Requester(session, out, opts, self.stop, opts.delay)
-        self.db_path = "/" + quote_database(opts.db)
+        requester = Requester(session, out, opts, self.stop, opts.delay)
+        self.context = RestoreRun(opts, out, requester, progress or Progress(False))
         self.complete = None     # a CompleteRestore, for a complete backup
-        self.bulk = BulkUpload(self.requester, self.db_path, opts.resume)
-        self.start = 0   # -s: the index of the first chunk to send
 
     @property
     def summary(self):
         """The --json summary of the run so far."""
-        return self.counts.summary()
-
-    # -- steps ------------------------------------------------------------
+        return self.context.counts.summary()
 
     def run(self):
-        opts, out, counts = self.opts, self.out, self.counts
-        dump = self.open_dump()
+        run = self.context
+        opts, out, counts = run.opts, run.out, run.counts
+        dump = open_dump(run)
         if opts.recreate and opts.db in SYSTEM_DATABASES and not opts.force:
             raise Failure(lines=["... ERROR: Refusing to recreate the system database %s - add --force to do it anyway"
                                  % opts.db])
         index = RevisionIndex() if opts.verify else None
-        survey = self.survey(dump, index)
+        survey = check_dump(run, dump, index)
         counts.total_documents = survey.documents
         counts.file_bytes = dump.size
         if survey.complete:
-            self.complete = CompleteRestore(self, survey)
-        self.plan(survey)
+            self.complete = CompleteRestore(run, survey)
+        run.plan = RestorePlan(opts, survey)
         out.info("... INFO: Checking for database")
-        TargetDatabase(opts, out, self.requester, self.db_path).prepare(self.refuse_plan)
+        TargetDatabase(run).prepare(run.plan.refuse)
         if self.complete is not None:
-            self.complete.put_security(self.refuse_plan)
+            self.complete.put_security(run.plan.refuse)
         self.stop.graceful = True
         try:
             self.restore_documents(dump, survey)
         except Stopped as stopped:
-            self.progress.finish()
+            run.progress.finish()
             stopped = Stopped(stopped.signum, lines=[
                 "... ERROR: Stopped by %s: %d of %d documents were written (%d chunks); the restore is incomplete."
                 % (signal_name(stopped.signum), counts.documents_written, counts.total_documents,
                    counts.chunks_written)])
             stopped.tell(out)
-            report_incomplete(self.requester, out, opts, self.db_path, counts)
+            report_incomplete(run.requester, out, opts, run.db_path, counts)
             tell_resume(out, opts, counts)
             raise stopped
         except Failure as failure:
             failure.tell(out)
-            self.progress.finish()
-            if not self.plan_fails:
-                report_incomplete(self.requester, out, opts, self.db_path, counts)
+            run.progress.finish()
+            if not run.plan.fails:
+                report_incomplete(run.requester, out, opts, run.db_path, counts)
             tell_resume(out, opts, counts)
             raise
         finally:
             self.stop.graceful = False
-            self.progress.finish()
+            run.progress.finish()
+        self.verdict(dump, index)
+
+    def verdict(self, dump, index):
+        """After the upload: refused documents and --verify end the run as failed."""
+        run = self.context
+        opts, out, counts = run.opts, run.out, run.counts
         problems = []
         if counts.refused:
             out.line("... ERROR: %d documents were refused by the server: the restore is incomplete." % counts.refused)
@@ -5058,58 +5187,13 @@ class Restore:
         if index is not None:
             # Refused or not, --verify says what the database holds.
             problems.append(self.complete.verify(dump) if self.complete is not None
-                            else verify_restore(self.requester, out, opts, self.db_path, dump, index))
+                            else verify_restore(run.requester, out, opts, run.db_path, dump, index))
         if any(problems):
             raise Failure(summary="; ".join(problem for problem in problems if problem))
 
-    def open_dump(self):
-        opts = self.opts
-        if opts.file == "-":
-            dump = DumpFile.from_stream(sys.stdin.buffer, opts.max_line)
-            self.progress.restart(dump.first_byte)   # the rate counts from the first byte, not the wait
-            return dump
-        if not os.path.isfile(opts.file):
-            raise Failure(lines=["... ERROR: Input file %s not found." % opts.file])
-        try:
-            return DumpFile(opts.file, opts.max_line)
-        except OSError as error:
-            raise Failure(lines=["... ERROR: Cannot read %s: %s." % (opts.file, error.strerror)])
-
-    def survey(self, dump, index):
-        try:
-            survey = DumpSurvey(dump, index=index, workers=self.opts.cores)
-        except DumpInvalid as error:
-            raise Failure(lines=["... ERROR: %s line %d: %s. Nothing was sent to the server."
-                                 % (self.opts.file, error.line, error.text)])
-        except OSError as error:
-            raise Failure(lines=["... ERROR: Cannot read %s: %s." % (self.opts.file, error.strerror or error)])
-        if index is not None:
-            index.seal()
-        return survey
-
-    def plan(self, survey):
-        """Decide, before any request, how the text will be sent.
-
-        Whatever can be known in advance to fail is known here: the script
-        found out that split refuses -l only after it had deleted, created
-        and written design documents.  ``refuse_plan`` ends the run before
-        the first request that would change the server.
-        """
-        opts = self.opts
-        self.text_newlines = survey.remaining_newlines() if survey.designs else survey.newlines
-        self.single = opts.single_below is not None and self.text_newlines < opts.single_below
-        self.plan_fails = not self.single and opts.chunk_lines is None
-        self.start = start_chunk(opts, self.out, survey, self.single)
-
-    def refuse_plan(self):
-        """Before a write: end the run now if the plan cannot be carried out."""
-        if self.plan_fails:
-            raise Failure(lines=["... ERROR: Unable to create split files."],
-                          notes=['couchdb_dump: -l "%s" is not a number of lines from 1; nothing was changed on the'
-                                 ' server' % self.opts.lines])
-
     def restore_documents(self, dump, survey):
-        opts, out = self.opts, self.out
+        run = self.context
+        opts, out = run.opts, run.out
         text_name = opts.file
         fix_line = None
         out.info("... INFO: Checking for Design documents")
@@ -5120,33 +5204,19 @@ class Restore:
         else:
             out.script_steps("strip_designs")
             text_name = opts.file + "-nodesign"
-            fix_line = self.text_newlines - 1  # sed "${line}s/,$//", counted from 1
+            fix_line = run.plan.text_newlines - 1  # sed "${line}s/,$//", counted from 1
             out.info("... INFO: Inserting Design documents")
-            self.refuse_plan()
-            DesignDocuments(self).put_all(dump, survey)
+            run.plan.refuse()
+            DesignDocuments(run).put_all(dump, survey)
             out.info("... INFO: Successfully imported %d Design Documents" % len(survey.designs))
-            self.counts.design_documents = len(survey.designs)
+            run.counts.design_documents = len(survey.designs)
         footer = None if survey.lines - 1 in survey.design_lines else strip_newline(survey.last)
         text = RestoreText(dump, survey.design_lines, fix_line, survey.first, footer)
-        if self.single:
+        if run.plan.single:
             out.info("... INFO: Small dataset. Importing as a single file.")
-            self.upload_whole(text, survey.documents - len(survey.designs))
+            ChunkUpload(run).send_whole(text, survey.documents - len(survey.designs))
         else:
-            ChunkUpload(self).send(text, text_name)
-
-    def upload_whole(self, text, documents):
-        """Fewer lines than -l: one _bulk_docs of the whole text."""
-        opts, out, counts = self.opts, self.out, self.counts
-        whole = WholeText(text, documents)
-        documents, reply = self.bulk.send(whole, Ask("POST", self.db_path + "/_bulk_docs", "whole file", expect="list",
-                                                     name=opts.file))
-        counts.chunks_written = 1
-        counts.bytes_sent += whole.stream[0]
-        refused = report_refusals(out, reply)
-        counts.refused += refused
-        counts.documents_written += documents - refused
-        if not counts.refused:
-            out.info("... INFO: Imported %s Successfully." % opts.file)
+            ChunkUpload(run).send(text, text_name)
 
 
 # ===========================================================================
@@ -5208,7 +5278,7 @@ def main(argv=None, environ=None, stdout=None):
         tune_memory()
         session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ)
         if opts.backup:
-            job = (CompleteBackup if opts.complete else Backup)(opts, session, out, progress)
+            job = Backup(opts, session, out, progress)
         else:
             job = Restore(opts, session, out, progress, stop)
         job.run()
