@@ -500,105 +500,108 @@ def parse_options(argv, environ, out, prog):
     if not argv or argv[0] == "":
         raise Finished(raw=usage_text(prog))
     opts = Options()
-    stray = []
-    lines_given = jobs_given = False
+    stray, given = _read_options(argv, opts, prog)
+    out.quiet = opts.quiet
+    if "--jobs" in given and "l" not in given:
+        # CouchDB 3.5 digests _bulk_docs of 500-1,000 documents faster than
+        # 5,000, several at once; without --jobs the script's 5,000 stays.
+        opts.lines = JOBS_LINES
+    _check_mode_and_names(opts, stray, prog)
+    _settle_numbers(opts, out)
+    _settle_server(opts, environ, prog)
+    return opts
+
+
+# Options that set an attribute of ``Options`` to their value, as typed.
+OPTION_VALUES = {"H": "host", "d": "db", "f": "file", "u": "user", "p": "password", "P": "port", "l": "lines",
+                 "t": "threads", "a": "attempts_text", "s": "start_chunk"}
+
+# Options that set attributes of ``Options`` to True.
+OPTION_FLAGS = {"b": ("backup",), "B": ("backup",), "r": ("restore",), "R": ("restore",), "c": ("create",),
+                "q": ("quiet",), "z": ("compress",), "T": ("timestamp",), "--verify": ("verify",),
+                "--recreate": ("recreate", "create"), "--force": ("force",), "--json": ("json",),
+                "--complete": ("complete",), "--resume": ("resume",), "--no-security": ("no_security",)}
+
+
+def _read_options(argv, opts, prog):
+    """Walk the options into ``opts``; returns (the words after them, the options given)."""
+    stray, given = [], set()
     for option, value in getopts(argv):
         opts.extended = opts.extended or option.startswith("--") or option in ("D", "s")
         if option == "end":
             stray = argv[value:]
-        elif option == "h":
-            raise Finished(raw=usage_text(prog))
-        elif option in ("V", "--version"):
-            # bash's -V exits 1; the long spellings are ours and follow the convention.
-            raise Finished(raw=VERSION_TEXT.format(program=PROGRAM, version=__version__, bash_version=BASH_VERSION),
-                           code=0 if option == "--version" else 1)
-        elif option == "--help":
-            raise Finished(raw=usage_text(prog) + EXTENSIONS_TEXT, code=0)
-        elif option == ":":
-            if value.startswith("-"):
-                raise _long_option_error('... ERROR: Option "-%s" requires an argument' % value)
-            raise _usage_error(prog, '... ERROR: Option "-%s" requires an argument' % value)
-        elif option == "=":
-            raise _long_option_error('... ERROR: Option "--%s" takes no value' % value)
-        elif option == "?":
-            if value.startswith("-"):
-                raise _long_option_error('... ERROR: Unknown Option "-%s"' % value, value[1:].partition("=")[0])
-            raise _usage_error(prog, '... ERROR: Unknown Option "-%s"' % value)
-        elif option in ("b", "B"):
-            opts.backup = True
-        elif option in ("r", "R"):
-            opts.restore = True
-        elif option == "H":
-            opts.host = value
-        elif option == "d":
-            opts.db = value
-        elif option == "f":
-            opts.file = value
-        elif option == "u":
-            opts.user = value
-        elif option == "p":
-            opts.password = value
-        elif option == "P":
-            opts.port = value
-        elif option == "l":
-            opts.lines = value
-            lines_given = True
-        elif option == "t":
-            opts.threads = value
-        elif option == "a":
-            opts.attempts_text = value
-        elif option == "D":
-            seconds = _number_from_zero(value)
-            if seconds is None:
-                raise _usage_error(prog, '... ERROR: Option "-D" takes a number of seconds, not "%s"' % value)
-            opts.delay = seconds
-        elif option == "s":
-            opts.start_chunk = value
-        elif option == "c":
-            opts.create = True
-        elif option == "q":
-            opts.quiet = True
-        elif option == "z":
-            opts.compress = True
-        elif option == "T":
-            opts.timestamp = True
-        elif option == "--timeout":
-            seconds = _positive_number(value)
-            if seconds is None:
-                raise _long_option_error('... ERROR: Option "--timeout" takes a number of seconds, not "%s"' % value)
-            opts.timeout = seconds
-        elif option == "--jobs":
-            if not value.isdigit() or not value.isascii() or int(value) < 1:
-                raise _long_option_error('... ERROR: Option "--jobs" takes a whole number from 1, not "%s"' % value)
-            opts.jobs = int(value)
-            jobs_given = True
-        elif option == "--max-line-mb":
-            if not value.isdigit() or not value.isascii() or int(value) < 1:
-                raise _long_option_error('... ERROR: Option "--max-line-mb" takes a whole number from 1, not "%s"'
-                             % value)
-            opts.max_line = int(value) << 20
-        elif option == "--verify":
-            opts.verify = True
-        elif option == "--recreate":
-            opts.recreate = opts.create = True
-        elif option == "--force":
-            opts.force = True
-        elif option == "--json":
-            opts.json = True
-        elif option == "--no-progress":
-            opts.progress = False
-        elif option == "--complete":
-            opts.complete = True
-        elif option == "--resume":
-            opts.resume = True
-        elif option == "--no-security":
-            opts.no_security = True
-    out.quiet = opts.quiet
-    if jobs_given and not lines_given:
-        # CouchDB 3.5 digests _bulk_docs of 500-1,000 documents faster than
-        # 5,000, several at once; without --jobs the script's 5,000 stays.
-        opts.lines = JOBS_LINES
+        elif option in OPTION_VALUES:
+            setattr(opts, OPTION_VALUES[option], value)
+        elif option in OPTION_FLAGS:
+            for name in OPTION_FLAGS[option]:
+                setattr(opts, name, True)
+        else:
+            OPTION_HANDLERS[option](opts, option, value, prog)
+        given.add(option)
+    return stray, given
 
+
+def _help_or_version(opts, option, value, prog):
+    if option == "h":
+        raise Finished(raw=usage_text(prog))
+    if option == "--help":
+        raise Finished(raw=usage_text(prog) + EXTENSIONS_TEXT, code=0)
+    # bash's -V exits 1; the long spellings are ours and follow the convention.
+    raise Finished(raw=VERSION_TEXT.format(program=PROGRAM, version=__version__, bash_version=BASH_VERSION),
+                   code=0 if option == "--version" else 1)
+
+
+def _misspelt(opts, option, value, prog):
+    """getopts' answers to an option it does not take: ":" a value missing,
+    "=" a value given to a flag, "?" an unknown option."""
+    if option == ":":
+        if value.startswith("-"):
+            raise _long_option_error('... ERROR: Option "-%s" requires an argument' % value)
+        raise _usage_error(prog, '... ERROR: Option "-%s" requires an argument' % value)
+    if option == "=":
+        raise _long_option_error('... ERROR: Option "--%s" takes no value' % value)
+    if value.startswith("-"):
+        raise _long_option_error('... ERROR: Unknown Option "-%s"' % value, value[1:].partition("=")[0])
+    raise _usage_error(prog, '... ERROR: Unknown Option "-%s"' % value)
+
+
+def _delay(opts, option, value, prog):
+    seconds = _number_from_zero(value)
+    if seconds is None:
+        raise _usage_error(prog, '... ERROR: Option "-D" takes a number of seconds, not "%s"' % value)
+    opts.delay = seconds
+
+
+def _timeout(opts, option, value, prog):
+    seconds = _positive_number(value)
+    if seconds is None:
+        raise _long_option_error('... ERROR: Option "--timeout" takes a number of seconds, not "%s"' % value)
+    opts.timeout = seconds
+
+
+def _whole_number(opts, option, value, prog):
+    """--jobs and --max-line-mb: a whole number from 1."""
+    if not value.isdigit() or not value.isascii() or int(value) < 1:
+        raise _long_option_error('... ERROR: Option "%s" takes a whole number from 1, not "%s"' % (option, value))
+    if option == "--jobs":
+        opts.jobs = int(value)
+    else:
+        opts.max_line = int(value) << 20
+
+
+def _no_progress(opts, option, value, prog):
+    opts.progress = False
+
+
+# The options that do more than set a value: each handler checks and sets, or ends the run.
+OPTION_HANDLERS = {"h": _help_or_version, "V": _help_or_version, "--version": _help_or_version,
+                   "--help": _help_or_version, ":": _misspelt, "=": _misspelt, "?": _misspelt, "D": _delay,
+                   "--timeout": _timeout, "--jobs": _whole_number, "--max-line-mb": _whole_number,
+                   "--no-progress": _no_progress}
+
+
+def _check_mode_and_names(opts, stray, prog):
+    """A mode, a server, a database and a file, and no stray word: what the script insists on."""
     # bash tests "x$@" = "x": a single stray word is an error; several make
     # test(1) fail with "too many arguments", which the script lets through.
     if stray and stray[0] == "--":
@@ -617,6 +620,9 @@ def parse_options(argv, environ, out, prog):
     if not opts.file:
         raise _usage_error(prog, "... ERROR: Missing argument '-f <FILENAME>'")
 
+
+def _settle_numbers(opts, out):
+    """-t, -a and -l as the script reads them, with its warnings."""
     opts.cores = cpu_count()
     if opts.threads is not None and opts.threads != "":
         wanted = bash_integer(opts.threads)
@@ -641,6 +647,9 @@ def parse_options(argv, environ, out, prog):
     opts.chunk_lines = chunk_lines(opts.lines)
     opts.thread_count = bash_integer(opts.threads)
 
+
+def _settle_server(opts, environ, prog):
+    """The server URL and the credentials (the environment's when not given)."""
     opts.url = build_url(opts.host, opts.port)
 
     if not opts.user:
@@ -656,7 +665,6 @@ def parse_options(argv, environ, out, prog):
         # Never a request to a path the user did not mean.
         raise Failure(lines=['... ERROR: -H "%s" with -P "%s" does not make a server URL: %s.'
                              % (_without_userinfo(opts.host), opts.port, problem)])
-    return opts
 
 
 def url_problem(url):
@@ -2065,6 +2073,8 @@ def is_design_id(doc_id):
 BACKUP_HEADER = b'{"new_edits":false,"docs":['
 
 FOOTER = b"]}"
+
+GZIP_MAGIC = b"\x1f\x8b"   # a compressed dump, whatever its name
 
 _ROW_START = b'{"id":'
 
@@ -3808,9 +3818,6 @@ class Backup:
 # 7. Restore
 # ===========================================================================
 # Read -> check -> target database -> design documents -> chunks -> upload -> verify.
-
-
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 class RestoreRun:
