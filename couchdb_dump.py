@@ -26,8 +26,8 @@ code; the classes below can be used on their own (``__all__`` names them):
 talks to the server and ``Requester`` asks it what an ``Ask`` describes
 (attempts, back-pressure, pacing); ``Backup`` and ``Restore`` run a mode;
 ``rewrite_row_line``, ``JsonRowScanner``, ``DumpFile``, ``DumpSurvey`` and
-``RestoreText`` are the pipelines' pieces; every failure the program reports
-in words is a ``Failure``.
+``RestoreText`` are the pipelines' pieces; every way a run ends early is a
+``Failure`` carrying its exit code and the lines that say why.
 """
 
 import base64
@@ -182,7 +182,12 @@ class Stopped(Failure):
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM: ends the run with 128 + the signal's number."""
+    """SIGINT or SIGTERM: ends the run at once with 128 + the signal's number.
+
+    The one exception of the program that is no ``Failure``: like
+    KeyboardInterrupt it is a BaseException, so that no ``except
+    Exception`` on its way takes it for a failure to word and go on from.
+    """
 
     def __init__(self, signum):
         super().__init__(signum)
@@ -780,7 +785,8 @@ SCRIPT_STEPS = {
 
 # What the user reads when a request fails, by kind of request, from this table
 # only: the WARN line after a transfer that failed (curl's non-zero exit) and
-# after a reply that is no answer, each with its attempt number; then, once the
+# after a reply that is no answer (the same when ``reply`` is None), each with
+# its attempt number; then, once the
 # last attempt has failed, the ERROR lines of a failed transfer (``gave_up``) or
 # of a reply that is no answer (``refused``).  ``REPORTED`` stands for the
 # server's own first line (the script's "CouchDB Reported:"), ``REPLY_BODY``
@@ -793,6 +799,8 @@ REPLY_BODY = "... ERROR: Error message was:   "
 Words = collections.namedtuple("Words", "transfer reply gave_up refused hint conflict",
                                defaults=(None, None, (), (REPORTED,), None, None))
 ATTEMPT = " - Attempt %(attempt)d/%(of)s"
+REVS_DIFF_REFUSED = "... WARN: CouchDB Reported an error during _revs_diff" + ATTEMPT + " - Retrying..."
+BACKUP_FAILED = "... ERROR: Backup failed, no file written: %(what)s failed after %(attempts)d attempts (%(why)s)."
 ATTEMPT_WORDS = {
     "list databases": Words(
         transfer="... WARN: Curl failed to get the list of databases" + ATTEMPT + ". Retrying...",
@@ -824,15 +832,14 @@ ATTEMPT_WORDS = {
                  " first)"),
     "compare chunk": Words(
         transfer="... WARN: Failed to compare %(name)s with the database" + ATTEMPT + " - Retrying...",
-        reply="... WARN: CouchDB Reported an error during _revs_diff" + ATTEMPT + " - Retrying...",
+        reply=REVS_DIFF_REFUSED,
         gave_up=("... ERROR: Curl failed trying to compare %(name)s - Stopping",)),
     "chunk": Words(
         transfer="... WARN: Failed to import %(name)s" + ATTEMPT + " - Retrying...",
         reply="... WARN: CouchDB Reported and error during import" + ATTEMPT + " - Retrying...",
         gave_up=("... ERROR: Curl failed trying to restore %(name)s - Stopping",)),
     "whole file": Words(
-        transfer="... WARN: Import of %(name)s failed" + ATTEMPT + " - Retrying...",
-        reply="... WARN: Import of %(name)s failed" + ATTEMPT + " - Retrying...",
+        transfer="... WARN: Import of %(name)s failed" + ATTEMPT + " - Retrying...",   # reply: the same
         gave_up=("... ERROR: Import of %(name)s failed.", REPLY_BODY + "the connection failed (%(why)s)"),
         refused=("... ERROR: Import of %(name)s failed.", REPLY_BODY)),
     "too large": Words(
@@ -840,7 +847,7 @@ ATTEMPT_WORDS = {
               " documents"),
     "verify revisions": Words(
         transfer="... WARN: Curl failed to check revisions (_revs_diff)" + ATTEMPT + ". Retrying...",
-        reply="... WARN: CouchDB Reported an error during _revs_diff" + ATTEMPT + " - Retrying...",
+        reply=REVS_DIFF_REFUSED,
         gave_up=("... ERROR: Verify failed: _revs_diff could not be read",)),
     "verify _security": Words(
         transfer="... WARN: Curl failed to read the _security object of %(db)s" + ATTEMPT + ". Retrying...",
@@ -849,10 +856,8 @@ ATTEMPT_WORDS = {
         gave_up=("... ERROR: Verify failed: could not read the _security object of %(db)s",)),
     # Ours: a complete backup's reads, and the rest of a reply that broke off (--resume).
     "complete backup": Words(
-        transfer="... WARN: %(what)s failed" + ATTEMPT + " - Retrying...",
-        reply="... WARN: %(what)s failed" + ATTEMPT + " - Retrying...",
-        gave_up=("... ERROR: Backup failed, no file written: %(what)s failed after %(attempts)d attempts (%(why)s).",),
-        refused=("... ERROR: Backup failed, no file written: %(what)s failed after %(attempts)d attempts (%(why)s).",)),
+        transfer="... WARN: %(what)s failed" + ATTEMPT + " - Retrying...",   # reply: the same
+        gave_up=(BACKUP_FAILED,), refused=(BACKUP_FAILED,)),
     "resume": Words(
         transfer="... WARN: The transfer broke off after %(documents)d documents" + ATTEMPT + ". Resuming..."),
 }
@@ -1725,6 +1730,22 @@ def json_bytes(value):
         return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
+def reported(reply):
+    """The script's last word on an error reply: its first line, or the status."""
+    if reply.is_couchdb_error or not reply.body.strip():
+        return reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
+    return b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
+
+
+def failure_words(failure):
+    """A failed attempt in words: the transfer's failure, or what the reply was."""
+    if not isinstance(failure, Reply):
+        return str(failure)
+    if failure.is_couchdb_error:
+        return "HTTP %d, CouchDB reported: %s" % (failure.status, failure.first_line.decode("utf-8", "replace"))
+    return "HTTP %d" % failure.status if not failure.ok else "the reply is not the JSON expected"
+
+
 class Ask:
     """One request and what counts as its answer: a record, no code.
 
@@ -1931,7 +1952,7 @@ class Requester:
     def _failed(self, ask, words, attempt, failure):
         """After a failed attempt: its WARN line; after the last, the ``Failure`` with the ERROR lines."""
         values = dict(ask.values, attempt=attempt, of=self.attempts_text, attempts=self.attempts,
-                      why=self.why(failure))
+                      why=failure_words(failure))
         replied = isinstance(failure, Reply)
         if attempt < self.attempts:
             self.out.line(((words.reply or words.transfer) if replied else words.transfer) % values)
@@ -1941,7 +1962,7 @@ class Requester:
         lines = []
         for line in words.refused:
             if line == REPORTED:
-                line = REPORTED.encode() + self.reported(failure)
+                line = REPORTED.encode() + reported(failure)
             elif line == REPLY_BODY:
                 # The server's body as the script printed it, but always a whole line.
                 line = REPLY_BODY.encode() + (failure.body[:-1] if failure.body.endswith(b"\n") else failure.body)
@@ -1951,22 +1972,6 @@ class Requester:
         conflict = failure.status == 409 or b'"error":"conflict"' in failure.first_line
         raise Failure(lines=lines, hints=[words.hint] if words.hint else [],
                       notes=[words.conflict % values] if words.conflict and conflict else [])
-
-    @staticmethod
-    def reported(reply):
-        """The script's last word on an error reply: its first line, or the status."""
-        if reply.is_couchdb_error or not reply.body.strip():
-            return reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
-        return b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
-
-    @staticmethod
-    def why(failure):
-        """A failed attempt in words: the transfer's failure, or what the reply was."""
-        if not isinstance(failure, Reply):
-            return str(failure)
-        if failure.is_couchdb_error:
-            return "HTTP %d, CouchDB reported: %s" % (failure.status, failure.first_line.decode("utf-8", "replace"))
-        return "HTTP %d" % failure.status if not failure.ok else "the reply is not the JSON expected"
 
     @staticmethod
     def pause(seconds, stop=None):
