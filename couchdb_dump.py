@@ -800,6 +800,7 @@ Words = collections.namedtuple("Words", "transfer reply gave_up refused hint con
                                defaults=(None, None, (), (REPORTED,), None, None))
 ATTEMPT = " - Attempt %(attempt)d/%(of)s"
 REVS_DIFF_REFUSED = "... WARN: CouchDB Reported an error during _revs_diff" + ATTEMPT + " - Retrying..."
+RESTORE_GAVE_UP = ("... ERROR: Curl failed trying to restore %(name)s - Stopping",)
 BACKUP_FAILED = "... ERROR: Backup failed, no file written: %(what)s failed after %(attempts)d attempts (%(why)s)."
 ATTEMPT_WORDS = {
     "list databases": Words(
@@ -826,7 +827,7 @@ ATTEMPT_WORDS = {
     "design document": Words(
         transfer="... WARN: Import of %(name)s failed" + ATTEMPT + ". Retrying...",
         reply="... WARN: CouchDB Reported an error during import" + ATTEMPT + " - Retrying...",
-        gave_up=("... ERROR: Curl failed trying to restore %(name)s - Stopping",),
+        gave_up=RESTORE_GAVE_UP,
         conflict="couchdb_dump: %(db)s already holds the design document %(id)s: to restore the dump over what the"
                  " database holds, add --resume (it updates what differs) or --recreate (it deletes the database"
                  " first)"),
@@ -837,7 +838,7 @@ ATTEMPT_WORDS = {
     "chunk": Words(
         transfer="... WARN: Failed to import %(name)s" + ATTEMPT + " - Retrying...",
         reply="... WARN: CouchDB Reported and error during import" + ATTEMPT + " - Retrying...",
-        gave_up=("... ERROR: Curl failed trying to restore %(name)s - Stopping",)),
+        gave_up=RESTORE_GAVE_UP),
     "whole file": Words(
         transfer="... WARN: Import of %(name)s failed" + ATTEMPT + " - Retrying...",   # reply: the same
         gave_up=("... ERROR: Import of %(name)s failed.", REPLY_BODY + "the connection failed (%(why)s)"),
