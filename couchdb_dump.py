@@ -1874,12 +1874,12 @@ def rewrite_rows_fast(block):
         return None
     mark = first.end() - len(_DOC_MARK)
     out, joined = _ROW_JOIN[crlf].subn(b",\n", memoryview(block)[mark + len(_DOC_MARK):])
-    # Every row start was joined to the row before, and no line end is left
-    # but the last one: then every line was a row.
-    if block.count(b'\n{"id":') != joined:
+    # Every line end but the last joined two rows (so every line was a row),
+    # and no carriage return is left but the last line's.
+    if block.count(b"\n") != joined + 1:
         return None
     body = len(out) - len(ending)
-    if out.find(b"\r" if crlf else b"\n", 0, body) >= 0:
+    if crlf and out.find(b"\r", 0, body) >= 0:
         return None
     return b"".join((memoryview(out)[:body], b"},\n")), joined + 1
 
