@@ -16,7 +16,7 @@ The examples come from the "ci" profile of test_properties.py
 
 import json
 
-from hypothesis import given, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import test_properties  # noqa: F401  (registers and loads the shared Hypothesis profile)
 from test_properties import cd
@@ -171,9 +171,14 @@ def dump_lines(draw):
         doc_id, doc_text = draw(documents())
         body = doc_text.encode("utf-8")
     else:
-        members = [(key, draw(st.one_of(text, st.integers()))) for key in draw(st.lists(st.sampled_from(KEYS)))]
-        body = ("{" + ",".join('"%s":%s' % (key, json.dumps(value)) for key, value in members) + "}").encode()
-    body = draw(st.sampled_from([body, body, b"", b"]}", cd.BACKUP_HEADER, b"  " + body, body[:-1]]))
+        keys = draw(st.lists(st.sampled_from(KEYS), max_size=4))
+        if draw(st.booleans()):   # the script's layout first, then anything: a key again, escaped or not
+            keys = ["_id", "_rev"] + keys + draw(st.sampled_from([[], ["_id"], ["_rev"], ["\\u005fid"]]))
+        members = [(key, draw(st.one_of(st.sampled_from(["a", "b", "c"]), text, st.integers()))) for key in keys]
+        ascii_only = draw(st.booleans())
+        body = ("{" + ",".join('"%s":%s' % (key, json.dumps(value, ensure_ascii=ascii_only)) for key, value in members)
+                + "}").encode("utf-8")
+    body = draw(st.sampled_from([body] * 6 + [b"", b"]}", cd.BACKUP_HEADER, b"  " + body, body[:-1]]))
     return body + draw(st.sampled_from([b"", b",", b", ", b",\t", b"\r", b",\r"])) + draw(
         st.sampled_from([b"", b"\n"]))
 
@@ -185,7 +190,11 @@ def id_and_revision_by_parsing(line):
     return tuple(value if isinstance(value, str) else None for value in (doc.get("_id"), doc.get("_rev")))
 
 
+@settings(max_examples=max(300, test_properties.EXAMPLES))   # cheap: no server, no file
 @given(dump_lines())
+@example(b'{"_id":"a","_rev":"1-b","_id":"c"},\n')          # a key twice: the parse takes the last
+@example(b'{"_id":"a","_rev":"1-b","\\u005fid":"c"}\r\n')   # and "\u005fid" is "_id"
+@example(b'{"_id":"a","_rev":"1-b"},\r')                     # a carriage return: parsed as white space
 def test_the_id_and_revision_of_a_dump_line_are_those_its_parse_gives(line):
     if cd.dump_line_document(line) is None and not line.rstrip(b"\r\n, \t").endswith(b"}"):
         assert cd.document_revision(line) == (None, None)
