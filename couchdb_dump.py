@@ -2088,34 +2088,24 @@ _ROW_START = b'{"id":'
 _DOC_MARK = b'"},"doc":'   # the end of a row's value {"rev":"..."} and its "doc" key
 
 
-_DESIGN_ROW_START = _ROW_START + b'"' + DESIGN_PREFIX.encode()   # is_design_id, on the reply's bytes
-
-
-_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
-
-
-_ROW_ID = re.compile(rb'\A\{"id":("(?:[^"\\]|\\.)*")')
-
-
-def row_id(line):
-    """The id of an ``_all_docs`` row line in CouchDB's layout, or None."""
-    match = _ROW_ID.match(line)
-    if match is None:
-        return None
-    try:
-        return json.loads(match.group(1))
-    except ValueError:
-        return None
+# -- The rule ---------------------------------------------------------------
+# One rewrite rule; every way below of applying it gives its bytes.
 
 
 def rewrite_row_line(line):
     """One CouchDB ``_all_docs`` row line -> the dump line of its document.
 
+    The definition of the rewrite: the faster ways below (a block at once,
+    a line too long to hold, a reply of another layout, a revision read
+    with ``_bulk_get``) give the same bytes where they apply, which the
+    property tests check on generated rows.
+
     ``{"id":..,"key":..,"value":{"rev":".."},"doc":{DOC}},`` becomes
     ``{DOC},``.  The document is what follows the row's value: unlike the
     script's greedy ``.*,"doc":``, a document holding ``,"doc":`` survives.
     Other lines (the empty line of an empty database, the footer) only get
-    the script's brace fix, which it applies to every line.
+    the script's brace fix, which it applies to every line.  A reply's
+    carriage returns are removed before its lines are cut.
     """
     if line.startswith(_ROW_START):
         mark = line.find(_DOC_MARK)
@@ -2145,8 +2135,12 @@ def fix_closing_braces(line):
     return line
 
 
+# -- Its fast paths ---------------------------------------------------------
+
+
 def rewrite_couchdb_block(block):
-    """Rewrite a block of whole lines (the last may lack its newline).
+    """``rewrite_row_line`` on each line of a block of whole lines (the last
+    may lack its newline; carriage returns already removed).
 
     Returns ``(bytes to write, rows seen)``.  The line-by-line way, for
     whatever ``rewrite_rows_fast`` does not take.
@@ -2172,13 +2166,15 @@ _ROW_JOIN = {
 
 
 def rewrite_rows_fast(block):
-    """Rewrite a block of whole row lines in one regular-expression pass.
+    """``rewrite_couchdb_block`` (so ``rewrite_row_line`` on each line) of a
+    block of whole row lines, in one regular-expression pass: the backup's
+    hot path.
 
-    For the common case only: every line a row followed by a comma, line
-    ends all LF or all CRLF.  Returns ``(pieces to write, rows)``, or None
-    when the block is anything else; ``rewrite_couchdb_block`` then does it
-    line by line.  Both give the same bytes.  It avoids copying the block:
-    at a million rows, every pass over the data counts.
+    Applies to the common case only: every line a row whose id and key
+    hold no quote or backslash, followed by a comma, line ends all LF or all
+    CRLF.  Returns ``(pieces to write, rows)``, or None when the block is
+    anything else.  It avoids copying the block: at a million rows, every
+    pass over the data counts.
     """
     crlf = block.endswith(b"\r\n")
     if not crlf and b"\r" in block:
@@ -2191,12 +2187,12 @@ def rewrite_rows_fast(block):
         return None
     mark = first.end() - len(_DOC_MARK)
     out, joined = _ROW_JOIN[crlf].subn(b",\n", memoryview(block)[mark + len(_DOC_MARK):])
-    # Every row start was joined to the row before, and no line end is left
-    # but the last one: then every line was a row.
-    if block.count(b'\n{"id":') != joined:
+    # Every line end but the last joined two rows (so every line was a row),
+    # and no carriage return is left but the last line's.
+    if block.count(b"\n") != joined + 1:
         return None
     body = len(out) - len(ending)
-    if out.find(b"\r" if crlf else b"\n", 0, body) >= 0:
+    if crlf and out.find(b"\r", 0, body) >= 0:
         return None
     return b"".join((memoryview(out)[:body], b"},\n")), joined + 1
 
@@ -2212,8 +2208,13 @@ def gzip_member(data, level=6):
     return packer.compress(data) + packer.flush()
 
 
+_DESIGN_ROW_START = _ROW_START + b'"' + DESIGN_PREFIX.encode()   # is_design_id, on the reply's bytes
+
+
 def rewrite_row_block(complete, compress=False, count_designs=False):
-    """Everything one block of whole reply lines needs, as a pure function.
+    """``rewrite_row_line`` on every line of a block of whole reply lines,
+    carriage returns removed: ``rewrite_rows_fast`` where it applies, else
+    ``rewrite_couchdb_block``.  Everything one block needs, as a pure function.
 
     Runs inline or in a parse worker.  Returns ``(dump bytes, rows,
     carriage returns removed, design rows)``; the bytes are a gzip member
@@ -2236,11 +2237,13 @@ def rewrite_row_block(complete, compress=False, count_designs=False):
 
 
 class LongRow:
-    """One line of a CouchDB reply too long to hold, rewritten as it streams.
+    """``rewrite_row_line`` of one line of a CouchDB reply too long to hold,
+    rewritten as it streams (the backup's ``CouchDBLayout`` starts one for a
+    line longer than its ``LONG``).
 
-    ``rewrite_row_line`` of the whole line, in pieces: carriage returns
-    dropped throughout, the row's start cut before its document, and the
-    last three bytes held back until the line ends, for the brace fix.
+    The same bytes, in pieces: carriage returns dropped throughout, the
+    row's start cut before its document, and the last three bytes held back
+    until the line ends, for the brace fix.
     """
 
     HELD = 3   # len(b"}},"): all that fix_closing_braces looks at
@@ -2293,18 +2296,146 @@ class LongRow:
         return fix_closing_braces(self.last)
 
 
-class JsonRowScanner:
-    """Splits an ``_all_docs`` reply of any layout into its rows' documents.
+def document_line(text):
+    """A document's JSON text, as the server sent it -> its dump line (bytes).
 
-    For servers (PouchDB Server, a pretty-printing proxy) that do not write
-    one row per line.  It decodes the stream incrementally and lets the C
-    JSON decoder find each value's end, so memory holds one row at a time,
-    never the whole reply.  Each document keeps the server's bytes; only a
-    document spread over several lines is joined onto one line, by dropping
-    the white space between its tokens.
+    ``rewrite_row_line`` for replies read value by value (``JsonRowScanner``
+    for ``_all_docs`` in any layout, ``Leaf`` for ``_bulk_get``): the server's
+    bytes, less the row around them and the comma between rows.  Only a
+    document spread over several lines is joined onto one, by dropping the
+    white space between its tokens.
+    """
+    if "\n" in text or "\r" in text:
+        text = compact_json(text)
+    return text.encode("utf-8")
+
+
+class JsonWalker:
+    """Walks a JSON reply value by value, handing out the server's own text.
+
+    The one reader of the server's replies that are read value by value:
+    ``_all_docs`` in any layout (``JsonRowScanner``, fed block by block:
+    memory holds one row, never the whole reply), and ``_changes``,
+    ``_bulk_get`` and ``open_revs`` (a page, held whole).  The C JSON
+    decoder finds each value's end, so the text of a value is the server's
+    (numbers, escapes and key order unchanged), not Python's writing of it.
+
+    On a whole text, ``members`` and ``elements`` yield with the walker on
+    each item, which the caller reads (``value``) or walks into.  Where the
+    text is not the JSON expected it raises ``CUT`` (it ended early) or
+    ``SHAPE``: ``ValueError`` here, a reply to ask for again.
     """
 
+    CUT = ValueError
+    SHAPE = ValueError
     _WS = re.compile(r"[ \t\n\r]*")
+
+    def __init__(self, text="", final=True):
+        self.decoder = json.JSONDecoder()
+        self.buffer = text
+        self.pos = 0
+        self.eof = final
+        self._need = 0
+
+    def _skip_ws(self):
+        self.pos = self._WS.match(self.buffer, self.pos).end()
+        return self.pos < len(self.buffer)
+
+    def _value(self):
+        """Decode the value at pos: ``(value, start, end)``; None when more text is needed."""
+        try:
+            value, end = self.decoder.raw_decode(self.buffer, self.pos)
+        except json.JSONDecodeError:
+            if self.eof:
+                raise self.CUT("the reply ended in the middle of a value: the transfer was cut short")
+            # Wait for twice as much text before trying again, so a huge row
+            # is decoded a few times, not once per block.
+            self._need = 2 * len(self.buffer)
+            return None
+        if end >= len(self.buffer) and not self.eof:
+            # A number at the end of the text may go on in the next block.
+            self._need = len(self.buffer) + 1
+            return None
+        start = self.pos
+        self.pos = end
+        return value, start, end
+
+    def _next_value(self):
+        """The value after the white space: ``(value, start, end)``, or None to wait."""
+        if not self._skip_ws():
+            if self.eof:
+                raise self.CUT("the reply ended before its end: the transfer was cut short")
+            return None
+        return self._value()
+
+    def _peek(self):
+        """The next character after the white space; None to wait."""
+        if not self._skip_ws():
+            if self.eof:
+                raise self.CUT("the reply ended before its end: the transfer was cut short")
+            return None
+        return self.buffer[self.pos]
+
+    def _expect(self, chars):
+        """Step over the next character, one of ``chars``; None to wait."""
+        char = self._peek()
+        if char is None:
+            return None
+        if char not in chars:
+            raise self.SHAPE("unexpected %r in the reply where one of %r belongs" % (char, chars))
+        self.pos += 1
+        return char
+
+    def _items(self, opening, closing, keyed):
+        self._expect(opening)
+        if self._peek() == closing:
+            self.pos += 1
+            return
+        while True:
+            if keyed:
+                if self._peek() != '"':
+                    raise self.SHAPE("an object key expected")
+                key = self._next_value()[0]
+                self._expect(":")
+                yield key
+            else:
+                yield None
+            if self._expect("," + closing) == closing:
+                return
+
+    def members(self):
+        """At an object: yield each key, the walker on its value."""
+        return self._items("{", "}", True)
+
+    def elements(self):
+        """At an array: yield once for each element, the walker on it."""
+        return self._items("[", "]", False)
+
+    def value(self):
+        """The value at the walker, decoded, and its text."""
+        value, start, end = self._next_value()
+        return value, self.buffer[start:end]
+
+    def end(self):
+        """Nothing but white space is left."""
+        if self._skip_ws():
+            raise self.SHAPE("unexpected data after the end of the reply")
+
+
+class JsonRowScanner(JsonWalker):
+    """``document_line`` of each row's document, from an ``_all_docs`` reply
+    of any layout: for servers (PouchDB Server, a pretty-printing proxy)
+    that do not write one row per line.  On Apache CouchDB's layout its
+    documents are ``rewrite_row_line``'s lines, less the commas between them.
+
+    A ``JsonWalker`` fed the reply block by block: it decodes the stream
+    incrementally, so memory holds one row at a time, never the whole
+    reply.  Where the reply is not whole or not an ``_all_docs`` answer it
+    raises ``ReplyCut`` or ``ReplyShape``.
+    """
+
+    CUT = ReplyCut
+    SHAPE = ReplyShape
     # The states between the items of the reply's object and of its rows:
     # what may come, what closes the list, the item's state, the state after.
     _LISTS = {
@@ -2315,20 +2446,16 @@ class JsonRowScanner:
     }
 
     def __init__(self, documents=True, continues=None):
+        super().__init__(final=False)
         self.documents = documents   # False: yield each row, parsed, instead of its document
         self.designs = 0
-        self.decoder = json.JSONDecoder()
         self.text_decoder = codecs.getincrementaldecoder("utf-8")()
-        self.buffer = ""
-        self.pos = 0
-        self.eof = False
         self.state = "start"
         self.total_rows = None
         self.saw_rows = False
         self.rows = 0
         self.last_id = None          # the id of the last complete row
         self.skip_id = None
-        self._need = 0
         if continues is not None:
             # The rest of a reply that broke off (backup --resume): counts go
             # on, the first reply's total_rows stays the one checked, and a
@@ -2355,40 +2482,6 @@ class JsonRowScanner:
                 return
             if step is not True:
                 yield step
-
-    def _skip_ws(self):
-        self.pos = self._WS.match(self.buffer, self.pos).end()
-        return self.pos < len(self.buffer)
-
-    def _value(self):
-        """Decode the value at pos; None when more bytes are needed."""
-        try:
-            value, end = self.decoder.raw_decode(self.buffer, self.pos)
-        except json.JSONDecodeError:
-            if self.eof:
-                raise ReplyCut("the reply ended in the middle of a value: the transfer was cut short")
-            # Wait for twice as much text before trying again, so a huge row
-            # is decoded a few times, not once per block.
-            self._need = 2 * len(self.buffer)
-            return None
-        if end >= len(self.buffer) and not self.eof:
-            # A number at the end of the text may go on in the next block.
-            self._need = len(self.buffer) + 1
-            return None
-        start = self.pos
-        self.pos = end
-        return value, start, end
-
-    def _expect(self, chars):
-        if not self._skip_ws():
-            if self.eof:
-                raise ReplyCut("the reply ended before its end: the transfer was cut short")
-            return None
-        char = self.buffer[self.pos]
-        if char not in chars:
-            raise ReplyShape("unexpected %r in the reply where one of %r belongs" % (char, chars))
-        self.pos += 1
-        return char
 
     def _step(self):
         """Advance by one token or value; True, a document, or None to wait."""
@@ -2463,18 +2556,9 @@ class JsonRowScanner:
                 return found[0]
             return self._document(found[0], found[1])
         if state == "done":
-            if self._skip_ws():
-                raise ReplyShape("unexpected data after the end of the reply")
+            self.end()
             return None
         raise AssertionError(state)
-
-    def _next_value(self):
-        """The value after the white space: (value, start, end), or None to wait."""
-        if not self._skip_ws():
-            if self.eof:
-                raise ReplyCut("the reply ended before its end: the transfer was cut short")
-            return None
-        return self._value()
 
     def _document(self, row, start):
         """The raw text of the row's "doc" member, found member by member."""
@@ -2492,10 +2576,7 @@ class JsonRowScanner:
             pos = ws.match(text, pos).end()
             _, end = self.decoder.raw_decode(text, pos)
             if key == "doc":
-                doc = text[pos:end]
-                if "\n" in doc or "\r" in doc:
-                    doc = compact_json(doc)
-                return doc.encode("utf-8")
+                return document_line(text[pos:end])
             pos = ws.match(text, end).end() + 1  # the comma
 
     def finish(self):
@@ -2511,83 +2592,17 @@ class JsonRowScanner:
         return docs
 
 
-class JsonCursor:
-    """Walks one JSON text value by value, handing out the server's own text.
-
-    A complete backup writes each revision as the server sent it (numbers,
-    escapes and key order unchanged), not as Python would write it again.
-    ``members`` and ``elements`` yield with the cursor on each item, which
-    the caller reads (``value``) or walks into.  Raises ValueError where
-    the text is not the JSON expected.
-    """
-
-    _WS = re.compile(r"[ \t\n\r]*")
-
-    def __init__(self, text):
-        self.text = text
-        self.pos = 0
-        self.decoder = json.JSONDecoder()
-
-    def _next(self):
-        self.pos = self._WS.match(self.text, self.pos).end()
-        if self.pos >= len(self.text):
-            raise ValueError("the reply ends early")
-        return self.text[self.pos]
-
-    def _items(self, opening, closing, keyed):
-        if self._next() != opening:
-            raise ValueError("%r expected" % opening)
-        self.pos += 1
-        if self._next() == closing:
-            self.pos += 1
-            return
-        while True:
-            if keyed:
-                key = self.value()[0]
-                if not isinstance(key, str) or self._next() != ":":
-                    raise ValueError("an object key expected")
-                self.pos += 1
-                yield key
-            else:
-                yield None
-            char = self._next()
-            self.pos += 1
-            if char == closing:
-                return
-            if char != ",":
-                raise ValueError("',' or %r expected" % closing)
-
-    def members(self):
-        """At an object: yield each key, the cursor on its value."""
-        return self._items("{", "}", True)
-
-    def elements(self):
-        """At an array: yield once for each element, the cursor on it."""
-        return self._items("[", "]", False)
-
-    def value(self):
-        """The value at the cursor, decoded, and its text."""
-        self._next()
-        start = self.pos
-        value, self.pos = self.decoder.raw_decode(self.text, start)
-        return value, self.text[start:self.pos]
-
-    def end(self):
-        if self._WS.match(self.text, self.pos).end() != len(self.text):
-            raise ValueError("data after the reply")
-
-
 class Leaf:
     """One leaf revision as the server sent it: its dump line and what it is."""
 
     def __init__(self, doc_id, rev, text, deleted):
         self.doc_id = doc_id
         self.rev = rev
-        self.line = (compact_json(text) if "\n" in text or "\r" in text else text).encode("utf-8")
+        self.line = document_line(text)
         self.deleted = deleted
 
 
-def read_revisions(cursor, doc_id=None):
+def read_revisions(walker, doc_id=None):
     """The entries of one document's revisions, as ``_bulk_get`` and
     ``open_revs`` give them: ``{"ok": doc}``, ``{"missing": rev}`` (PouchDB)
     or ``{"error": {...}}`` (CouchDB).
@@ -2596,9 +2611,9 @@ def read_revisions(cursor, doc_id=None):
     fails the backup: a leaf the server will not give is no complete backup.
     """
     leaves, missing = [], []
-    for _ in cursor.elements():
-        for key in cursor.members():
-            value, text = cursor.value()
+    for _ in walker.elements():
+        for key in walker.members():
+            value, text = walker.value()
             if key == "ok" and isinstance(value, dict) and isinstance(value.get("_id"), str):
                 leaves.append(Leaf(value["_id"], value.get("_rev"), text, value.get("_deleted") is True))
             elif key == "missing":
@@ -2614,32 +2629,32 @@ def read_revisions(cursor, doc_id=None):
 
 def read_bulk_get(text):
     """A ``_bulk_get`` reply -> ``(leaves, missing (id, rev) pairs)``."""
-    cursor = JsonCursor(text)
+    walker = JsonWalker(text)
     leaves, missing = [], []
-    for key in cursor.members():
+    for key in walker.members():
         if key != "results":
-            cursor.value()
+            walker.value()
             continue
-        for _ in cursor.elements():
+        for _ in walker.elements():
             doc_id, entries = None, ([], [])
-            for item in cursor.members():
+            for item in walker.members():
                 if item == "docs":
-                    entries = read_revisions(cursor)
+                    entries = read_revisions(walker)
                 else:
-                    value = cursor.value()[0]
+                    value = walker.value()[0]
                     if item == "id":
                         doc_id = value
             leaves.extend(entries[0])
             missing.extend((pair_id if pair_id is not None else doc_id, rev) for pair_id, rev in entries[1])
-    cursor.end()
+    walker.end()
     return leaves, missing
 
 
 def read_open_revs(text):
     """A ``GET {id}?open_revs=all`` reply (JSON) -> ``(leaves, missing)``."""
-    cursor = JsonCursor(text)
-    found = read_revisions(cursor)
-    cursor.end()
+    walker = JsonWalker(text)
+    found = read_revisions(walker)
+    walker.end()
     return found
 
 
@@ -2648,8 +2663,12 @@ def read_changes_page(text):
 
     Each row is ``(id, its leaf revisions sorted by revision_order)``.
     """
-    page = json.loads(text)
-    if not isinstance(page, dict) or not isinstance(page.get("results"), list) or "last_seq" not in page:
+    walker = JsonWalker(text)
+    page = {}
+    for key in walker.members():
+        page[key] = walker.value()[0]   # a key given twice: the last one counts, as for json.loads
+    walker.end()
+    if not isinstance(page.get("results"), list) or "last_seq" not in page:
         raise ValueError("a _changes reply without results and last_seq")
     rows = []
     try:
@@ -2667,6 +2686,23 @@ def revision_order(rev):
     """Sort key of a revision ``N-hash``: its generation, then its hash."""
     number, _, digest = str(rev).partition("-")
     return (int(number), digest) if number.isdigit() else (-1, str(rev))
+
+
+_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
+
+
+_ROW_ID = re.compile(rb'\A\{"id":("(?:[^"\\]|\\.)*")')
+
+
+def row_id(line):
+    """The id of an ``_all_docs`` row line in CouchDB's layout, or None."""
+    match = _ROW_ID.match(line)
+    if match is None:
+        return None
+    try:
+        return json.loads(match.group(1))
+    except ValueError:
+        return None
 
 
 def complete_header(security):
@@ -2690,32 +2726,68 @@ def complete_header_security(header):
     return security if isinstance(security, dict) else None
 
 
+# -- A dump's lines ---------------------------------------------------------
+
+
 def strip_newline(line):
     return line[:-1] if line.endswith(b"\n") else line
 
 
+def dump_line_document(line):
+    """The document a dump line holds, parsed (a dict), else None (the
+    header, the footer, a blank line): the one reading of a dump line.
+
+    The line is read less its newline and the white space and comma after
+    its document, as the restore's check reads it.
+    """
+    try:
+        doc = json.loads(strip_newline(line).rstrip(b" \t\r,"))
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def has_revisions(line):
     """Whether a dump line is a document carrying ``_revisions`` (a complete backup's)."""
-    try:
-        doc = json.loads(strip_newline(line).rstrip(b" \t,"))
-    except ValueError:
-        return False
-    return isinstance(doc, dict) and "_revisions" in doc
+    doc = dump_line_document(line)
+    return doc is not None and "_revisions" in doc
 
 
+# The script's layout of a document line: its id and revision first.
 _DOC_ID_REV = re.compile(rb'\A\{"_id":("(?:[^"\\]|\\.)*"),"_rev":("(?:[^"\\]|\\.)*")')
 
 
+def _document_ends(line):
+    """Whether a line's last byte before its newline, white space and comma is a closing brace."""
+    end = len(line) - 1 if line.endswith(b"\n") else len(line)
+    while end > 0 and line[end - 1] in b" \t\r,":
+        end -= 1
+    return line[end - 1:end] == b"}"
+
+
 def document_revision(line):
-    """``(id, rev)`` of a dump line's document; None where it has none."""
+    """``(id, rev)`` of a dump line's document, each None where it is not a
+    string (both for a line that holds no document): the one function that
+    reads them.
+
+    A line the restore's check has proved to be a JSON object, beginning
+    as the script writes it (``{"_id":"..","_rev":".."``) and naming each
+    key once, is not parsed whole: its two strings are read where they
+    stand (a document with a large attachment is not decoded for them).
+    Any other line is read by ``dump_line_document``.
+    """
     match = _DOC_ID_REV.match(line)
-    try:
-        if match:
+    # A key written twice, or spelt with an escape, would make the parse's
+    # answer (the last one) differ from the one read here; a line that does
+    # not end with its document does not parse.
+    if (match and line.count(b'"_id"') == 1 and line.count(b'"_rev"') == 1 and b"\\u" not in line
+            and _document_ends(line)):
+        try:
             return json.loads(match.group(1)), json.loads(match.group(2))
-        doc = json.loads(line)
-    except ValueError:
-        return None, None
-    if not isinstance(doc, dict):
+        except ValueError:
+            pass
+    doc = dump_line_document(line)
+    if doc is None:
         return None, None
     doc_id, rev = doc.get("_id"), doc.get("_rev")
     return (doc_id if isinstance(doc_id, str) else None), (rev if isinstance(rev, str) else None)
@@ -2729,16 +2801,10 @@ def design_document_id(line):
     """
     if b"_design" not in line:
         return None
-    text = strip_newline(line).rstrip(b",")
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        if line.startswith(b'{"_id":"_design'):
-            return line.split(b'"')[3].decode("utf-8", "replace")
-        return None
-    if isinstance(doc, dict) and is_design_id(doc.get("_id")):
-        return doc["_id"]
-    return None
+    doc_id = document_revision(line)[0]
+    if doc_id is None and dump_line_document(line) is None and line.startswith(b'{"_id":"_design'):
+        return line.split(b'"')[3].decode("utf-8", "replace")
+    return doc_id if is_design_id(doc_id) else None
 
 
 def with_revision(body, rev):
@@ -4974,12 +5040,9 @@ class CompleteRestore:
         out.info("... INFO: Verifying %s against %s (every revision, by _revs_diff)" % (opts.db, opts.file))
         missing, total, batch = [], 0, {}
         for line in dump.lines():
-            try:
-                doc = json.loads(strip_newline(line).rstrip(b" \t,"))
-            except ValueError:   # the header, the footer, a blank line
-                continue
-            if isinstance(doc, dict) and isinstance(doc.get("_id"), str) and isinstance(doc.get("_rev"), str):
-                batch.setdefault(doc["_id"], []).append(doc["_rev"])
+            doc_id, rev = document_revision(line)   # none for the header, the footer, a blank line
+            if doc_id is not None and rev is not None:
+                batch.setdefault(doc_id, []).append(rev)
                 total += 1
                 if total % self.BATCH == 0:
                     missing += self._revs_diff(batch)
@@ -5056,18 +5119,11 @@ def verify_restore(requester, out, opts, path, dump, index):
     for doc_id in sorted(wanted_designs - present_designs):
         out.line("... ERROR:   missing: %s" % json.dumps(doc_id, ensure_ascii=False))
     for line in dump.lines():
-        body = strip_newline(line).rstrip(b",")
-        if not body.startswith(b"{") or body == BACKUP_HEADER:
+        doc_id, rev = document_revision(line)
+        if doc_id is None or is_design_id(doc_id):
             continue
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            continue
-        if not isinstance(doc, dict) or is_design_id(doc.get("_id")):
-            continue
-        if not index.has(doc.get("_id"), doc.get("_rev")):
-            out.line("... ERROR:   missing: %s at revision %s" % (
-                json.dumps(doc.get("_id"), ensure_ascii=False), doc.get("_rev")))
+        if not index.has(doc_id, rev):
+            out.line("... ERROR:   missing: %s at revision %s" % (json.dumps(doc_id, ensure_ascii=False), rev))
     return summary
 
 
