@@ -8,20 +8,26 @@ Convertigo servers without changing a line of their callers.  Where the
 script loses or corrupts data it deliberately does better; README.md lists
 every such divergence.
 
-The file reads in the order the data flows:
+The file reads in the order the data flows, in eight chapters:
 
-    options  ->  messages  ->  HTTP session
-             ->  backup pipeline  (stream rows -> rewrite lines -> write file)
-             ->  restore pipeline (read -> design documents -> chunks -> upload)
-             ->  main
+    1. errors and exit codes     every failure is a ``Failure`` with its exit code
+    2. options                   the command line, read as the script reads it
+    3. messages and progress     what the user reads
+    4. talking to the server     one session, one requester that asks again
+    5. reading and rewriting rows    pure: a reply's rows -> the dump's lines
+    6. backup     stream rows -> rewrite -> write the file
+    7. restore    read -> check -> target database -> design documents
+                  -> chunks -> upload -> verify
+    8. main       the command line in, an exit code out
 
 It is importable: ``main(argv)`` runs the command line and returns the exit
 code; the classes below can be used on their own (``__all__`` names them):
 ``parse_options`` reads a command line into ``Options``; ``CouchSession``
-talks to the server; ``Backup`` and ``Restore`` run a mode;
+talks to the server and ``Requester`` asks it what an ``Ask`` describes
+(attempts, back-pressure, pacing); ``Backup`` and ``Restore`` run a mode;
 ``rewrite_row_line``, ``JsonRowScanner``, ``DumpFile``, ``DumpSurvey`` and
-``RestoreText`` are the pipelines' pieces; every failure the program reports
-in words is a ``Failure``.
+``RestoreText`` are the pipelines' pieces; every way a run ends early is a
+``Failure`` carrying its exit code and the lines that say why.
 """
 
 import base64
@@ -57,9 +63,9 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 # reply under backup --resume; urllib3 brings it anyway).
 
 __all__ = [
-    "main", "parse_options", "Options", "Messages", "Progress", "Stop", "Interrupted", "Exit",
-    "Failure", "TransferFailed", "BackupFailed", "DumpInvalid",
-    "CouchSession", "Reply", "BackPressure", "Backup", "CompleteBackup", "Restore",
+    "main", "parse_options", "Options", "Messages", "Progress", "Stop", "Interrupted",
+    "Failure", "Finished", "Stopped", "TransferFailed", "BackupFailed", "DumpInvalid",
+    "CouchSession", "Reply", "BackPressure", "Ask", "Requester", "Backup", "Restore",
     "rewrite_row_line", "JsonRowScanner", "DumpFile", "DumpSurvey", "RestoreText", "RevisionIndex",
     "is_design_id", "__version__",
 ]
@@ -69,32 +75,182 @@ BASH_VERSION = "1.1.10"
 PROGRAM = "couchdb_dump.py"
 
 
-class Exit(Exception):
-    """Ends the run with an exit code; the messages were already printed."""
-
-    def __init__(self, code):
-        super().__init__(code)
-        self.code = code
+# ===========================================================================
+# 1. Errors and exit codes
+# ===========================================================================
+# Every way a run ends before its end is a ``Failure`` that carries its exit code and
+# the lines that say why; a signal that must end the run at once is ``Interrupted``.
+# Only ``main`` turns them into an exit code and the --json line.
 
 
 class Failure(Exception):
-    """A failure the program reports in words: its text says what went wrong.
+    """A run that ends before its end: its exit code and the lines that say why.
 
-    The root of ``TransferFailed`` (the HTTP exchange), ``BackupFailed``
-    (the server's reply) and ``DumpInvalid`` (the dump file): a caller of
-    the library catches this one to catch them all.
+    Every error the program reports is one: a usage error, a transfer that
+    failed, a reply that is no answer, a dump that cannot be restored, a
+    stop asked for by a signal.  It is raised where it is seen, with what
+    the user reads about it: ``lines`` (standard output, the script's
+    words), ``raw`` (a text printed as it is: the usage), ``hints`` (lines
+    -q silences), ``cause`` (why a transfer failed, in words) and ``notes``
+    (standard error), and ``summary`` (--json's error, when the last ERROR
+    line does not say it).  ``tell`` prints them, once: ``main`` does,
+    unless the code that prints what follows them told them first.
+
+    Its text (``str``) is the failure in words: ``TransferFailed`` (the
+    HTTP exchange), ``BackupFailed`` (the server's reply) and ``DumpInvalid``
+    (the dump file) carry no lines, only words their caller puts in its own
+    lines.  A caller of the library catches this one to catch them all.
+    """
+
+    code = 1
+
+    def __init__(self, text="", lines=(), code=None, raw=None, hints=(), cause=None, notes=(), summary=None):
+        super().__init__(text)
+        if code is not None:
+            self.code = code
+        self.lines = list(lines)
+        self.raw = raw
+        self.hints = list(hints)
+        self.cause = cause
+        self.notes = list(notes)
+        self.summary = summary
+        self.told = False
+
+    def tell(self, out):
+        """Print what the user reads about the failure (the first time only)."""
+        if self.told:
+            return
+        self.told = True
+        said = self.lines or self.raw or self.hints or self.cause or self.notes or self.summary
+        for line in self.lines if said or not str(self) else ["... ERROR: %s." % self]:
+            out.line(line)
+        if self.raw is not None:
+            out.raw(self.raw)
+        for hint in self.hints:
+            out.info(hint)
+        if self.cause is not None:
+            out.cause(self.cause)
+        for note in self.notes:
+            out.detail(note)
+        if self.summary is not None:
+            out.summarize(self.summary)
+
+
+class Finished(Failure):
+    """The command line asked for a text only (-h, -V, --help, --version).
+
+    The text is printed and the run ends with the script's exit code: 1
+    for -h and -V, as bash; 0 for the long spellings, ours.
     """
 
 
-# ---------------------------------------------------------------------------
-# Options
-# ---------------------------------------------------------------------------
+class TransferFailed(Failure):
+    """The exchange did not complete: what made curl exit non-zero in bash."""
+
+
+class BackupFailed(Failure):
+    """The reply cannot give a complete dump; the text says why."""
+
+
+class ReplyShape(BackupFailed):
+    """A 2xx reply that is not an ``_all_docs`` answer: a health page, ``{"ok":true}``."""
+
+
+class ReplyCut(BackupFailed):
+    """The reply ended before its end, cleanly: what --resume continues."""
+
+
+class DumpInvalid(Failure):
+    """The dump cannot be restored as it is; says where and why."""
+
+    def __init__(self, line, text):
+        super().__init__(text)
+        self.line = line
+        self.text = text
+
+
+class Stopped(Failure):
+    """A signal asked the run to stop and the request on its way has ended.
+
+    Ends the run with 128 + the signal's number, as ``Interrupted`` does;
+    the restore says what it wrote before it stopped.
+    """
+
+    def __init__(self, signum, lines=()):
+        super().__init__(lines=lines, code=128 + signum)
+        self.signum = signum
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: ends the run at once with 128 + the signal's number.
+
+    The one exception of the program that is no ``Failure``: like
+    KeyboardInterrupt it is a BaseException, so that no ``except
+    Exception`` on its way takes it for a failure to word and go on from.
+    """
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+        self.code = 128 + signum
+
+
+class Stop:
+    """How a signal is taken: at once, or (restore) after the current request.
+
+    One instance a run: ``main`` installs it and hands it to the job.  While
+    ``graceful`` is set, the first signal is only noted in ``requested``;
+    the restore looks at it between requests.  A second signal, or any
+    signal outside, interrupts at once.
+    """
+
+    def __init__(self):
+        self.graceful = False
+        self.requested = None
+        self._previous = {}
+
+    def handler(self, signum, frame):
+        if self.graceful and self.requested is None:
+            self.requested = signum
+            return
+        raise Interrupted(signum)
+
+    def install(self):
+        """Take SIGINT and SIGTERM until ``uninstall``."""
+        self.graceful = False
+        self.requested = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self.handler)
+            except (ValueError, OSError):   # not the main thread: leave them be
+                pass
+
+    def uninstall(self):
+        """Give SIGINT and SIGTERM back to the handlers they had."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
+
+
+# ===========================================================================
+# 2. Options
+# ===========================================================================
+# The command line and the environment, read as couchdb-dump.sh reads them.
+
 
 # The short options, spelled as the bash script hands them to getopts.  Every
 # '?' in it is an option character of its own for getopts, which answers it
 # like an unknown option: the port does the same.  -D and -s are upstream's
 # newer options (its PR #102), not in 1.1.10.
 GETOPTS_SPEC = ":h?H:d:f:u:p:P:l:t:a:D:s:c?q?z?T?V?b?B?r?R?"
+
 
 # Long options are our extensions; none changes what a short option does.
 LONG_OPTIONS = {
@@ -114,8 +270,10 @@ LONG_OPTIONS = {
     "no-security": False,
 }
 
+
 # -l when --jobs is given without it (the bash default, 5000, otherwise).
 JOBS_LINES = "500"
+
 
 # Databases --recreate will not delete unless --force is given too.
 SYSTEM_DATABASES = ("_users", "_replicator", "_global_changes")
@@ -146,6 +304,7 @@ Example: {prog} -b -H 127.0.0.1 -d mydb -f dumpedDB.json -u admin -p password
 
 """
 
+
 EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its bash meaning):
 \t--recreate          Restore: delete the database if it exists, create it, then restore (implies -c).
 \t--force             With --recreate: allow it on _users, _replicator and _global_changes.
@@ -169,6 +328,7 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 
 """
 
+
 VERSION_TEXT = """
 \t** {program} version: {version} **
 \t   compatible with couchdb-dump version: {bash_version}
@@ -181,6 +341,7 @@ VERSION_TEXT = """
 \t Maximilian Huber (maximilian.huber@tngtech.com)
 
 """
+
 
 # What bash's `[ N -gt M ]` accepts as an integer: blanks and a sign allowed.
 _BASH_INTEGER = re.compile(r"\A\s*[+-]?\d+\s*\Z")
@@ -337,132 +498,136 @@ def usage_text(prog):
 def parse_options(argv, environ, out, prog):
     """Read the command line as couchdb-dump.sh does, in the same order.
 
-    Prints what the script prints (usage, version, warnings) and raises
-    ``Exit`` where it exits; returns the ``Options`` of a run otherwise.
+    Prints the script's warnings and raises a ``Failure`` (``Finished``
+    for -h, -V, --help, --version) where it exits; returns the ``Options``
+    of a run otherwise.
     """
     if not argv or argv[0] == "":
-        out.raw(usage_text(prog))
-        raise Exit(1)
+        raise Finished(raw=usage_text(prog))
     opts = Options()
-    stray = []
-    lines_given = jobs_given = False
+    stray, given = _read_options(argv, opts, prog)
+    out.quiet = opts.quiet
+    if "--jobs" in given and "l" not in given:
+        # CouchDB 3.5 digests _bulk_docs of 500-1,000 documents faster than
+        # 5,000, several at once; without --jobs the script's 5,000 stays.
+        opts.lines = JOBS_LINES
+    _check_mode_and_names(opts, stray, prog)
+    _settle_numbers(opts, out)
+    _settle_server(opts, environ, prog)
+    return opts
+
+
+# Options that set an attribute of ``Options`` to their value, as typed.
+OPTION_VALUES = {"H": "host", "d": "db", "f": "file", "u": "user", "p": "password", "P": "port", "l": "lines",
+                 "t": "threads", "a": "attempts_text", "s": "start_chunk"}
+
+# Options that set attributes of ``Options`` to True.
+OPTION_FLAGS = {"b": ("backup",), "B": ("backup",), "r": ("restore",), "R": ("restore",), "c": ("create",),
+                "q": ("quiet",), "z": ("compress",), "T": ("timestamp",), "--verify": ("verify",),
+                "--recreate": ("recreate", "create"), "--force": ("force",), "--json": ("json",),
+                "--complete": ("complete",), "--resume": ("resume",), "--no-security": ("no_security",)}
+
+
+def _read_options(argv, opts, prog):
+    """Walk the options into ``opts``; returns (the words after them, the options given)."""
+    stray, given = [], set()
     for option, value in getopts(argv):
         opts.extended = opts.extended or option.startswith("--") or option in ("D", "s")
         if option == "end":
             stray = argv[value:]
-        elif option == "h":
-            out.raw(usage_text(prog))
-            raise Exit(1)
-        elif option in ("V", "--version"):
-            out.raw(VERSION_TEXT.format(program=PROGRAM, version=__version__, bash_version=BASH_VERSION))
-            # bash's -V exits 1; the long spellings are ours and follow the convention.
-            raise Exit(0 if option == "--version" else 1)
-        elif option == "--help":
-            out.raw(usage_text(prog) + EXTENSIONS_TEXT)
-            raise Exit(0)
-        elif option == ":":
-            if value.startswith("-"):
-                _long_option_error(out, '... ERROR: Option "-%s" requires an argument' % value)
-            _usage_error(out, prog, '... ERROR: Option "-%s" requires an argument' % value)
-        elif option == "=":
-            _long_option_error(out, '... ERROR: Option "--%s" takes no value' % value)
-        elif option == "?":
-            if value.startswith("-"):
-                _long_option_error(out, '... ERROR: Unknown Option "-%s"' % value, value[1:].partition("=")[0])
-            _usage_error(out, prog, '... ERROR: Unknown Option "-%s"' % value)
-        elif option in ("b", "B"):
-            opts.backup = True
-        elif option in ("r", "R"):
-            opts.restore = True
-        elif option == "H":
-            opts.host = value
-        elif option == "d":
-            opts.db = value
-        elif option == "f":
-            opts.file = value
-        elif option == "u":
-            opts.user = value
-        elif option == "p":
-            opts.password = value
-        elif option == "P":
-            opts.port = value
-        elif option == "l":
-            opts.lines = value
-            lines_given = True
-        elif option == "t":
-            opts.threads = value
-        elif option == "a":
-            opts.attempts_text = value
-        elif option == "D":
-            seconds = _number_from_zero(value)
-            if seconds is None:
-                _usage_error(out, prog, '... ERROR: Option "-D" takes a number of seconds, not "%s"' % value)
-            opts.delay = seconds
-        elif option == "s":
-            opts.start_chunk = value
-        elif option == "c":
-            opts.create = True
-        elif option == "q":
-            opts.quiet = True
-        elif option == "z":
-            opts.compress = True
-        elif option == "T":
-            opts.timestamp = True
-        elif option == "--timeout":
-            seconds = _positive_number(value)
-            if seconds is None:
-                _long_option_error(out, '... ERROR: Option "--timeout" takes a number of seconds, not "%s"' % value)
-            opts.timeout = seconds
-        elif option == "--jobs":
-            if not value.isdigit() or not value.isascii() or int(value) < 1:
-                _long_option_error(out, '... ERROR: Option "--jobs" takes a whole number from 1, not "%s"' % value)
-            opts.jobs = int(value)
-            jobs_given = True
-        elif option == "--max-line-mb":
-            if not value.isdigit() or not value.isascii() or int(value) < 1:
-                _long_option_error(out, '... ERROR: Option "--max-line-mb" takes a whole number from 1, not "%s"'
-                             % value)
-            opts.max_line = int(value) << 20
-        elif option == "--verify":
-            opts.verify = True
-        elif option == "--recreate":
-            opts.recreate = opts.create = True
-        elif option == "--force":
-            opts.force = True
-        elif option == "--json":
-            opts.json = True
-        elif option == "--no-progress":
-            opts.progress = False
-        elif option == "--complete":
-            opts.complete = True
-        elif option == "--resume":
-            opts.resume = True
-        elif option == "--no-security":
-            opts.no_security = True
-    out.quiet = opts.quiet
-    if jobs_given and not lines_given:
-        # CouchDB 3.5 digests _bulk_docs of 500-1,000 documents faster than
-        # 5,000, several at once; without --jobs the script's 5,000 stays.
-        opts.lines = JOBS_LINES
+        elif option in OPTION_VALUES:
+            setattr(opts, OPTION_VALUES[option], value)
+        elif option in OPTION_FLAGS:
+            for name in OPTION_FLAGS[option]:
+                setattr(opts, name, True)
+        else:
+            OPTION_HANDLERS[option](opts, option, value, prog)
+        given.add(option)
+    return stray, given
 
+
+def _help_or_version(opts, option, value, prog):
+    if option == "h":
+        raise Finished(raw=usage_text(prog))
+    if option == "--help":
+        raise Finished(raw=usage_text(prog) + EXTENSIONS_TEXT, code=0)
+    # bash's -V exits 1; the long spellings are ours and follow the convention.
+    raise Finished(raw=VERSION_TEXT.format(program=PROGRAM, version=__version__, bash_version=BASH_VERSION),
+                   code=0 if option == "--version" else 1)
+
+
+def _misspelt(opts, option, value, prog):
+    """getopts' answers to an option it does not take: ":" a value missing,
+    "=" a value given to a flag, "?" an unknown option."""
+    if option == ":":
+        if value.startswith("-"):
+            raise _long_option_error('... ERROR: Option "-%s" requires an argument' % value)
+        raise _usage_error(prog, '... ERROR: Option "-%s" requires an argument' % value)
+    if option == "=":
+        raise _long_option_error('... ERROR: Option "--%s" takes no value' % value)
+    if value.startswith("-"):
+        raise _long_option_error('... ERROR: Unknown Option "-%s"' % value, value[1:].partition("=")[0])
+    raise _usage_error(prog, '... ERROR: Unknown Option "-%s"' % value)
+
+
+def _delay(opts, option, value, prog):
+    seconds = _number_from_zero(value)
+    if seconds is None:
+        raise _usage_error(prog, '... ERROR: Option "-D" takes a number of seconds, not "%s"' % value)
+    opts.delay = seconds
+
+
+def _timeout(opts, option, value, prog):
+    seconds = _positive_number(value)
+    if seconds is None:
+        raise _long_option_error('... ERROR: Option "--timeout" takes a number of seconds, not "%s"' % value)
+    opts.timeout = seconds
+
+
+def _whole_number(opts, option, value, prog):
+    """--jobs and --max-line-mb: a whole number from 1."""
+    if not value.isdigit() or not value.isascii() or int(value) < 1:
+        raise _long_option_error('... ERROR: Option "%s" takes a whole number from 1, not "%s"' % (option, value))
+    if option == "--jobs":
+        opts.jobs = int(value)
+    else:
+        opts.max_line = int(value) << 20
+
+
+def _no_progress(opts, option, value, prog):
+    opts.progress = False
+
+
+# The options that do more than set a value: each handler checks and sets, or ends the run.
+OPTION_HANDLERS = {"h": _help_or_version, "V": _help_or_version, "--version": _help_or_version,
+                   "--help": _help_or_version, ":": _misspelt, "=": _misspelt, "?": _misspelt, "D": _delay,
+                   "--timeout": _timeout, "--jobs": _whole_number, "--max-line-mb": _whole_number,
+                   "--no-progress": _no_progress}
+
+
+def _check_mode_and_names(opts, stray, prog):
+    """A mode, a server, a database and a file, and no stray word: what the script insists on."""
     # bash tests "x$@" = "x": a single stray word is an error; several make
     # test(1) fail with "too many arguments", which the script lets through.
     if stray and stray[0] == "--":
         stray = stray[1:]
     if len(stray) == 1 and stray[0] != "":
-        _usage_error(out, prog, '... ERROR: Unknown Option "%s"' % stray[0])
+        raise _usage_error(prog, '... ERROR: Unknown Option "%s"' % stray[0])
 
     if opts.backup and opts.restore:
-        _usage_error(out, prog, "... ERROR: Cannot pass both '-b' and '-r'")
+        raise _usage_error(prog, "... ERROR: Cannot pass both '-b' and '-r'")
     if not opts.backup and not opts.restore:
-        _usage_error(out, prog, "... ERROR: Missing argument '-b' (Backup), or '-r' (Restore)")
+        raise _usage_error(prog, "... ERROR: Missing argument '-b' (Backup), or '-r' (Restore)")
     if not opts.host:
-        _usage_error(out, prog, "... ERROR: Missing argument '-H <COUCHDB_HOST>'")
+        raise _usage_error(prog, "... ERROR: Missing argument '-H <COUCHDB_HOST>'")
     if not opts.db:
-        _usage_error(out, prog, "... ERROR: Missing argument '-d <DB_NAME>'")
+        raise _usage_error(prog, "... ERROR: Missing argument '-d <DB_NAME>'")
     if not opts.file:
-        _usage_error(out, prog, "... ERROR: Missing argument '-f <FILENAME>'")
+        raise _usage_error(prog, "... ERROR: Missing argument '-f <FILENAME>'")
 
+
+def _settle_numbers(opts, out):
+    """-t, -a and -l as the script reads them, with its warnings."""
     opts.cores = cpu_count()
     if opts.threads is not None and opts.threads != "":
         wanted = bash_integer(opts.threads)
@@ -487,6 +652,9 @@ def parse_options(argv, environ, out, prog):
     opts.chunk_lines = chunk_lines(opts.lines)
     opts.thread_count = bash_integer(opts.threads)
 
+
+def _settle_server(opts, environ, prog):
+    """The server URL and the credentials (the environment's when not given)."""
     opts.url = build_url(opts.host, opts.port)
 
     if not opts.user:
@@ -494,16 +662,14 @@ def parse_options(argv, environ, out, prog):
     if not opts.password:
         opts.password = environ.get("COUCHDB_PASS", "")
     if opts.user and not opts.password:
-        _usage_error(out, prog, "... ERROR: Password cannot be blank, if username is specified.")
+        raise _usage_error(prog, "... ERROR: Password cannot be blank, if username is specified.")
     if opts.password and not opts.user:
-        _usage_error(out, prog, "... ERROR: Username cannot be blank, if password is specified.")
+        raise _usage_error(prog, "... ERROR: Username cannot be blank, if password is specified.")
     problem = url_problem(opts.url)
     if problem:
         # Never a request to a path the user did not mean.
-        out.line('... ERROR: -H "%s" with -P "%s" does not make a server URL: %s.'
-                 % (_without_userinfo(opts.host), opts.port, problem))
-        raise Exit(1)
-    return opts
+        raise Failure(lines=['... ERROR: -H "%s" with -P "%s" does not make a server URL: %s.'
+                             % (_without_userinfo(opts.host), opts.port, problem)])
 
 
 def url_problem(url):
@@ -544,19 +710,17 @@ def chunk_lines(text):
     return int(text)
 
 
-def _usage_error(out, prog, message):
-    out.line(message)
-    out.raw(usage_text(prog))
-    raise Exit(1)
+def _usage_error(prog, message):
+    """A command line the script refuses: the error, then the usage."""
+    return Failure(lines=[message], raw=usage_text(prog))
 
 
-def _long_option_error(out, message, name=None):
+def _long_option_error(message, name=None):
     """A long option is ours: the short usage would not help; point to --help."""
     guess = difflib.get_close_matches(name, LONG_OPTIONS, n=1) if name else []
     if guess:
         message += " (did you mean --%s?)" % guess[0]
-    out.line(message + " - see --help for the long options")
-    raise Exit(1)
+    return Failure(lines=[message + " - see --help for the long options"])
 
 
 def _positive_number(text):
@@ -592,9 +756,11 @@ def build_url(host, port):
     return url
 
 
-# ---------------------------------------------------------------------------
-# Messages
-# ---------------------------------------------------------------------------
+# ===========================================================================
+# 3. Messages and progress
+# ===========================================================================
+# What the user reads: the script's lines on stdout, our explanations and progress on stderr.
+
 
 # Lines couchdb-dump.sh prints about work of its own that the port does not
 # do that way: after the download the script converts carriage returns and
@@ -615,6 +781,88 @@ SCRIPT_STEPS = {
                       "Stripping _design elements from regular documents", "Fixing end document"),
     "split": ("Generating files to import",),
 }
+
+
+# What the user reads when a request fails, by kind of request, from this table
+# only: the WARN line after a transfer that failed (curl's non-zero exit) and
+# after a reply that is no answer (the same when ``reply`` is None), each with
+# its attempt number; then, once the
+# last attempt has failed, the ERROR lines of a failed transfer (``gave_up``) or
+# of a reply that is no answer (``refused``).  ``REPORTED`` stands for the
+# server's own first line (the script's "CouchDB Reported:"), ``REPLY_BODY``
+# for the reply's body.  ``hint`` follows a refusal (-q silences it);
+# ``conflict`` goes to standard error when the refusal is a conflict.  The
+# user's text (``%(name)s``, ``%(db)s``, ``%(id)s``, ``%(what)s``) is a value,
+# never part of a template; ``%(why)s`` is the failure in words.
+REPORTED = "... ERROR: CouchDB Reported: "
+REPLY_BODY = "... ERROR: Error message was:   "
+Words = collections.namedtuple("Words", "transfer reply gave_up refused hint conflict",
+                               defaults=(None, None, (), (REPORTED,), None, None))
+ATTEMPT = " - Attempt %(attempt)d/%(of)s"
+REVS_DIFF_REFUSED = "... WARN: CouchDB Reported an error during _revs_diff" + ATTEMPT + " - Retrying..."
+RESTORE_GAVE_UP = ("... ERROR: Curl failed trying to restore %(name)s - Stopping",)
+BACKUP_FAILED = "... ERROR: Backup failed, no file written: %(what)s failed after %(attempts)d attempts (%(why)s)."
+ATTEMPT_WORDS = {
+    "list databases": Words(
+        transfer="... WARN: Curl failed to get the list of databases" + ATTEMPT + ". Retrying...",
+        gave_up=("... ERROR: Curl failed to get the list of databases - Stopping",)),
+    "delete database": Words(
+        transfer="... WARN: Curl failed to delete the database %(db)s" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error during db deletion" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed to delete the database %(db)s - Stopping",)),
+    "create database": Words(
+        transfer="... WARN: Curl failed to create the database %(db)s" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error during db creation" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed to create the database %(db)s - Stopping",
+                 ".. ERROR: See above for any errors")),
+    "restore _security": Words(
+        transfer="... WARN: Curl failed to restore the _security object of %(db)s" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error restoring _security" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed to restore the _security object of %(db)s - Stopping",),
+        hint="... HINT: only an admin can set _security; --no-security restores the documents without it"),
+    "read design document": Words(
+        transfer="... WARN: Failed to read %(name)s from the database" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error reading a design document" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed trying to read %(name)s - Stopping",)),
+    "design document": Words(
+        transfer="... WARN: Import of %(name)s failed" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error during import" + ATTEMPT + " - Retrying...",
+        gave_up=RESTORE_GAVE_UP,
+        conflict="couchdb_dump: %(db)s already holds the design document %(id)s: to restore the dump over what the"
+                 " database holds, add --resume (it updates what differs) or --recreate (it deletes the database"
+                 " first)"),
+    "compare chunk": Words(
+        transfer="... WARN: Failed to compare %(name)s with the database" + ATTEMPT + " - Retrying...",
+        reply=REVS_DIFF_REFUSED,
+        gave_up=("... ERROR: Curl failed trying to compare %(name)s - Stopping",)),
+    "chunk": Words(
+        transfer="... WARN: Failed to import %(name)s" + ATTEMPT + " - Retrying...",
+        reply="... WARN: CouchDB Reported and error during import" + ATTEMPT + " - Retrying...",
+        gave_up=RESTORE_GAVE_UP),
+    "whole file": Words(
+        transfer="... WARN: Import of %(name)s failed" + ATTEMPT + " - Retrying...",   # reply: the same
+        gave_up=("... ERROR: Import of %(name)s failed.", REPLY_BODY + "the connection failed (%(why)s)"),
+        refused=("... ERROR: Import of %(name)s failed.", REPLY_BODY)),
+    "too large": Words(
+        reply="... WARN: %(name)s is too large for the server (HTTP 413) - sending it as %(first)d and %(second)d"
+              " documents"),
+    "verify revisions": Words(
+        transfer="... WARN: Curl failed to check revisions (_revs_diff)" + ATTEMPT + ". Retrying...",
+        reply=REVS_DIFF_REFUSED,
+        gave_up=("... ERROR: Verify failed: _revs_diff could not be read",)),
+    "verify _security": Words(
+        transfer="... WARN: Curl failed to read the _security object of %(db)s" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error reading the _security object of %(db)s" + ATTEMPT
+              + " - Retrying...",
+        gave_up=("... ERROR: Verify failed: could not read the _security object of %(db)s",)),
+    # Ours: a complete backup's reads, and the rest of a reply that broke off (--resume).
+    "complete backup": Words(
+        transfer="... WARN: %(what)s failed" + ATTEMPT + " - Retrying...",   # reply: the same
+        gave_up=(BACKUP_FAILED,), refused=(BACKUP_FAILED,)),
+    "resume": Words(
+        transfer="... WARN: The transfer broke off after %(documents)d documents" + ATTEMPT + ". Resuming..."),
+}
+
 
 class Messages:
     """The lines the bash script prints, on its standard output.
@@ -816,12 +1064,11 @@ class Progress:
             self.figures = None
 
 
-# ---------------------------------------------------------------------------
-# HTTP session
-# ---------------------------------------------------------------------------
-
-class TransferFailed(Failure):
-    """The exchange did not complete: what made curl exit non-zero in bash."""
+# ===========================================================================
+# 4. Talking to the server
+# ===========================================================================
+# HTTP and JSON: one session, replies read in blocks, failures in words, and the one
+# requester that asks again.
 
 
 class Reply:
@@ -831,6 +1078,7 @@ class Reply:
         self.status = status
         self.body = body
         self.headers = {name.lower(): value for name, value in (headers or {}).items()}
+        self.value = None   # the body as the request's ``Ask`` read it
 
     @property
     def first_line(self):
@@ -927,21 +1175,6 @@ class BackPressure:
         return wait
 
 
-def pause(seconds, stop=None):
-    """Sleep, in short slices so that ``stop()`` (when given) can end it early.
-
-    Returns False when ``stop()`` became true, True after the whole wait.
-    """
-    end = time.monotonic() + seconds
-    while True:
-        if stop is not None and stop():
-            return False
-        left = end - time.monotonic()
-        if left <= 0:
-            return True
-        time.sleep(min(left, 0.2))
-
-
 def quote_path_segment(text):
     """Percent-encode one path segment (a database name or a document id).
 
@@ -987,9 +1220,8 @@ def require_urllib3(out):
     try:
         import urllib3  # noqa: F401
     except ImportError:
-        out.line("... ERROR: This script requires 'urllib3' to be present: pip install urllib3"
-                 " (Debian/Ubuntu: apt install python3-urllib3).")
-        raise Exit(1)
+        raise Failure(lines=["... ERROR: This script requires 'urllib3' to be present: pip install urllib3"
+                             " (Debian/Ubuntu: apt install python3-urllib3)."])
 
 
 class CouchSession:
@@ -1172,8 +1404,26 @@ def _incomplete_read_bytes(error):
     return b""
 
 
+class ReplyBroken(TransferFailed):
+    """Reading the reply failed (reset, cut, timeout): what --resume continues."""
+
+    def __init__(self, cause):
+        super().__init__(cause)
+        self.cause = cause
+
+
+def resumable_blocks(response, size=1 << 20):
+    """``read_blocks`` for --resume: the bytes that arrived, then ``ReplyBroken``."""
+    try:
+        yield from read_blocks(response, size, partial=True)
+    except Exception as error:
+        raise ReplyBroken(error)
+
+
 # "\r\n" ending a chunk's data, then the next chunk's size line.
 _CHUNK_SIZE_LINE = re.compile(rb"\r\n([0-9A-Fa-f]{1,16})\r\n")   # with an extension: _walk
+
+
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -1457,183 +1707,365 @@ def _size_text(size):
     return "%.1f MB" % (size / 1e6) if size >= 1e6 else "%d bytes" % size
 
 
-# ---------------------------------------------------------------------------
-# Shared by both pipelines: stopping on a signal, retrying a request,
-# design document ids, worker processes, reading _all_docs rows
-# ---------------------------------------------------------------------------
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM: ends the run with 128 + the signal's number."""
-
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.signum = signum
-        self.code = 128 + signum
+_JSON_TOKENS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.S)
 
 
-class Stop:
-    """How a signal is taken: at once, or (restore) after the current request.
+def compact_json(text):
+    """Drop the white space between JSON tokens, keeping every token's text."""
+    return _JSON_TOKENS.sub(lambda m: m.group(1) or "", text)
 
-    One instance a run: ``main`` installs it and hands it to the job.  While
-    ``graceful`` is set, the first signal is only noted in ``requested``;
-    the restore looks at it between requests.  A second signal, or any
-    signal outside, interrupts at once.
+
+def _json_or_none(data):
+    """The JSON value of ``data``, or None when it is not JSON."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def json_bytes(value):
+    """``value`` as compact JSON in UTF-8; a lone "\\ud800" escape stays an escape."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def reported(reply):
+    """The script's last word on an error reply: its first line, or the status."""
+    if reply.is_couchdb_error or not reply.body.strip():
+        return reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
+    return b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
+
+
+def failure_words(failure):
+    """A failed attempt in words: the transfer's failure, or what the reply was."""
+    if not isinstance(failure, Reply):
+        return str(failure)
+    if failure.is_couchdb_error:
+        return "HTTP %d, CouchDB reported: %s" % (failure.status, failure.first_line.decode("utf-8", "replace"))
+    return "HTTP %d" % failure.status if not failure.ok else "the reply is not the JSON expected"
+
+
+class Ask:
+    """One request and what counts as its answer: a record, no code.
+
+    ``expect`` names the reply that answers it: ``"any"`` reply at all,
+    ``"ok"`` (2xx without an error line), ``"stored"`` (2xx and CouchDB's
+    ``{"ok":true}``, for the document ``doc_id`` with its new ``rev`` when
+    given: a health page behind a wrong path must not pass for a stored
+    document), ``"object"`` or ``"list"`` (2xx and a JSON object or list:
+    the script took any reply without an error line, and a proxy's page
+    passed for a restore).  ``read`` parses the text of a 2xx reply instead
+    (a value, or ValueError: no answer).  A status in ``tolerate`` is an
+    answer as it is (a document that may be missing).  What was read is the
+    reply's ``value``.
+
+    ``words`` names the kind of request in ``ATTEMPT_WORDS``; ``values``
+    fill its templates.  ``accept`` is the Accept header, where the
+    server's default will not do.
     """
 
-    def __init__(self):
-        self.graceful = False
-        self.requested = None
-        self._previous = {}
+    EXPECTED = ("any", "ok", "stored", "object", "list")
 
-    def handler(self, signum, frame):
-        if self.graceful and self.requested is None:
-            self.requested = signum
-            return
-        raise Interrupted(signum)
+    def __init__(self, method, path, words, body=None, expect="ok", doc_id=None, read=None, tolerate=(),
+                 accept=None, **values):
+        assert expect in self.EXPECTED and words in ATTEMPT_WORDS, (expect, words)
+        self.method = method
+        self.path = path
+        self.words = words
+        self.body = body
+        self.expect = expect
+        self.doc_id = doc_id
+        self.read = read
+        self.tolerate = tolerate
+        self.accept = accept
+        self.values = dict(values, id=doc_id) if doc_id is not None else values
 
-    def install(self):
-        """Take SIGINT and SIGTERM until ``uninstall``."""
-        self.graceful = False
-        self.requested = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
+    def sending(self, body):
+        """The same request with another body (a part of a body the server found too large)."""
+        other = Ask.__new__(Ask)
+        other.__dict__.update(self.__dict__, body=body)
+        return other
+
+    def answered_by(self, reply):
+        """Whether ``reply`` answers the request; what it read is its ``value``."""
+        if reply.status in self.tolerate or self.expect == "any":
+            return True
+        if not reply.ok:
+            return False
+        if self.read is not None:
             try:
-                self._previous[signum] = signal.signal(signum, self.handler)
-            except (ValueError, OSError):   # not the main thread: leave them be
-                pass
-
-    def uninstall(self):
-        """Give SIGINT and SIGTERM back to the handlers they had."""
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-
-def signal_name(signum):
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "signal %d" % signum
-
-
-class RestoreStopped(Exception):
-    """A signal asked the restore to stop; the current request has ended."""
+                reply.value = self.read(reply.body.decode("utf-8"))
+            except ValueError:   # UnicodeDecodeError and JSONDecodeError too: a cut or garbled reply
+                return False
+            return True
+        if self.expect == "ok":
+            return True
+        reply.value = _json_or_none(reply.body)
+        if self.expect == "list":
+            return isinstance(reply.value, list)
+        if not isinstance(reply.value, dict):
+            return False
+        if self.expect == "stored":
+            answer = reply.value
+            return answer.get("ok") is True and (
+                self.doc_id is None or answer.get("id") == self.doc_id and isinstance(answer.get("rev"), str))
+        return True
 
 
-class Retry:
-    """Sends one request up to -a times, 1 s apart, as the script retries.
+def is_import_request(method, path):
+    """The requests -D spaces: a design document's PUT and a _bulk_docs POST."""
+    return (method == "PUT" and "/_design/" in path) or (method == "POST" and path.endswith("/_bulk_docs"))
 
-    A failed transfer (curl's non-zero exit) and an error reply each have
-    their WARN line, printed with the attempt number; after the last
-    attempt the ``*_final`` callable prints the script's ERROR lines and the
-    run ends.  A WARN line is a template, or ``(template, user text...)``:
-    the user's text is a value, never part of the template.  A signal noted
-    by ``Stop`` ends the loop between two requests (``RestoreStopped``).
 
-    ``before_request(method, path)``, when set, runs before every request.
-    A server that pushes back (429, or 503 with Retry-After: ``BackPressure``)
-    is waited out and asked again without using an attempt.
+class Resumption:
+    """--resume of one reply: the attempts at its current break, the rows it had
+    brought at the last, and the response of the request for the rest."""
+
+    def __init__(self):
+        self.tries = 0
+        self.rows = -1
+        self.response = None
+
+    def close(self):
+        if self.response is not None:
+            self.response.release_conn()
+            self.response = None
+
+
+class Requester:
+    """The one way to ask the server: every request of a run goes through it.
+
+    It owns what "ask again" means, once for every request:
+
+    - attempts: an ``Ask`` is sent up to -a times, 1 s apart, as the script
+      retries; a failed transfer and a reply that is no answer each have
+      their WARN line, and after the last attempt the ERROR lines end the
+      run (a ``Failure``), all from ``ATTEMPT_WORDS``;
+    - back-pressure: a server that pushes back (429, or 503 with
+      Retry-After: ``BackPressure``) is waited out and asked again without
+      using an attempt;
+    - pacing (-D): an import request starts ``delay`` seconds after the
+      previous one ended (with --jobs, starts are spaced too);
+    - the 413 split: a _bulk_docs body the server finds too large is sent
+      in halves (``send_documents``);
+    - the rest of a reply that broke off (backup --resume: ``resume``).
+
+    A signal noted by ``Stop`` ends the waiting between two requests
+    (``Stopped``).  Nothing else in the program sleeps or loops over
+    attempts.
     """
 
     PAUSE = 1.0   # seconds between attempts: the script's sleep 1
+    TOO_LARGE = "the server refuses this document as too large (HTTP 413)"
 
-    def __init__(self, session, out, opts, stop):
+    def __init__(self, session, out, opts, stop, delay=0.0):
         self.session = session
         self.out = out
         self.attempts = opts.attempts
         self.attempts_text = opts.attempts_text
         self.stop = stop
-        self.before_request = None
-        self.pressure = threading.local()   # each request's BackPressure (--jobs: one a thread)
+        self.delay = delay
+        self.pacing = threading.Lock()
+        self.next_import = 0.0
 
-    def request(self, method, path, body=None, content_type=None, *, transfer_warn, transfer_final,
-                reply_warn=None, reply_final=None, accept=None, reply_type=None):
-        """The reply ``accept`` takes (a 2xx without an error by default), or ``Exit(1)``.
+    # -- asking ---------------------------------------------------------------
 
-        ``reply_type`` is the Accept header, where the server's default will not do.
-        """
-        accept = accept or (lambda reply: reply.ok)
-        reply_final = reply_final or self.couchdb_reported
-        self.pressure.now = BackPressure()
+    def ask(self, ask):
+        """The reply that answers ``ask``; a ``Failure`` once the attempts are spent."""
+        words = ATTEMPT_WORDS[ask.words]
+        pressure = BackPressure()
         attempt = 0
         while True:
             self.check_stop()
-            if self.before_request is not None:
-                self.before_request(method, path)
             try:
-                reply = self.session.request(method, path, body, content_type,
-                                             **({"accept": reply_type} if reply_type else {}))
+                reply = self._send(ask)
             except TransferFailed as error:
                 attempt += 1
                 self.out.cause(error)
-                self._failed(attempt, error, transfer_warn, transfer_final)
+                self._failed(ask, words, attempt, error)
             else:
-                # Before accept: a 429 is no answer, even where any answer would do.
-                if self.held_back(reply):
+                # Before the answer is judged: a 429 is no answer, even where any answer would do.
+                wait = pressure.delay(reply.status, reply.headers)
+                if wait is not None:
+                    self._wait_out(reply.status, wait, "sending the request again in %.1f s (no attempt used)")
                     continue
-                if accept(reply):
+                if ask.answered_by(reply):
                     return reply
                 attempt += 1
-                self._failed(attempt, reply, reply_warn, reply_final)
+                self._failed(ask, words, attempt, reply)
             self.check_stop()
             time.sleep(self.PAUSE)
 
-    def held_back(self, reply):
-        """Whether the server pushed back and the wait it asked for is over."""
-        wait = self.pressure.now.delay(reply.status, reply.headers)
-        if wait is None:
-            return False
-        self.out.detail("couchdb_dump: the server answered HTTP %d: sending the request again in %.1f s"
-                        " (no attempt used)" % (reply.status, wait))
-        if not pause(wait, lambda: self.stop.requested):
-            raise RestoreStopped()
-        return True
+    def open(self, path):
+        """GET ``path``, to be read as it streams: a server that pushes back is
+        waited out; a failed transfer is the caller's to tell (or to resume)."""
+        pressure = BackPressure()
+        while True:
+            response = self.session.open("GET", path)
+            wait = pressure.delay(response.status, response.headers)
+            if wait is None:
+                return response
+            response.drain_conn()
+            response.release_conn()
+            self._wait_out(response.status, wait, "asking again in %.1f s")
+
+    def glance(self, path):
+        """One GET whose answer only informs (what a database holds once a
+        restore stopped): one try, nothing waited out, nothing said; the
+        reply's JSON value, or None."""
+        try:
+            reply = self.session.request("GET", path)
+        except TransferFailed:
+            return None
+        return _json_or_none(reply.body) if reply.ok else None
 
     def check_stop(self):
         if self.stop.requested:
-            raise RestoreStopped()
+            raise Stopped(self.stop.requested)
 
-    def _failed(self, attempt, failure, warning, final):
-        """After a failed attempt: the WARN line, or after the last the ERROR lines and Exit."""
-        if attempt >= self.attempts:
-            final(failure)
-            raise Exit(1)
-        template, values = (warning, ()) if isinstance(warning, str) else (warning[0], tuple(warning[1:]))
-        self.out.line(template % (values + (attempt, self.attempts_text)))
+    def _send(self, ask):
+        accept = {"accept": ask.accept} if ask.accept else {}
+        content_type = "application/json" if ask.body is not None else None
+        if not self.delay or not is_import_request(ask.method, ask.path):
+            return self.session.request(ask.method, ask.path, ask.body, content_type, **accept)
+        with self.pacing:
+            wait = self.next_import - time.monotonic()
+            if wait > 0 and not self.pause(wait, self._stop_requested):
+                raise Stopped(self.stop.requested)
+            self.next_import = time.monotonic() + self.delay
+        try:
+            return self.session.request(ask.method, ask.path, ask.body, content_type, **accept)
+        finally:
+            with self.pacing:
+                self.next_import = max(self.next_import, time.monotonic() + self.delay)
 
-    def couchdb_reported(self, reply):
-        """The script's last word on an error reply: its first line, or the status."""
-        if reply.is_couchdb_error or not reply.body.strip():
-            text = reply.first_line if reply.body.strip() else b"HTTP %d" % reply.status
-        else:
-            text = b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
-        self.out.line(b"... ERROR: CouchDB Reported: " + text)
+    def _stop_requested(self):
+        return self.stop.requested
+
+    def _wait_out(self, status, wait, again):
+        """The wait a server that pushed back asked for (``BackPressure``), said on standard error."""
+        self.out.detail(("couchdb_dump: the server answered HTTP %d: " + again) % (status, wait))
+        if not self.pause(wait, self._stop_requested):
+            raise Stopped(self.stop.requested)
+
+    def _failed(self, ask, words, attempt, failure):
+        """After a failed attempt: its WARN line; after the last, the ``Failure`` with the ERROR lines."""
+        values = dict(ask.values, attempt=attempt, of=self.attempts_text, attempts=self.attempts,
+                      why=failure_words(failure))
+        replied = isinstance(failure, Reply)
+        if attempt < self.attempts:
+            self.out.line(((words.reply or words.transfer) if replied else words.transfer) % values)
+            return
+        if not replied:
+            raise Failure(lines=[line % values for line in words.gave_up])
+        lines = []
+        for line in words.refused:
+            if line == REPORTED:
+                line = REPORTED.encode() + reported(failure)
+            elif line == REPLY_BODY:
+                # The server's body as the script printed it, but always a whole line.
+                line = REPLY_BODY.encode() + (failure.body[:-1] if failure.body.endswith(b"\n") else failure.body)
+            else:
+                line = line % values
+            lines.append(line)
+        conflict = failure.status == 409 or b'"error":"conflict"' in failure.first_line
+        raise Failure(lines=lines, hints=[words.hint] if words.hint else [],
+                      notes=[words.conflict % values] if words.conflict and conflict else [])
 
     @staticmethod
-    def ok_accepted(reply, doc_id=None):
-        """A reply to a PUT or DELETE that is CouchDB's: 2xx and ``{"ok":true,…}``,
-        for a document with its ``id`` and new ``rev``.
+    def pause(seconds, stop=None):
+        """Sleep, in short slices so that ``stop()`` (when given) can end it early.
 
-        A 2xx from something else (a health page behind a wrong path) must
-        not pass for a stored design document or a created database.
+        Returns False when ``stop()`` became true, True after the whole wait.
         """
-        answer = _json_or_none(reply.body) if reply.ok else None
-        if not isinstance(answer, dict) or answer.get("ok") is not True:
-            return False
-        return doc_id is None or answer.get("id") == doc_id and isinstance(answer.get("rev"), str)
+        end = time.monotonic() + seconds
+        while True:
+            if stop is not None and stop():
+                return False
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(left, 0.2))
 
-    @staticmethod
-    def bulk_accepted(reply):
-        """A _bulk_docs reply that is CouchDB's: 2xx and a JSON list.
+    # -- the 413 split ----------------------------------------------------------
 
-        The script took any reply without an error line for success; a
-        proxy's page or an empty body then passed for a restore.
+    def send_documents(self, ask, part):
+        """POST the _bulk_docs body of ``part``; returns ``(documents sent, one
+        Reply with every answer)``.
+
+        ``part`` has ``stream`` (the body, as ``CouchSession.open`` sends it),
+        ``documents`` and ``whole()``, a ``Chunk`` of it (built only when
+        needed), which has ``halves()`` and ``ids()``.  A body the server
+        refuses as too large (413) is sent in halves, each on its own, down
+        to one document; a single document still refused is answered as
+        refused, by id.
         """
-        return reply.ok and isinstance(_json_or_none(reply.body), list)
+        ask = ask.sending(part.stream)
+        ask.tolerate = (413,)
+        reply = self.ask(ask)
+        if reply.status != 413:
+            return part.documents, reply
+        sent, answers = self._halves(ask, part.whole())
+        return sent, Reply(201, json.dumps(answers).encode())
 
-    @staticmethod
-    def object_accepted(reply):
-        """A 2xx reply whose body is a JSON object (_revs_diff, _security, a document)."""
-        return reply.ok and isinstance(_json_or_none(reply.body), dict)
+    def _halves(self, ask, chunk):
+        """A chunk the server found too large: its halves, each sent (and halved) in turn."""
+        if chunk.documents <= 1:
+            refused = [{"id": doc_id, "error": "too_large", "reason": self.TOO_LARGE} for doc_id in chunk.ids()]
+            return len(refused), refused
+        halves = chunk.halves()
+        self.out.line(ATTEMPT_WORDS["too large"].reply % dict(ask.values, first=halves[0].documents,
+                                                              second=halves[1].documents))
+        sent, answers = 0, []
+        for half in halves:
+            reply = self.ask(ask.sending(half.stream))
+            count, answered = (half.documents, reply.value) if reply.status != 413 else self._halves(ask, half)
+            sent += count
+            answers.extend(answered)
+        return sent, answers
+
+    # -- the rest of a reply that broke off ------------------------------------------
+
+    def resume(self, resumption, path, rows, failure, begin):
+        """Backup --resume: ``begin(response)`` of a GET of ``path``, the rest of a
+        reply that broke off after ``rows`` rows.
+
+        Each break gets up to -a requests, 1 s apart like the script's
+        retries; a reply that brought new rows before it broke starts the
+        count again.  ``begin`` reads the start of the rest (a break there is
+        one more attempt).  Raises ``failure`` once the attempts are spent.
+        """
+        if rows > resumption.rows:
+            resumption.tries, resumption.rows = 0, rows
+        while True:
+            resumption.tries += 1
+            if resumption.tries > self.attempts:
+                raise failure
+            why = failure.cause if isinstance(failure, ReplyBroken) else failure
+            if not isinstance(why, (TransferFailed, BackupFailed)):
+                why = _describe(why)
+            self.out.detail("couchdb_dump: %s" % why)
+            self.out.line(ATTEMPT_WORDS["resume"].transfer % {"documents": rows, "attempt": resumption.tries,
+                                                              "of": self.attempts_text})
+            time.sleep(self.PAUSE)
+            resumption.close()
+            try:
+                resumption.response = self.open(path)
+                if not 200 <= resumption.response.status < 300:
+                    raise BackupFailed("the server answered HTTP %d to the request for the rest"
+                                       % resumption.response.status)
+                return begin(resumption.response)
+            except (TransferFailed, BackupFailed) as error:   # ReplyBroken is a TransferFailed
+                failure = error
+
+
+# ===========================================================================
+# 5. Reading and rewriting rows
+# ===========================================================================
+# Pure: bytes in, bytes out.  A reply's rows become the dump's lines; a dump's lines
+# give their ids and revisions back.  The worker processes at the end run this work on several cores.
 
 
 DESIGN_PREFIX = "_design/"
@@ -1642,6 +2074,744 @@ DESIGN_PREFIX = "_design/"
 def is_design_id(doc_id):
     """Whether a document id names a design document: the one rule for it."""
     return isinstance(doc_id, str) and doc_id.startswith(DESIGN_PREFIX)
+
+
+BACKUP_HEADER = b'{"new_edits":false,"docs":['
+
+FOOTER = b"]}"
+
+GZIP_MAGIC = b"\x1f\x8b"   # a compressed dump, whatever its name
+
+_ROW_START = b'{"id":'
+
+
+_DOC_MARK = b'"},"doc":'   # the end of a row's value {"rev":"..."} and its "doc" key
+
+
+# -- The rule ---------------------------------------------------------------
+# One rewrite rule; every way below of applying it gives its bytes.
+
+
+def rewrite_row_line(line):
+    """One CouchDB ``_all_docs`` row line -> the dump line of its document.
+
+    The definition of the rewrite: the faster ways below (a block at once,
+    a line too long to hold, a reply of another layout, a revision read
+    with ``_bulk_get``) give the same bytes where they apply, which the
+    property tests check on generated rows.
+
+    ``{"id":..,"key":..,"value":{"rev":".."},"doc":{DOC}},`` becomes
+    ``{DOC},``.  The document is what follows the row's value: unlike the
+    script's greedy ``.*,"doc":``, a document holding ``,"doc":`` survives.
+    Other lines (the empty line of an empty database, the footer) only get
+    the script's brace fix, which it applies to every line.  A reply's
+    carriage returns are removed before its lines are cut.
+    """
+    if line.startswith(_ROW_START):
+        mark = line.find(_DOC_MARK)
+        if mark < 0 or not _is_row_start(line[:mark + 2]):
+            raise ReplyShape("a row of the reply has no document: %r" % line[:80])
+        line = line[mark + len(_DOC_MARK):]
+    elif line and line != FOOTER:
+        raise ReplyShape("a line of the reply is not a row: %r" % line[:80])
+    return fix_closing_braces(line)
+
+
+def _is_row_start(text):
+    """``{"id":..,"key":..,"value":{..}}``: the part of a row before its document."""
+    try:
+        row = json.loads(text + b"}")
+    except ValueError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("value"), dict)
+
+
+def fix_closing_braces(line):
+    """The script's stages 2 and 4: drop the row's closing brace at line end."""
+    if line.endswith(b"}},"):
+        return line[:-2] + b","
+    if line.endswith(b"}}"):
+        return line[:-1]
+    return line
+
+
+# -- Its fast paths ---------------------------------------------------------
+
+
+def rewrite_couchdb_block(block):
+    """``rewrite_row_line`` on each line of a block of whole lines (the last
+    may lack its newline; carriage returns already removed).
+
+    Returns ``(bytes to write, rows seen)``.  The line-by-line way, for
+    whatever ``rewrite_rows_fast`` does not take.
+    """
+    lines = block.split(b"\n")
+    rows = sum(1 for line in lines if line.startswith(_ROW_START))
+    if FOOTER in lines and any(lines[lines.index(FOOTER) + 1:]):
+        raise ReplyShape("data after the reply's ']}' end")
+    return b"\n".join([rewrite_row_line(line) for line in lines]), rows
+
+
+# A row's start up to its document, in the fast path's terms (below).
+_ROW_PREFIX = re.compile(rb'\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":')
+
+
+# A row's end and the next row's start, up to its document: the whole
+# rewrite between two rows is replacing this by ",\n".  Ids with quotes or
+# backslashes take the line-by-line way.
+_ROW_JOIN = {
+    True: re.compile(rb'\},\r\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
+    False: re.compile(rb'\},\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
+}
+
+
+def rewrite_rows_fast(block):
+    """``rewrite_couchdb_block`` (so ``rewrite_row_line`` on each line) of a
+    block of whole row lines, in one regular-expression pass: the backup's
+    hot path.
+
+    Applies to the common case only: every line a row whose id and key
+    hold no quote or backslash, followed by a comma, line ends all LF or all
+    CRLF.  Returns ``(pieces to write, rows)``, or None when the block is
+    anything else.  It avoids copying the block: at a million rows, every
+    pass over the data counts.
+    """
+    crlf = block.endswith(b"\r\n")
+    if not crlf and b"\r" in block:
+        return None
+    ending = b"}},\r\n" if crlf else b"}},\n"
+    if not block.endswith(ending) or not block.startswith(_ROW_START):
+        return None
+    first = _ROW_PREFIX.match(block)
+    if first is None:
+        return None
+    mark = first.end() - len(_DOC_MARK)
+    out, joined = _ROW_JOIN[crlf].subn(b",\n", memoryview(block)[mark + len(_DOC_MARK):])
+    # Every line end but the last joined two rows (so every line was a row),
+    # and no carriage return is left but the last line's.
+    if block.count(b"\n") != joined + 1:
+        return None
+    body = len(out) - len(ending)
+    if crlf and out.find(b"\r", 0, body) >= 0:
+        return None
+    return b"".join((memoryview(out)[:body], b"},\n")), joined + 1
+
+
+def gzip_member(data, level=6):
+    """``data`` as one complete gzip member (RFC 1952).
+
+    A compressed backup is a series of members, one a block: gzip, zcat and
+    Python read them as one stream, and blocks compress independently, in
+    parallel where there are workers.
+    """
+    packer = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return packer.compress(data) + packer.flush()
+
+
+_DESIGN_ROW_START = _ROW_START + b'"' + DESIGN_PREFIX.encode()   # is_design_id, on the reply's bytes
+
+
+def rewrite_row_block(complete, compress=False, count_designs=False):
+    """``rewrite_row_line`` on every line of a block of whole reply lines,
+    carriage returns removed: ``rewrite_rows_fast`` where it applies, else
+    ``rewrite_couchdb_block``.  Everything one block needs, as a pure function.
+
+    Runs inline or in a parse worker.  Returns ``(dump bytes, rows,
+    carriage returns removed, design rows)``; the bytes are a gzip member
+    when ``compress``.
+    """
+    done = rewrite_rows_fast(complete)
+    if done is not None:
+        data, rows = done
+        carriage_returns = rows if complete.endswith(b"\r\n") else 0
+    else:
+        stripped = complete.replace(b"\r", b"")
+        carriage_returns = len(complete) - len(stripped)
+        data, rows = rewrite_couchdb_block(stripped)
+    designs = 0
+    if count_designs and _DESIGN_ROW_START in complete:
+        designs = complete.count(b"\n" + _DESIGN_ROW_START) + complete.startswith(_DESIGN_ROW_START)
+    if compress:
+        data = gzip_member(data)
+    return data, rows, carriage_returns, designs
+
+
+class LongRow:
+    """``rewrite_row_line`` of one line of a CouchDB reply too long to hold,
+    rewritten as it streams (the backup's ``CouchDBLayout`` starts one for a
+    line longer than its ``LONG``).
+
+    The same bytes, in pieces: carriage returns dropped throughout, the
+    row's start cut before its document, and the last three bytes held back
+    until the line ends, for the brace fix.
+    """
+
+    HELD = 3   # len(b"}},"): all that fix_closing_braces looks at
+
+    def __init__(self, head, is_row, designs, carriage_returns):
+        self.head = head
+        self.rows = 1 if is_row else 0
+        self.designs = designs
+        self.carriage_returns = carriage_returns
+        self.tail = b""
+        self.last = None
+
+    @classmethod
+    def start(cls, data, count_designs):
+        """The LongRow for a line beginning with ``data``; None while a row's
+        document has not begun in it (the row must then be held longer)."""
+        stripped = data.replace(b"\r", b"") if b"\r" in data else data
+        if _ROW_START.startswith(stripped):
+            return None           # too short to tell a row yet
+        is_row = stripped.startswith(_ROW_START)
+        if is_row:
+            mark = stripped.find(_DOC_MARK)
+            if mark < 0:
+                return None
+            stripped = stripped[mark + len(_DOC_MARK):]
+        designs = 1 if count_designs and data.startswith(b'{"id":"_design/') else 0
+        line = cls(b"", is_row, designs, data.count(b"\r"))
+        line.head = line.middle_stripped(stripped)
+        return line
+
+    def middle_stripped(self, data):
+        data = self.tail + data if self.tail else data
+        self.tail = data[-self.HELD:]
+        return data[:-self.HELD]
+
+    def _without_cr(self, block):
+        """``block`` less its carriage returns, counted."""
+        if b"\r" not in block:
+            return block
+        stripped = block.replace(b"\r", b"")
+        self.carriage_returns += len(block) - len(stripped)
+        return stripped
+
+    def middle(self, block):
+        return self.middle_stripped(self._without_cr(block))
+
+    def end(self, block):
+        """The last bytes of the line (without its newline), brace fix applied."""
+        self.last = self.tail + self._without_cr(block)
+        return fix_closing_braces(self.last)
+
+
+def document_line(text):
+    """A document's JSON text, as the server sent it -> its dump line (bytes).
+
+    ``rewrite_row_line`` for replies read value by value (``JsonRowScanner``
+    for ``_all_docs`` in any layout, ``Leaf`` for ``_bulk_get``): the server's
+    bytes, less the row around them and the comma between rows.  Only a
+    document spread over several lines is joined onto one, by dropping the
+    white space between its tokens.
+    """
+    if "\n" in text or "\r" in text:
+        text = compact_json(text)
+    return text.encode("utf-8")
+
+
+class JsonWalker:
+    """Walks a JSON reply value by value, handing out the server's own text.
+
+    The one reader of the server's replies that are read value by value:
+    ``_all_docs`` in any layout (``JsonRowScanner``, fed block by block:
+    memory holds one row, never the whole reply), and ``_changes``,
+    ``_bulk_get`` and ``open_revs`` (a page, held whole).  The C JSON
+    decoder finds each value's end, so the text of a value is the server's
+    (numbers, escapes and key order unchanged), not Python's writing of it.
+
+    On a whole text, ``members`` and ``elements`` yield with the walker on
+    each item, which the caller reads (``value``) or walks into.  Where the
+    text is not the JSON expected it raises ``CUT`` (it ended early) or
+    ``SHAPE``: ``ValueError`` here, a reply to ask for again.
+    """
+
+    CUT = ValueError
+    SHAPE = ValueError
+    _WS = re.compile(r"[ \t\n\r]*")
+
+    def __init__(self, text="", final=True):
+        self.decoder = json.JSONDecoder()
+        self.buffer = text
+        self.pos = 0
+        self.eof = final
+        self._need = 0
+
+    def _skip_ws(self):
+        self.pos = self._WS.match(self.buffer, self.pos).end()
+        return self.pos < len(self.buffer)
+
+    def _value(self):
+        """Decode the value at pos: ``(value, start, end)``; None when more text is needed."""
+        try:
+            value, end = self.decoder.raw_decode(self.buffer, self.pos)
+        except json.JSONDecodeError:
+            if self.eof:
+                raise self.CUT("the reply ended in the middle of a value: the transfer was cut short")
+            # Wait for twice as much text before trying again, so a huge row
+            # is decoded a few times, not once per block.
+            self._need = 2 * len(self.buffer)
+            return None
+        if end >= len(self.buffer) and not self.eof:
+            # A number at the end of the text may go on in the next block.
+            self._need = len(self.buffer) + 1
+            return None
+        start = self.pos
+        self.pos = end
+        return value, start, end
+
+    def _next_value(self):
+        """The value after the white space: ``(value, start, end)``, or None to wait."""
+        if not self._skip_ws():
+            if self.eof:
+                raise self.CUT("the reply ended before its end: the transfer was cut short")
+            return None
+        return self._value()
+
+    def _peek(self):
+        """The next character after the white space; None to wait."""
+        if not self._skip_ws():
+            if self.eof:
+                raise self.CUT("the reply ended before its end: the transfer was cut short")
+            return None
+        return self.buffer[self.pos]
+
+    def _expect(self, chars):
+        """Step over the next character, one of ``chars``; None to wait."""
+        char = self._peek()
+        if char is None:
+            return None
+        if char not in chars:
+            raise self.SHAPE("unexpected %r in the reply where one of %r belongs" % (char, chars))
+        self.pos += 1
+        return char
+
+    def _items(self, opening, closing, keyed):
+        self._expect(opening)
+        if self._peek() == closing:
+            self.pos += 1
+            return
+        while True:
+            if keyed:
+                if self._peek() != '"':
+                    raise self.SHAPE("an object key expected")
+                key = self._next_value()[0]
+                self._expect(":")
+                yield key
+            else:
+                yield None
+            if self._expect("," + closing) == closing:
+                return
+
+    def members(self):
+        """At an object: yield each key, the walker on its value."""
+        return self._items("{", "}", True)
+
+    def elements(self):
+        """At an array: yield once for each element, the walker on it."""
+        return self._items("[", "]", False)
+
+    def value(self):
+        """The value at the walker, decoded, and its text."""
+        value, start, end = self._next_value()
+        return value, self.buffer[start:end]
+
+    def end(self):
+        """Nothing but white space is left."""
+        if self._skip_ws():
+            raise self.SHAPE("unexpected data after the end of the reply")
+
+
+class JsonRowScanner(JsonWalker):
+    """``document_line`` of each row's document, from an ``_all_docs`` reply
+    of any layout: for servers (PouchDB Server, a pretty-printing proxy)
+    that do not write one row per line.  On Apache CouchDB's layout its
+    documents are ``rewrite_row_line``'s lines, less the commas between them.
+
+    A ``JsonWalker`` fed the reply block by block: it decodes the stream
+    incrementally, so memory holds one row at a time, never the whole
+    reply.  Where the reply is not whole or not an ``_all_docs`` answer it
+    raises ``ReplyCut`` or ``ReplyShape``.
+    """
+
+    CUT = ReplyCut
+    SHAPE = ReplyShape
+    # The states between the items of the reply's object and of its rows:
+    # what may come, what closes the list, the item's state, the state after.
+    _LISTS = {
+        "key_or_end": ('"', "}", "key", "done"),
+        "next_key": (",", "}", "key", "done"),
+        "row_or_end": ("{", "]", "row", "next_key"),
+        "row_sep": (",", "]", "row", "next_key"),
+    }
+
+    def __init__(self, documents=True, continues=None):
+        super().__init__(final=False)
+        self.documents = documents   # False: yield each row, parsed, instead of its document
+        self.designs = 0
+        self.text_decoder = codecs.getincrementaldecoder("utf-8")()
+        self.state = "start"
+        self.total_rows = None
+        self.saw_rows = False
+        self.rows = 0
+        self.last_id = None          # the id of the last complete row
+        self.skip_id = None
+        if continues is not None:
+            # The rest of a reply that broke off (backup --resume): counts go
+            # on, the first reply's total_rows stays the one checked, and a
+            # first row with the last id seen is the one already written.
+            self.rows = continues.rows
+            self.designs = continues.designs
+            self.total_rows = continues.total_rows
+            self.skip_id = continues.last_id
+
+    def feed(self, block, final=False):
+        """Take more of the reply; yield the documents completed so far."""
+        try:
+            self.buffer = self.buffer[self.pos:] + self.text_decoder.decode(block, final)
+        except UnicodeDecodeError:
+            raise BackupFailed("the reply is not UTF-8 text")
+        self.pos = 0
+        self.eof = final
+        if not final and len(self.buffer) < self._need:
+            return
+        self._need = 0
+        while True:
+            step = self._step()
+            if step is None:
+                return
+            if step is not True:
+                yield step
+
+    def _step(self):
+        """Advance by one token or value; True, a document, or None to wait."""
+        state = self.state
+        if state == "start":
+            if self._expect("{") is None:
+                return None
+            self.state = "key_or_end"
+            return True
+        if state in self._LISTS:
+            expected, closing, item, closed = self._LISTS[state]
+            char = self._expect(expected + closing)
+            if char is None:
+                return None
+            if char == closing:
+                self.state = closed
+            else:
+                if char != ",":
+                    self.pos -= 1   # the item's own first character
+                self.state = item
+            return True
+        if state == "key":
+            found = self._next_value()
+            if found is None:
+                return None
+            self.key = found[0]
+            self.state = "colon"
+            return True
+        if state == "colon":
+            if self._expect(":") is None:
+                return None
+            if self.key == "rows":
+                if self.saw_rows:
+                    raise ReplyShape('the reply has two "rows" members')
+                self.saw_rows = True
+                self.state = "rows_open"
+            else:
+                self.state = "member"
+            return True
+        if state == "member":
+            found = self._next_value()
+            if found is None:
+                return None
+            if self.key == "total_rows":
+                if type(found[0]) is not int or found[0] < 0:
+                    raise ReplyShape('its "total_rows" is no count')
+                if self.total_rows is None:   # a resumed reply's does not replace the first's
+                    self.total_rows = found[0]
+            if self.key == "error":
+                raise BackupFailed("the server answered an error: %s" % found[0])
+            self.state = "next_key"
+            return True
+        if state == "rows_open":
+            if self._expect("[") is None:
+                return None
+            self.state = "row_or_end"
+            return True
+        if state == "row":
+            found = self._next_value()
+            if found is None:
+                return None
+            self.state = "row_sep"
+            row = found[0]
+            if self.skip_id is not None:
+                skip, self.skip_id = self.skip_id, None
+                if isinstance(row, dict) and row.get("id") == skip:
+                    return True
+            self.rows += 1
+            if isinstance(row, dict):
+                self.last_id = row.get("id")
+            if not self.documents:
+                return found[0]
+            return self._document(found[0], found[1])
+        if state == "done":
+            self.end()
+            return None
+        raise AssertionError(state)
+
+    def _document(self, row, start):
+        """The raw text of the row's "doc" member, found member by member."""
+        if not isinstance(row, dict) or not isinstance(row.get("doc"), dict):
+            raise ReplyShape("a row of the reply has no document: %s" % json.dumps(row)[:80])
+        if is_design_id(row["doc"].get("_id")):
+            self.designs += 1
+        text = self.buffer
+        pos = start + 1
+        ws = self._WS
+        while True:
+            pos = ws.match(text, pos).end()
+            key, pos = self.decoder.raw_decode(text, pos)
+            pos = ws.match(text, pos).end() + 1  # the colon
+            pos = ws.match(text, pos).end()
+            _, end = self.decoder.raw_decode(text, pos)
+            if key == "doc":
+                return document_line(text[pos:end])
+            pos = ws.match(text, end).end() + 1  # the comma
+
+    def finish(self):
+        """The last documents, once the reply has ended; checks it is whole."""
+        docs = list(self.feed(b"", final=True))
+        if self.state != "done":
+            raise ReplyCut("the reply ended before its end: the transfer was cut short")
+        if not self.saw_rows:
+            raise ReplyShape('it has no "rows" list')
+        if self.total_rows is not None and self.rows < self.total_rows:
+            raise BackupFailed("the reply holds %d rows but the database has %d documents"
+                               % (self.rows, self.total_rows))
+        return docs
+
+
+class Leaf:
+    """One leaf revision as the server sent it: its dump line and what it is."""
+
+    def __init__(self, doc_id, rev, text, deleted):
+        self.doc_id = doc_id
+        self.rev = rev
+        self.line = document_line(text)
+        self.deleted = deleted
+
+
+def read_revisions(walker, doc_id=None):
+    """The entries of one document's revisions, as ``_bulk_get`` and
+    ``open_revs`` give them: ``{"ok": doc}``, ``{"missing": rev}`` (PouchDB)
+    or ``{"error": {...}}`` (CouchDB).
+
+    Returns ``(leaves, missing revisions)``.  An error other than not_found
+    fails the backup: a leaf the server will not give is no complete backup.
+    """
+    leaves, missing = [], []
+    for _ in walker.elements():
+        for key in walker.members():
+            value, text = walker.value()
+            if key == "ok" and isinstance(value, dict) and isinstance(value.get("_id"), str):
+                leaves.append(Leaf(value["_id"], value.get("_rev"), text, value.get("_deleted") is True))
+            elif key == "missing":
+                missing.append((doc_id, value))
+            elif key == "error" and isinstance(value, dict):
+                if value.get("error") != "not_found":
+                    raise BackupFailed("the server did not give %s at revision %s: %s: %s" % (
+                        json.dumps(value.get("id", doc_id), ensure_ascii=False), value.get("rev"),
+                        value.get("error"), value.get("reason", "")))
+                missing.append((value.get("id", doc_id), value.get("rev")))
+    return leaves, missing
+
+
+def read_bulk_get(text):
+    """A ``_bulk_get`` reply -> ``(leaves, missing (id, rev) pairs)``."""
+    walker = JsonWalker(text)
+    leaves, missing = [], []
+    for key in walker.members():
+        if key != "results":
+            walker.value()
+            continue
+        for _ in walker.elements():
+            doc_id, entries = None, ([], [])
+            for item in walker.members():
+                if item == "docs":
+                    entries = read_revisions(walker)
+                else:
+                    value = walker.value()[0]
+                    if item == "id":
+                        doc_id = value
+            leaves.extend(entries[0])
+            missing.extend((pair_id if pair_id is not None else doc_id, rev) for pair_id, rev in entries[1])
+    walker.end()
+    return leaves, missing
+
+
+def read_open_revs(text):
+    """A ``GET {id}?open_revs=all`` reply (JSON) -> ``(leaves, missing)``."""
+    walker = JsonWalker(text)
+    found = read_revisions(walker)
+    walker.end()
+    return found
+
+
+def read_changes_page(text):
+    """One ``_changes?style=all_docs`` page -> ``(rows, last_seq, pending)``.
+
+    Each row is ``(id, its leaf revisions sorted by revision_order)``.
+    """
+    walker = JsonWalker(text)
+    page = {}
+    for key in walker.members():
+        page[key] = walker.value()[0]   # a key given twice: the last one counts, as for json.loads
+    walker.end()
+    if not isinstance(page.get("results"), list) or "last_seq" not in page:
+        raise ValueError("a _changes reply without results and last_seq")
+    rows = []
+    try:
+        for row in page["results"]:
+            revs = {change["rev"] for change in row["changes"]}
+            if type(row["id"]) is not str or not revs or set(map(type, revs)) != {str}:
+                raise TypeError()
+            rows.append((row["id"], sorted(revs, key=revision_order)))
+    except (TypeError, KeyError):
+        raise ValueError("a _changes row without id and revisions")
+    return rows, page["last_seq"], page.get("pending")
+
+
+def revision_order(rev):
+    """Sort key of a revision ``N-hash``: its generation, then its hash."""
+    number, _, digest = str(rev).partition("-")
+    return (int(number), digest) if number.isdigit() else (-1, str(rev))
+
+
+_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
+
+
+_ROW_ID = re.compile(rb'\A\{"id":("(?:[^"\\]|\\.)*")')
+
+
+def row_id(line):
+    """The id of an ``_all_docs`` row line in CouchDB's layout, or None."""
+    match = _ROW_ID.match(line)
+    if match is None:
+        return None
+    try:
+        return json.loads(match.group(1))
+    except ValueError:
+        return None
+
+
+def complete_header(security):
+    """Line 1 of a complete backup: the usual header carrying ``_security``.
+
+    CouchDB and PouchDB Server ignore the extra key of a ``_bulk_docs``
+    body, so the bash script and a plain POST still load the file.
+    """
+    return b'{"new_edits":false,"_security":' + json_bytes(security) + b',"docs":['
+
+
+def complete_header_security(header):
+    """The ``_security`` object a complete backup's header carries, else None."""
+    if b'"_security"' not in header:
+        return None
+    try:
+        value = json.loads(header + b"]}")
+    except ValueError:
+        return None
+    security = value.get("_security") if isinstance(value, dict) else None
+    return security if isinstance(security, dict) else None
+
+
+# -- A dump's lines ---------------------------------------------------------
+
+
+def strip_newline(line):
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def dump_line_document(line):
+    """The document a dump line holds, parsed (a dict), else None (the
+    header, the footer, a blank line): the one reading of a dump line.
+
+    The line is read less its newline and the white space and comma after
+    its document, as the restore's check reads it.
+    """
+    try:
+        doc = json.loads(strip_newline(line).rstrip(b" \t\r,"))
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def has_revisions(line):
+    """Whether a dump line is a document carrying ``_revisions`` (a complete backup's)."""
+    doc = dump_line_document(line)
+    return doc is not None and "_revisions" in doc
+
+
+# The script's layout of a document line: its id and revision first.
+_DOC_ID_REV = re.compile(rb'\A\{"_id":("(?:[^"\\]|\\.)*"),"_rev":("(?:[^"\\]|\\.)*")')
+
+
+def _document_ends(line):
+    """Whether a line's last byte before its newline, white space and comma is a closing brace."""
+    end = len(line) - 1 if line.endswith(b"\n") else len(line)
+    while end > 0 and line[end - 1] in b" \t\r,":
+        end -= 1
+    return line[end - 1:end] == b"}"
+
+
+def document_revision(line):
+    """``(id, rev)`` of a dump line's document, each None where it is not a
+    string (both for a line that holds no document): the one function that
+    reads them.
+
+    A line the restore's check has proved to be a JSON object, beginning
+    as the script writes it (``{"_id":"..","_rev":".."``) and naming each
+    key once, is not parsed whole: its two strings are read where they
+    stand (a document with a large attachment is not decoded for them).
+    Any other line is read by ``dump_line_document``.
+    """
+    match = _DOC_ID_REV.match(line)
+    # A key written twice, or spelt with an escape, would make the parse's
+    # answer (the last one) differ from the one read here; a line that does
+    # not end with its document does not parse.
+    if (match and line.count(b'"_id"') == 1 and line.count(b'"_rev"') == 1 and b"\\u" not in line
+            and _document_ends(line)):
+        try:
+            return json.loads(match.group(1)), json.loads(match.group(2))
+        except ValueError:
+            pass
+    doc = dump_line_document(line)
+    if doc is None:
+        return None, None
+    doc_id, rev = doc.get("_id"), doc.get("_rev")
+    return (doc_id if isinstance(doc_id, str) else None), (rev if isinstance(rev, str) else None)
+
+
+def design_document_id(line):
+    """The ``_design/…`` id of a dump line, or None for any other line.
+
+    The line is parsed, so ``_id`` may stand anywhere in it; a line in the
+    script's layout that does not parse still counts, as bash's grep does.
+    """
+    if b"_design" not in line:
+        return None
+    doc_id = document_revision(line)[0]
+    if doc_id is None and dump_line_document(line) is None and line.startswith(b'{"_id":"_design'):
+        return line.split(b'"')[3].decode("utf-8", "replace")
+    return doc_id if is_design_id(doc_id) else None
+
+
+def with_revision(body, rev):
+    """A design document's PUT body with ``_rev`` first: an update of that revision."""
+    rest = body[1:]
+    separator = b"" if rest.lstrip()[:1] == b"}" else b","
+    return b'{"_rev":' + json.dumps(rev).encode() + separator + rest
 
 
 def _parse_worker_started():
@@ -1789,475 +2959,13 @@ class BlockCalls:
             self.workers = None
 
 
-class BackupFailed(Failure):
-    """The reply cannot give a complete dump; the text says why."""
+# ===========================================================================
+# 6. Backup
+# ===========================================================================
+# Stream rows -> rewrite -> write the file (whole or absent).
 
 
-class ReplyShape(BackupFailed):
-    """A 2xx reply that is not an ``_all_docs`` answer: a health page, ``{"ok":true}``."""
-
-
-class ReplyCut(BackupFailed):
-    """The reply ended before its end, cleanly: what --resume continues."""
-
-
-class ReplyBroken(Exception):
-    """Reading the reply failed (reset, cut, timeout): what --resume continues."""
-
-    def __init__(self, cause):
-        super().__init__(cause)
-        self.cause = cause
-
-
-class LongRow:
-    """One line of a CouchDB reply too long to hold, rewritten as it streams.
-
-    ``rewrite_row_line`` of the whole line, in pieces: carriage returns
-    dropped throughout, the row's start cut before its document, and the
-    last three bytes held back until the line ends, for the brace fix.
-    """
-
-    HELD = 3   # len(b"}},"): all that fix_closing_braces looks at
-
-    def __init__(self, head, is_row, designs, carriage_returns):
-        self.head = head
-        self.rows = 1 if is_row else 0
-        self.designs = designs
-        self.carriage_returns = carriage_returns
-        self.tail = b""
-        self.last = None
-
-    @classmethod
-    def start(cls, data, count_designs):
-        """The LongRow for a line beginning with ``data``; None while a row's
-        document has not begun in it (the row must then be held longer)."""
-        stripped = data.replace(b"\r", b"") if b"\r" in data else data
-        if _ROW_START.startswith(stripped):
-            return None           # too short to tell a row yet
-        is_row = stripped.startswith(_ROW_START)
-        if is_row:
-            mark = stripped.find(_DOC_MARK)
-            if mark < 0:
-                return None
-            stripped = stripped[mark + len(_DOC_MARK):]
-        designs = 1 if count_designs and data.startswith(b'{"id":"_design/') else 0
-        line = cls(b"", is_row, designs, data.count(b"\r"))
-        line.head = line.middle_stripped(stripped)
-        return line
-
-    def middle_stripped(self, data):
-        data = self.tail + data if self.tail else data
-        self.tail = data[-self.HELD:]
-        return data[:-self.HELD]
-
-    def _without_cr(self, block):
-        """``block`` less its carriage returns, counted."""
-        if b"\r" not in block:
-            return block
-        stripped = block.replace(b"\r", b"")
-        self.carriage_returns += len(block) - len(stripped)
-        return stripped
-
-    def middle(self, block):
-        return self.middle_stripped(self._without_cr(block))
-
-    def end(self, block):
-        """The last bytes of the line (without its newline), brace fix applied."""
-        self.last = self.tail + self._without_cr(block)
-        return fix_closing_braces(self.last)
-
-
-class JsonRowScanner:
-    """Splits an ``_all_docs`` reply of any layout into its rows' documents.
-
-    For servers (PouchDB Server, a pretty-printing proxy) that do not write
-    one row per line.  It decodes the stream incrementally and lets the C
-    JSON decoder find each value's end, so memory holds one row at a time,
-    never the whole reply.  Each document keeps the server's bytes; only a
-    document spread over several lines is joined onto one line, by dropping
-    the white space between its tokens.
-    """
-
-    _WS = re.compile(r"[ \t\n\r]*")
-    # The states between the items of the reply's object and of its rows:
-    # what may come, what closes the list, the item's state, the state after.
-    _LISTS = {
-        "key_or_end": ('"', "}", "key", "done"),
-        "next_key": (",", "}", "key", "done"),
-        "row_or_end": ("{", "]", "row", "next_key"),
-        "row_sep": (",", "]", "row", "next_key"),
-    }
-
-    def __init__(self, documents=True, continues=None):
-        self.documents = documents   # False: yield each row, parsed, instead of its document
-        self.designs = 0
-        self.decoder = json.JSONDecoder()
-        self.text_decoder = codecs.getincrementaldecoder("utf-8")()
-        self.buffer = ""
-        self.pos = 0
-        self.eof = False
-        self.state = "start"
-        self.total_rows = None
-        self.saw_rows = False
-        self.rows = 0
-        self.last_id = None          # the id of the last complete row
-        self.skip_id = None
-        self._need = 0
-        if continues is not None:
-            # The rest of a reply that broke off (backup --resume): counts go
-            # on, the first reply's total_rows stays the one checked, and a
-            # first row with the last id seen is the one already written.
-            self.rows = continues.rows
-            self.designs = continues.designs
-            self.total_rows = continues.total_rows
-            self.skip_id = continues.last_id
-
-    def feed(self, block, final=False):
-        """Take more of the reply; yield the documents completed so far."""
-        try:
-            self.buffer = self.buffer[self.pos:] + self.text_decoder.decode(block, final)
-        except UnicodeDecodeError:
-            raise BackupFailed("the reply is not UTF-8 text")
-        self.pos = 0
-        self.eof = final
-        if not final and len(self.buffer) < self._need:
-            return
-        self._need = 0
-        while True:
-            step = self._step()
-            if step is None:
-                return
-            if step is not True:
-                yield step
-
-    def _skip_ws(self):
-        self.pos = self._WS.match(self.buffer, self.pos).end()
-        return self.pos < len(self.buffer)
-
-    def _value(self):
-        """Decode the value at pos; None when more bytes are needed."""
-        try:
-            value, end = self.decoder.raw_decode(self.buffer, self.pos)
-        except json.JSONDecodeError:
-            if self.eof:
-                raise ReplyCut("the reply ended in the middle of a value: the transfer was cut short")
-            # Wait for twice as much text before trying again, so a huge row
-            # is decoded a few times, not once per block.
-            self._need = 2 * len(self.buffer)
-            return None
-        if end >= len(self.buffer) and not self.eof:
-            # A number at the end of the text may go on in the next block.
-            self._need = len(self.buffer) + 1
-            return None
-        start = self.pos
-        self.pos = end
-        return value, start, end
-
-    def _expect(self, chars):
-        if not self._skip_ws():
-            if self.eof:
-                raise ReplyCut("the reply ended before its end: the transfer was cut short")
-            return None
-        char = self.buffer[self.pos]
-        if char not in chars:
-            raise ReplyShape("unexpected %r in the reply where one of %r belongs" % (char, chars))
-        self.pos += 1
-        return char
-
-    def _step(self):
-        """Advance by one token or value; True, a document, or None to wait."""
-        state = self.state
-        if state == "start":
-            if self._expect("{") is None:
-                return None
-            self.state = "key_or_end"
-            return True
-        if state in self._LISTS:
-            expected, closing, item, closed = self._LISTS[state]
-            char = self._expect(expected + closing)
-            if char is None:
-                return None
-            if char == closing:
-                self.state = closed
-            else:
-                if char != ",":
-                    self.pos -= 1   # the item's own first character
-                self.state = item
-            return True
-        if state == "key":
-            found = self._next_value()
-            if found is None:
-                return None
-            self.key = found[0]
-            self.state = "colon"
-            return True
-        if state == "colon":
-            if self._expect(":") is None:
-                return None
-            if self.key == "rows":
-                if self.saw_rows:
-                    raise ReplyShape('the reply has two "rows" members')
-                self.saw_rows = True
-                self.state = "rows_open"
-            else:
-                self.state = "member"
-            return True
-        if state == "member":
-            found = self._next_value()
-            if found is None:
-                return None
-            if self.key == "total_rows":
-                if type(found[0]) is not int or found[0] < 0:
-                    raise ReplyShape('its "total_rows" is no count')
-                if self.total_rows is None:   # a resumed reply's does not replace the first's
-                    self.total_rows = found[0]
-            if self.key == "error":
-                raise BackupFailed("the server answered an error: %s" % found[0])
-            self.state = "next_key"
-            return True
-        if state == "rows_open":
-            if self._expect("[") is None:
-                return None
-            self.state = "row_or_end"
-            return True
-        if state == "row":
-            found = self._next_value()
-            if found is None:
-                return None
-            self.state = "row_sep"
-            row = found[0]
-            if self.skip_id is not None:
-                skip, self.skip_id = self.skip_id, None
-                if isinstance(row, dict) and row.get("id") == skip:
-                    return True
-            self.rows += 1
-            if isinstance(row, dict):
-                self.last_id = row.get("id")
-            if not self.documents:
-                return found[0]
-            return self._document(found[0], found[1])
-        if state == "done":
-            if self._skip_ws():
-                raise ReplyShape("unexpected data after the end of the reply")
-            return None
-        raise AssertionError(state)
-
-    def _next_value(self):
-        """The value after the white space: (value, start, end), or None to wait."""
-        if not self._skip_ws():
-            if self.eof:
-                raise ReplyCut("the reply ended before its end: the transfer was cut short")
-            return None
-        return self._value()
-
-    def _document(self, row, start):
-        """The raw text of the row's "doc" member, found member by member."""
-        if not isinstance(row, dict) or not isinstance(row.get("doc"), dict):
-            raise ReplyShape("a row of the reply has no document: %s" % json.dumps(row)[:80])
-        if is_design_id(row["doc"].get("_id")):
-            self.designs += 1
-        text = self.buffer
-        pos = start + 1
-        ws = self._WS
-        while True:
-            pos = ws.match(text, pos).end()
-            key, pos = self.decoder.raw_decode(text, pos)
-            pos = ws.match(text, pos).end() + 1  # the colon
-            pos = ws.match(text, pos).end()
-            _, end = self.decoder.raw_decode(text, pos)
-            if key == "doc":
-                doc = text[pos:end]
-                if "\n" in doc or "\r" in doc:
-                    doc = compact_json(doc)
-                return doc.encode("utf-8")
-            pos = ws.match(text, end).end() + 1  # the comma
-
-    def finish(self):
-        """The last documents, once the reply has ended; checks it is whole."""
-        docs = list(self.feed(b"", final=True))
-        if self.state != "done":
-            raise ReplyCut("the reply ended before its end: the transfer was cut short")
-        if not self.saw_rows:
-            raise ReplyShape('it has no "rows" list')
-        if self.total_rows is not None and self.rows < self.total_rows:
-            raise BackupFailed("the reply holds %d rows but the database has %d documents"
-                               % (self.rows, self.total_rows))
-        return docs
-
-
-_JSON_TOKENS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+', re.S)
-
-
-def compact_json(text):
-    """Drop the white space between JSON tokens, keeping every token's text."""
-    return _JSON_TOKENS.sub(lambda m: m.group(1) or "", text)
-
-
-def _json_or_none(data):
-    """The JSON value of ``data``, or None when it is not JSON."""
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
-
-
-def json_bytes(value):
-    """``value`` as compact JSON in UTF-8; a lone "\\ud800" escape stays an escape."""
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
-
-
-# ---------------------------------------------------------------------------
-# Backup pipeline: stream rows -> rewrite lines -> write file
-# ---------------------------------------------------------------------------
-
-BACKUP_HEADER = b'{"new_edits":false,"docs":['
-FOOTER = b"]}"
 ALL_DOCS_QUERY = "/_all_docs?include_docs=true&attachments=true"
-_ROW_START = b'{"id":'
-_DOC_MARK = b'"},"doc":'   # the end of a row's value {"rev":"..."} and its "doc" key
-_DESIGN_ROW_START = _ROW_START + b'"' + DESIGN_PREFIX.encode()   # is_design_id, on the reply's bytes
-_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
-_ROW_ID = re.compile(rb'\A\{"id":("(?:[^"\\]|\\.)*")')
-
-
-def row_id(line):
-    """The id of an ``_all_docs`` row line in CouchDB's layout, or None."""
-    match = _ROW_ID.match(line)
-    if match is None:
-        return None
-    try:
-        return json.loads(match.group(1))
-    except ValueError:
-        return None
-
-
-def rewrite_row_line(line):
-    """One CouchDB ``_all_docs`` row line -> the dump line of its document.
-
-    ``{"id":..,"key":..,"value":{"rev":".."},"doc":{DOC}},`` becomes
-    ``{DOC},``.  The document is what follows the row's value: unlike the
-    script's greedy ``.*,"doc":``, a document holding ``,"doc":`` survives.
-    Other lines (the empty line of an empty database, the footer) only get
-    the script's brace fix, which it applies to every line.
-    """
-    if line.startswith(_ROW_START):
-        mark = line.find(_DOC_MARK)
-        if mark < 0 or not _is_row_start(line[:mark + 2]):
-            raise ReplyShape("a row of the reply has no document: %r" % line[:80])
-        line = line[mark + len(_DOC_MARK):]
-    elif line and line != FOOTER:
-        raise ReplyShape("a line of the reply is not a row: %r" % line[:80])
-    return fix_closing_braces(line)
-
-
-def _is_row_start(text):
-    """``{"id":..,"key":..,"value":{..}}``: the part of a row before its document."""
-    try:
-        row = json.loads(text + b"}")
-    except ValueError:
-        return False
-    return isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("value"), dict)
-
-
-def fix_closing_braces(line):
-    """The script's stages 2 and 4: drop the row's closing brace at line end."""
-    if line.endswith(b"}},"):
-        return line[:-2] + b","
-    if line.endswith(b"}}"):
-        return line[:-1]
-    return line
-
-
-def rewrite_couchdb_block(block):
-    """Rewrite a block of whole lines (the last may lack its newline).
-
-    Returns ``(bytes to write, rows seen)``.  The line-by-line way, for
-    whatever ``rewrite_rows_fast`` does not take.
-    """
-    lines = block.split(b"\n")
-    rows = sum(1 for line in lines if line.startswith(_ROW_START))
-    if FOOTER in lines and any(lines[lines.index(FOOTER) + 1:]):
-        raise ReplyShape("data after the reply's ']}' end")
-    return b"\n".join([rewrite_row_line(line) for line in lines]), rows
-
-
-# A row's start up to its document, in the fast path's terms (below).
-_ROW_PREFIX = re.compile(rb'\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":')
-
-# A row's end and the next row's start, up to its document: the whole
-# rewrite between two rows is replacing this by ",\n".  Ids with quotes or
-# backslashes take the line-by-line way.
-_ROW_JOIN = {
-    True: re.compile(rb'\},\r\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
-    False: re.compile(rb'\},\n\{"id":"[^"\\]*","key":"[^"\\]*","value":\{"rev":"[^"]*"\},"doc":'),
-}
-
-
-def rewrite_rows_fast(block):
-    """Rewrite a block of whole row lines in one regular-expression pass.
-
-    For the common case only: every line a row followed by a comma, line
-    ends all LF or all CRLF.  Returns ``(pieces to write, rows)``, or None
-    when the block is anything else; ``rewrite_couchdb_block`` then does it
-    line by line.  Both give the same bytes.  It avoids copying the block:
-    at a million rows, every pass over the data counts.
-    """
-    crlf = block.endswith(b"\r\n")
-    if not crlf and b"\r" in block:
-        return None
-    ending = b"}},\r\n" if crlf else b"}},\n"
-    if not block.endswith(ending) or not block.startswith(_ROW_START):
-        return None
-    first = _ROW_PREFIX.match(block)
-    if first is None:
-        return None
-    mark = first.end() - len(_DOC_MARK)
-    out, joined = _ROW_JOIN[crlf].subn(b",\n", memoryview(block)[mark + len(_DOC_MARK):])
-    # Every row start was joined to the row before, and no line end is left
-    # but the last one: then every line was a row.
-    if block.count(b'\n{"id":') != joined:
-        return None
-    body = len(out) - len(ending)
-    if out.find(b"\r" if crlf else b"\n", 0, body) >= 0:
-        return None
-    return b"".join((memoryview(out)[:body], b"},\n")), joined + 1
-
-
-def gzip_member(data, level=6):
-    """``data`` as one complete gzip member (RFC 1952).
-
-    A compressed backup is a series of members, one a block: gzip, zcat and
-    Python read them as one stream, and blocks compress independently, in
-    parallel where there are workers.
-    """
-    packer = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return packer.compress(data) + packer.flush()
-
-
-def rewrite_row_block(complete, compress=False, count_designs=False):
-    """Everything one block of whole reply lines needs, as a pure function.
-
-    Runs inline or in a parse worker.  Returns ``(dump bytes, rows,
-    carriage returns removed, design rows)``; the bytes are a gzip member
-    when ``compress``.
-    """
-    done = rewrite_rows_fast(complete)
-    if done is not None:
-        data, rows = done
-        carriage_returns = rows if complete.endswith(b"\r\n") else 0
-    else:
-        stripped = complete.replace(b"\r", b"")
-        carriage_returns = len(complete) - len(stripped)
-        data, rows = rewrite_couchdb_block(stripped)
-    designs = 0
-    if count_designs and _DESIGN_ROW_START in complete:
-        designs = complete.count(b"\n" + _DESIGN_ROW_START) + complete.startswith(_DESIGN_ROW_START)
-    if compress:
-        data = gzip_member(data)
-    return data, rows, carriage_returns, designs
 
 
 class CouchDBLayout:
@@ -2595,14 +3303,6 @@ class StreamTarget(DumpTarget):
             pass
 
 
-def resumable_blocks(response, size=1 << 20):
-    """``read_blocks`` for --resume: the bytes that arrived, then ``ReplyBroken``."""
-    try:
-        yield from read_blocks(response, size, partial=True)
-    except Exception as error:
-        raise ReplyBroken(error)
-
-
 def _raising(error):
     raise error
     yield  # a generator, that fails when it is first asked for a block
@@ -2614,49 +3314,27 @@ class ReplyResumer:
     The rest starts at the last complete row: ``startkey`` is that row's id
     as JSON, and the new reply's first row is dropped when it has that id
     (not ``skip=1``: had that document been deleted in between, the row
-    after it would be skipped and lost).  Each break gets up to ``-a``
-    requests, 1 s apart like the script's retries; a reply that brought
-    new rows before it broke starts the count again.
+    after it would be skipped and lost).  The requester asks (``Requester.resume``).
     """
 
-    def __init__(self, backup, path):
-        self.backup = backup
+    def __init__(self, requester, path, block):
+        self.requester = requester
         self.path = path
-        self.tries = 0
-        self.rows = -1          # rows written at the last break
-        self.response = None
+        self.block = block
+        self.resumption = Resumption()
 
     def resume(self, last_id, rows, failure, couchdb_layout):
         """The blocks of the rest of the reply; raises ``failure`` once the attempts are spent."""
-        opts, out = self.backup.opts, self.backup.out
         if rows > 0 and last_id is None:
             raise failure   # rows with no id we can start from: nothing safe to ask
-        if rows > self.rows:
-            self.tries, self.rows = 0, rows
         path = self.path
         if last_id is not None:
             path += "&startkey=" + quote(json.dumps(last_id), safe="")
-        while True:
-            self.tries += 1
-            if self.tries > opts.attempts:
-                raise failure
-            why = failure.cause if isinstance(failure, ReplyBroken) else failure
-            if not isinstance(why, (TransferFailed, BackupFailed)):
-                why = _describe(why)
-            out.detail("couchdb_dump: %s" % why)
-            out.line("... WARN: The transfer broke off after %d documents - Attempt %d/%s. Resuming..."
-                     % (rows, self.tries, opts.attempts_text))
-            time.sleep(1)
-            self.close()
-            try:
-                self.response = self.backup.open_reply(path)
-                if not 200 <= self.response.status < 300:
-                    raise BackupFailed("the server answered HTTP %d to the request for the rest"
-                                       % self.response.status)
-                blocks = resumable_blocks(self.response, self.backup.BLOCK)
-                return self._after(blocks, last_id) if couchdb_layout else blocks
-            except (TransferFailed, BackupFailed, ReplyBroken) as error:
-                failure = error
+
+        def begin(response):
+            blocks = resumable_blocks(response, self.block)
+            return self._after(blocks, last_id) if couchdb_layout else blocks
+        return self.requester.resume(self.resumption, path, rows, failure, begin)
 
     @staticmethod
     def _after(blocks, last_id):
@@ -2677,64 +3355,50 @@ class ReplyResumer:
         return itertools.chain([rest], blocks)
 
     def close(self):
-        if self.response is not None:
-            self.response.release_conn()
-            self.response = None
+        self.resumption.close()
 
 
-class Backup:
-    """Backup mode: one GET of ``_all_docs``, streamed into the dump file."""
+def curl_failed(cause):
+    """The backup failed in the transfer or the file: bash's curl -o says the same."""
+    return Failure(lines=["... ERROR: Curl encountered an issue whilst dumping the database."], cause=cause)
 
-    BLOCK = 1 << 20
 
-    def __init__(self, opts, session, out, progress=None):
+class BackupOutput:
+    """Where a backup goes, whichever source fills it.
+
+    The name (-T puts a time stamp in it, -z adds ``.gz``), then a
+    temporary file beside it (``BackupFile``: gzip, fsync, rename once
+    whole) or standard output (``StreamTarget``), and the script's closing
+    lines once the backup is there.
+    """
+
+    def __init__(self, opts, out):
         self.opts = opts
-        self.session = session
         self.out = out
-        self.progress = progress or Progress(False)
-        self.summary = {"mode": "backup", "db": opts.db, "file": opts.file,
-                        "documents": 0, "design_documents": 0, "bytes": 0}
-        self.resumer = None   # --resume: a ReplyResumer while the reply is read
+        self.to_stdout = opts.file == "-"
+        self.name = timestamped_name(opts.file) if opts.timestamp and not self.to_stdout else opts.file
+        self.final = self.name + ".gz" if opts.compress and not self.to_stdout else self.name
 
-    def run(self):
-        opts, out = self.opts, self.out
-        to_stdout = opts.file == "-"
-        name = timestamped_name(opts.file) if opts.timestamp and not to_stdout else opts.file
-        out.info("... INFO: Output file %s" % name)
-        final = name + ".gz" if opts.compress and not to_stdout else name
-        self.summary["file"] = final
-        if not to_stdout:
-            for path in (name, final):
+    def open(self):
+        """The target to write the dump to; a ``Failure`` where it cannot be made."""
+        opts = self.opts
+        if not self.to_stdout:
+            for path in (self.name, self.final):
                 if os.path.isfile(path):
-                    out.line("... ERROR: Output file %s already exists." % path)
-                    raise Exit(1)
-            if os.path.isdir(final):
-                out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-                out.cause("%s is a directory" % final)
-                raise Exit(1)
-
-        path = "/" + quote_database(opts.db) + ALL_DOCS_QUERY
+                    raise Failure(lines=["... ERROR: Output file %s already exists." % path])
+            if os.path.isdir(self.final):
+                raise curl_failed("%s is a directory" % self.final)
         try:
             threads = max(opts.cores - 1, 1)
-            if to_stdout:
-                target = StreamTarget(sys.stdout.buffer, opts.compress, threads)
-            else:
-                target = BackupFile(final, opts.compress, threads)
+            if self.to_stdout:
+                return StreamTarget(sys.stdout.buffer, opts.compress, threads)
+            return BackupFile(self.final, opts.compress, threads)
         except OSError as error:
-            out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-            out.cause("cannot write %s: %s" % (final, error.strerror))
-            raise Exit(1)
-        try:
-            had_cr, size = self._transfer(path, target)
-            target.commit()
-            self.progress.resize(target.written)   # -z: the last members are written at the commit
-        except BaseException:
-            target.discard()
-            raise
-        finally:
-            self.progress.finish()
-        self.summary["bytes"] = target.written
+            raise curl_failed("cannot write %s: %s" % (self.final, error.strerror))
 
+    def tell_done(self, had_cr, size):
+        """The lines the script prints once its file is there (``SCRIPT_STEPS``)."""
+        opts, out = self.opts, self.out
         if had_cr:
             out.script_steps("carriage_returns")
         out.script_steps("amend")
@@ -2744,31 +3408,37 @@ class Backup:
         out.script_steps("stages")
         if opts.compress:
             out.script_steps("compress")
-        out.info("... INFO: Export completed successfully. File available at: %s" % final)
+        out.info("... INFO: Export completed successfully. File available at: %s" % self.final)
 
-    def open_reply(self, path):
-        """GET ``path``, waiting out a server that pushes back (``BackPressure``)."""
-        pressure = BackPressure()
-        while True:
-            response = self.session.open("GET", path)
-            wait = pressure.delay(response.status, response.headers)
-            if wait is None:
-                return response
-            response.drain_conn()
-            response.release_conn()
-            self.out.detail("couchdb_dump: the server answered HTTP %d: asking again in %.1f s"
-                            % (response.status, wait))
-            time.sleep(wait)
+
+class AllDocsSource:
+    """The default backup's source: one GET of ``_all_docs``, its rows
+    rewritten into the dump's lines as the reply streams in."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, opts, session, out, progress, summary):
+        self.opts = opts
+        self.session = session
+        self.out = out
+        self.progress = progress
+        self.summary = summary
+        self.resumer = None   # --resume: a ReplyResumer while the reply is read
+        # A backup's signals end it at once (``Interrupted``): its Stop is never asked.
+        self.requester = Requester(session, out, opts, Stop())
+
+    def copy(self, target):
+        """Download and rewrite into ``target``; returns (reply had CRs, size without CRs)."""
+        return self._transfer("/" + quote_database(self.opts.db) + ALL_DOCS_QUERY, target)
 
     def _transfer(self, path, target):
         """Download and rewrite; returns (reply had CRs, size without CRs)."""
-        out = self.out
         try:
-            response = self.open_reply(path)
+            response = self.requester.open(path)
         except TransferFailed as error:
             self._curl_failed(error)
         began = b""
-        self.resumer = ReplyResumer(self, path) if self.opts.resume else None
+        self.resumer = ReplyResumer(self.requester, path, self.BLOCK) if self.opts.resume else None
         try:
             if self.resumer is not None:
                 blocks = resumable_blocks(response, self.BLOCK)
@@ -2787,12 +3457,10 @@ class Backup:
             if head.startswith(b'{"error'):
                 rest = b"".join(blocks) if b"\n" not in head else b""
                 first = (head + rest).split(b"\n", 1)[0]
-                out.line(b"... ERROR: CouchDB reported: " + first)
-                raise Exit(1)
+                raise Failure(lines=[b"... ERROR: CouchDB reported: " + first])
             if not 200 <= response.status < 300:
-                out.line("... ERROR: The server answered HTTP %d %s instead of the documents."
-                         % (response.status, response.reason or ""))
-                raise Exit(1)
+                raise Failure(lines=["... ERROR: The server answered HTTP %d %s instead of the documents."
+                                     % (response.status, response.reason or "")])
             began = head[:200]
             had_cr = b"\r" in head
             head = head.replace(b"\r", b"")
@@ -2802,15 +3470,15 @@ class Backup:
                 return self._rewrite_couchdb(int(header.group(1)), rest, blocks, target, had_cr, len(head))
             return self._rewrite_any(head, blocks, target, had_cr)
         except ReplyShape as error:
-            out.line("... ERROR: Backup failed, no file written: the reply is not an _all_docs answer (%s). It began: %s"
-                     % (error, self.quote_reply(began)))
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Backup failed, no file written: the reply is not an _all_docs answer"
+                                 " (%s). It began: %s" % (error, self.quote_reply(began))])
         except BackupFailed as error:
-            out.line("... ERROR: Backup failed, no file written: %s." % error)
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Backup failed, no file written: %s." % error])
         except ReplyBroken as error:
             self._curl_failed(error.cause)
-        except (Exit, Interrupted, KeyboardInterrupt):
+        except TransferFailed as error:
+            self._curl_failed(error)
+        except (Failure, Interrupted, KeyboardInterrupt):
             raise
         except Exception as error:
             # A broken transfer or a failed write: bash's curl -o says the same.
@@ -2898,9 +3566,7 @@ class Backup:
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
     def _curl_failed(self, error, received=None):
-        self.out.line("... ERROR: Curl encountered an issue whilst dumping the database.")
-        self.out.cause(error if isinstance(error, Failure) else _describe(error, received, self.session.timeout))
-        raise Exit(1)
+        raise curl_failed(error if isinstance(error, Failure) else _describe(error, received, self.session.timeout))
 
 
 class _DocumentLines:
@@ -2939,26 +3605,11 @@ class _DocumentLines:
         self._write(last + b"\n" + FOOTER + b"\n")
 
 
-# -- complete backups (--complete) ------------------------------------------
-
 CHANGES_QUERY = "/_changes?style=all_docs&limit=%d&since=%s"
+
 BULK_GET_QUERY = "/_bulk_get?revs=true&attachments=true"
+
 OPEN_REVS_QUERY = "?open_revs=all&revs=true&attachments=true"
-
-
-def complete_header(security):
-    """Line 1 of a complete backup: the usual header carrying ``_security``.
-
-    CouchDB and PouchDB Server ignore the extra key of a ``_bulk_docs``
-    body, so the bash script and a plain POST still load the file.
-    """
-    return b'{"new_edits":false,"_security":' + json_bytes(security) + b',"docs":['
-
-
-def revision_order(rev):
-    """Sort key of a revision ``N-hash``: its generation, then its hash."""
-    number, _, digest = str(rev).partition("-")
-    return (int(number), digest) if number.isdigit() else (-1, str(rev))
 
 
 def document_path(doc_id):
@@ -2968,160 +3619,8 @@ def document_path(doc_id):
     return "/" + quote_path_segment(doc_id)
 
 
-class JsonCursor:
-    """Walks one JSON text value by value, handing out the server's own text.
-
-    A complete backup writes each revision as the server sent it (numbers,
-    escapes and key order unchanged), not as Python would write it again.
-    ``members`` and ``elements`` yield with the cursor on each item, which
-    the caller reads (``value``) or walks into.  Raises ValueError where
-    the text is not the JSON expected.
-    """
-
-    _WS = re.compile(r"[ \t\n\r]*")
-
-    def __init__(self, text):
-        self.text = text
-        self.pos = 0
-        self.decoder = json.JSONDecoder()
-
-    def _next(self):
-        self.pos = self._WS.match(self.text, self.pos).end()
-        if self.pos >= len(self.text):
-            raise ValueError("the reply ends early")
-        return self.text[self.pos]
-
-    def _items(self, opening, closing, keyed):
-        if self._next() != opening:
-            raise ValueError("%r expected" % opening)
-        self.pos += 1
-        if self._next() == closing:
-            self.pos += 1
-            return
-        while True:
-            if keyed:
-                key = self.value()[0]
-                if not isinstance(key, str) or self._next() != ":":
-                    raise ValueError("an object key expected")
-                self.pos += 1
-                yield key
-            else:
-                yield None
-            char = self._next()
-            self.pos += 1
-            if char == closing:
-                return
-            if char != ",":
-                raise ValueError("',' or %r expected" % closing)
-
-    def members(self):
-        """At an object: yield each key, the cursor on its value."""
-        return self._items("{", "}", True)
-
-    def elements(self):
-        """At an array: yield once for each element, the cursor on it."""
-        return self._items("[", "]", False)
-
-    def value(self):
-        """The value at the cursor, decoded, and its text."""
-        self._next()
-        start = self.pos
-        value, self.pos = self.decoder.raw_decode(self.text, start)
-        return value, self.text[start:self.pos]
-
-    def end(self):
-        if self._WS.match(self.text, self.pos).end() != len(self.text):
-            raise ValueError("data after the reply")
-
-
-class Leaf:
-    """One leaf revision as the server sent it: its dump line and what it is."""
-
-    def __init__(self, doc_id, rev, text, deleted):
-        self.doc_id = doc_id
-        self.rev = rev
-        self.line = (compact_json(text) if "\n" in text or "\r" in text else text).encode("utf-8")
-        self.deleted = deleted
-
-
-def read_revisions(cursor, doc_id=None):
-    """The entries of one document's revisions, as ``_bulk_get`` and
-    ``open_revs`` give them: ``{"ok": doc}``, ``{"missing": rev}`` (PouchDB)
-    or ``{"error": {...}}`` (CouchDB).
-
-    Returns ``(leaves, missing revisions)``.  An error other than not_found
-    fails the backup: a leaf the server will not give is no complete backup.
-    """
-    leaves, missing = [], []
-    for _ in cursor.elements():
-        for key in cursor.members():
-            value, text = cursor.value()
-            if key == "ok" and isinstance(value, dict) and isinstance(value.get("_id"), str):
-                leaves.append(Leaf(value["_id"], value.get("_rev"), text, value.get("_deleted") is True))
-            elif key == "missing":
-                missing.append((doc_id, value))
-            elif key == "error" and isinstance(value, dict):
-                if value.get("error") != "not_found":
-                    raise BackupFailed("the server did not give %s at revision %s: %s: %s" % (
-                        json.dumps(value.get("id", doc_id), ensure_ascii=False), value.get("rev"),
-                        value.get("error"), value.get("reason", "")))
-                missing.append((value.get("id", doc_id), value.get("rev")))
-    return leaves, missing
-
-
-def read_bulk_get(text):
-    """A ``_bulk_get`` reply -> ``(leaves, missing (id, rev) pairs)``."""
-    cursor = JsonCursor(text)
-    leaves, missing = [], []
-    for key in cursor.members():
-        if key != "results":
-            cursor.value()
-            continue
-        for _ in cursor.elements():
-            doc_id, entries = None, ([], [])
-            for item in cursor.members():
-                if item == "docs":
-                    entries = read_revisions(cursor)
-                else:
-                    value = cursor.value()[0]
-                    if item == "id":
-                        doc_id = value
-            leaves.extend(entries[0])
-            missing.extend((pair_id if pair_id is not None else doc_id, rev) for pair_id, rev in entries[1])
-    cursor.end()
-    return leaves, missing
-
-
-def read_open_revs(text):
-    """A ``GET {id}?open_revs=all`` reply (JSON) -> ``(leaves, missing)``."""
-    cursor = JsonCursor(text)
-    found = read_revisions(cursor)
-    cursor.end()
-    return found
-
-
-def read_changes_page(text):
-    """One ``_changes?style=all_docs`` page -> ``(rows, last_seq, pending)``.
-
-    Each row is ``(id, its leaf revisions sorted by revision_order)``.
-    """
-    page = json.loads(text)
-    if not isinstance(page, dict) or not isinstance(page.get("results"), list) or "last_seq" not in page:
-        raise ValueError("a _changes reply without results and last_seq")
-    rows = []
-    try:
-        for row in page["results"]:
-            revs = {change["rev"] for change in row["changes"]}
-            if type(row["id"]) is not str or not revs or set(map(type, revs)) != {str}:
-                raise TypeError()
-            rows.append((row["id"], sorted(revs, key=revision_order)))
-    except (TypeError, KeyError):
-        raise ValueError("a _changes row without id and revisions")
-    return rows, page["last_seq"], page.get("pending")
-
-
-class CompleteBackup(Backup):
-    """Backup with --complete: every leaf revision, with its history.
+class CompleteSource:
+    """The source of a backup with --complete: every leaf revision, with its history.
 
     The document ids and their leaves come from ``_changes?style=all_docs``
     in pages of ``PAGE``; the leaves themselves from ``_bulk_get`` in
@@ -3142,9 +3641,13 @@ class CompleteBackup(Backup):
     BATCH_BYTES = 16 << 20   # inline attachments can make 500 revisions gigabytes
     JOBS = 2
 
-    def __init__(self, opts, session, out, progress=None):
-        super().__init__(opts, session, out, progress)
-        self.summary.update({"complete": True, "leaves": 0, "deleted": 0, "conflicted": 0})
+    def __init__(self, opts, session, out, progress, summary):
+        self.opts = opts
+        self.session = session
+        self.out = out
+        self.progress = progress
+        self.summary = summary
+        summary.update({"complete": True, "leaves": 0, "deleted": 0, "conflicted": 0})
         self.db_path = "/" + quote_database(opts.db)
         self.bulk_get = True
         self.refused = None     # the status of a _bulk_get refused, until its notice is printed
@@ -3157,22 +3660,25 @@ class CompleteBackup(Backup):
         # set when the backup ends early, so that reads still on their way
         # give up at their next attempt instead of keeping the process alive.
         self.batches_stop = Stop()
-        self.retry = Retry(session, out, opts, self.batches_stop)
+        self.requester = Requester(session, out, opts, self.batches_stop)
 
-    def _transfer(self, path, target):
+    def copy(self, target):
+        """Write the whole file into ``target``; returns (False: no carriage
+        returns removed, its size before compression)."""
         try:
             return False, self._copy(target)
         except BackupFailed as error:
-            self.out.line("... ERROR: Backup failed, no file written: %s." % error)
-            raise Exit(1)
-        except (Exit, Interrupted, KeyboardInterrupt):
+            raise Failure(lines=["... ERROR: Backup failed, no file written: %s." % error])
+        except TransferFailed as error:
+            raise curl_failed(error)
+        except (Failure, Interrupted, KeyboardInterrupt):
             raise
         except Exception as error:
-            self._curl_failed(error)
+            raise curl_failed(_describe(error, None, self.session.timeout))
 
     def _copy(self, target):
         """Write the whole file; returns its size before compression."""
-        security = self._ask("Reading the _security object", "GET", self.db_path + "/_security")
+        security = self._ask("Reading the _security object", "GET", self.db_path + "/_security").value
         if not isinstance(security, dict):
             raise BackupFailed("the _security object is not a JSON object")
         lines = _DocumentLines(target, complete_header(security))
@@ -3239,7 +3745,7 @@ class CompleteBackup(Backup):
             seq = since if isinstance(since, str) else json.dumps(since)
             rows, last_seq, pending = self._ask(
                 "Reading the changes feed", "GET",
-                self.db_path + CHANGES_QUERY % (self.PAGE, quote_path_segment(seq)), read=read_changes_page)
+                self.db_path + CHANGES_QUERY % (self.PAGE, quote_path_segment(seq)), read=read_changes_page).value
             if not rows:
                 return
             yield rows
@@ -3288,13 +3794,13 @@ class CompleteBackup(Backup):
         pairs = sum(len(revs) for _, revs in batch)
         reply = self._ask("Reading %d revisions (_bulk_get)" % pairs, "POST", self.db_path + BULK_GET_QUERY, body,
                           read=lambda text: (len(text), read_bulk_get(text)), tolerate=(404, 405))
-        if isinstance(reply, Reply):
+        if reply.status in (404, 405):
             with self.refusal:   # the notice once, whichever thread is refused first
                 if self.bulk_get:
                     self.bulk_get = False
                     self.refused = reply.status
             return [(doc_id, self._open_revs(doc_id)) for doc_id, _ in batch]
-        size, (leaves, missing) = reply
+        size, (leaves, missing) = reply.value
         self.batch_size = max(1, min(self.BATCH, self.BATCH_BYTES * pairs // max(size, 1)))
         found = {(leaf.doc_id, leaf.rev): leaf for leaf in leaves}
         unanswered = {(doc_id, rev) for doc_id, revs in batch for rev in revs if (doc_id, rev) not in found}
@@ -3310,9 +3816,9 @@ class CompleteBackup(Backup):
         reply = self._ask("Reading the revisions of " + json.dumps(doc_id, ensure_ascii=False), "GET",
                           self.db_path + document_path(doc_id) + OPEN_REVS_QUERY, read=read_open_revs,
                           tolerate=(404,))
-        if isinstance(reply, Reply):
+        if reply.status == 404:
             return [None]
-        leaves, missing = reply
+        leaves, missing = reply.value
         return sorted(leaves, key=lambda leaf: revision_order(leaf.rev)) + [None] * bool(missing)
 
     def _count(self, doc_id, leaves, written):
@@ -3331,56 +3837,112 @@ class CompleteBackup(Backup):
         summary["conflicted"] += alive > 1
 
     def _ask(self, what, method, path, body=None, read=json.loads, tolerate=()):
-        """One request through ``Retry`` (-a attempts 1 s apart, a server
-        pushing back waited out); returns ``read`` of its reply, or the
-        ``Reply`` itself when its status is in ``tolerate``.  A broken
-        transfer, an error reply or a reply that is not the JSON expected is
-        tried again; after the last attempt the backup fails (no file).
+        """One request through the requester (-a attempts 1 s apart, a server
+        pushing back waited out); its reply, with ``read`` of its text as its
+        ``value``, unless its status is in ``tolerate``.  A broken transfer,
+        an error reply or a reply that is not the JSON expected is tried
+        again; after the last attempt the backup fails (no file).
         """
-        answers = []
-
-        def taken(reply):
-            if reply.status in tolerate:
-                answers.append(reply)
-                return True
-            if not reply.ok:
-                return False
-            try:
-                answers.append(read(reply.body.decode("utf-8")))
-            except ValueError:   # UnicodeDecodeError and JSONDecodeError too: a cut or garbled reply
-                return False
-            return True
-
-        def failed(failure):
-            if not isinstance(failure, Reply):
-                why = failure
-            elif failure.is_couchdb_error:
-                why = "HTTP %d, CouchDB reported: %s" % (failure.status, failure.first_line.decode("utf-8", "replace"))
-            else:
-                why = "HTTP %d" % failure.status if not failure.ok else "the reply is not the JSON expected"
-            raise BackupFailed("%s failed after %d attempts (%s)" % (what, self.opts.attempts, why))
-        warning = ("... WARN: %s failed - Attempt %d/%s - Retrying...", what)
-        self.retry.request(method, path, body, "application/json" if body is not None else None,
-                           transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed,
-                           accept=taken, reply_type="application/json")
-        return answers[-1]
+        return self.requester.ask(Ask(method, path, "complete backup", body=body, read=read, tolerate=tolerate,
+                                      accept="application/json", what=what))
 
 
-# ---------------------------------------------------------------------------
-# Restore pipeline: read -> design documents -> chunks -> upload
-# ---------------------------------------------------------------------------
+class Backup:
+    """Backup mode: a source of the dump's lines feeding one output.
 
-GZIP_MAGIC = b"\x1f\x8b"
+    The source is one GET of ``_all_docs`` (``AllDocsSource``) or, with
+    --complete, every leaf revision (``CompleteSource``); either writes
+    into the target ``BackupOutput`` opens, which becomes the backup file
+    only once the source wrote all of it.
+    """
+
+    def __init__(self, opts, session, out, progress=None):
+        self.opts = opts
+        self.out = out
+        self.progress = progress or Progress(False)
+        self.summary = {"mode": "backup", "db": opts.db, "file": opts.file,
+                        "documents": 0, "design_documents": 0, "bytes": 0}
+        source = CompleteSource if opts.complete else AllDocsSource
+        self.source = source(opts, session, out, self.progress, self.summary)
+
+    def run(self):
+        out = self.out
+        output = BackupOutput(self.opts, out)
+        out.info("... INFO: Output file %s" % output.name)
+        self.summary["file"] = output.final
+        target = output.open()
+        try:
+            had_cr, size = self.source.copy(target)
+            target.commit()
+            self.progress.resize(target.written)   # -z: the last members are written at the commit
+        except BaseException as error:
+            if isinstance(error, Failure):
+                error.tell(out)   # while the progress line still stands, as every other line
+            target.discard()
+            raise
+        finally:
+            self.progress.finish()
+        self.summary["bytes"] = target.written
+        output.tell_done(had_cr, size)
+
+
+# ===========================================================================
+# 7. Restore
+# ===========================================================================
+# Read -> check -> target database -> design documents -> chunks -> upload -> verify.
+
+
+class RestoreRun:
+    """What every stage of one restore shares, and nothing more.
+
+    The options, the messages, the requester, the progress line, what was
+    done so far (``counts``) and, once the dump is checked, the ``plan``.
+    One a run: the stages read it, none copies it.
+    """
+
+    def __init__(self, opts, out, requester, progress):
+        self.opts = opts
+        self.out = out
+        self.requester = requester
+        self.progress = progress
+        self.counts = RestoreCounts(opts)
+        self.db_path = "/" + quote_database(opts.db)
+        self.plan = None   # a RestorePlan, once the dump is checked
+
+
+class RestoreCounts:
+    """What a restore has done, counted in one place; its --json summary.
+
+    ``documents_written`` counts the documents the server took in this run
+    (design documents included), ``refused`` those it answered with an
+    error; ``failed_chunk`` names the chunk the run stopped at.
+    """
+
+    def __init__(self, opts):
+        self.db = opts.db
+        self.file = opts.file
+        self.total_documents = 0     # in the dump
+        self.file_bytes = 0          # of the dump file, once it is checked
+        self.design_documents = 0    # PUT, once all of them are
+        self.documents_written = 0
+        self.refused = 0
+        self.chunks_written = 0
+        self.bytes_sent = 0
+        self.failed_chunk = None
+        self.complete = False        # a complete backup: documents counts its revisions
+        self.resume_at = None        # the -s value that resumes a restore that stopped
+
+    def summary(self):
+        summary = {"mode": "restore", "db": self.db, "file": self.file, "documents": self.documents_written,
+                   "design_documents": self.design_documents, "bytes": self.file_bytes}
+        if self.complete:
+            summary["complete"] = True
+        if self.resume_at is not None:
+            summary["resume"] = "-s " + self.resume_at
+        return summary
+
+
 _DESIGN_LAYOUT = re.compile(rb'\A\{"_id":"((?:[^"\\]|\\.)*)","_rev":"[0-9]*-[0-9a-zA-Z_\-]*",')
-
-
-class DumpInvalid(Failure):
-    """The dump cannot be restored as it is; says where and why."""
-
-    def __init__(self, line, text):
-        super().__init__(text)
-        self.line = line
-        self.text = text
 
 
 class _Borrowed:
@@ -3548,78 +4110,6 @@ class DumpFile:
                 yield last
 
 
-def strip_newline(line):
-    return line[:-1] if line.endswith(b"\n") else line
-
-
-def complete_header_security(header):
-    """The ``_security`` object a complete backup's header carries, else None."""
-    if b'"_security"' not in header:
-        return None
-    try:
-        value = json.loads(header + b"]}")
-    except ValueError:
-        return None
-    security = value.get("_security") if isinstance(value, dict) else None
-    return security if isinstance(security, dict) else None
-
-
-def has_revisions(line):
-    """Whether a dump line is a document carrying ``_revisions`` (a complete backup's)."""
-    try:
-        doc = json.loads(strip_newline(line).rstrip(b" \t,"))
-    except ValueError:
-        return False
-    return isinstance(doc, dict) and "_revisions" in doc
-
-
-def design_document_id(line):
-    """The ``_design/…`` id of a dump line, or None for any other line.
-
-    The line is parsed, so ``_id`` may stand anywhere in it; a line in the
-    script's layout that does not parse still counts, as bash's grep does.
-    """
-    if b"_design" not in line:
-        return None
-    text = strip_newline(line).rstrip(b",")
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        if line.startswith(b'{"_id":"_design'):
-            return line.split(b'"')[3].decode("utf-8", "replace")
-        return None
-    if isinstance(doc, dict) and is_design_id(doc.get("_id")):
-        return doc["_id"]
-    return None
-
-
-def design_document_request(line, doc_id):
-    """The PUT path and body for one design document line.
-
-    As the script: ``_id``, ``_rev`` and the trailing comma are removed and a
-    newline ends the body.  A line in another layout is re-serialised
-    without ``_id``/``_rev``.  The id is percent-encoded after ``_design/``,
-    so a crafted dump cannot reach outside the target database.
-    """
-    text = strip_newline(line)
-    match = _DESIGN_LAYOUT.match(text)
-    if match and match.group(1) == doc_id.encode("utf-8", "surrogatepass"):
-        body = b"{" + text[match.end():]
-        if body.endswith(b","):
-            body = body[:-1]
-    else:
-        trimmed = text[:-1] if text.endswith(b",") else text
-        try:
-            doc = json.loads(trimmed)
-            doc.pop("_id", None)
-            doc.pop("_rev", None)
-            body = json_bytes(doc)
-        except (ValueError, AttributeError):
-            body = trimmed
-    name = doc_id[len(DESIGN_PREFIX):] if is_design_id(doc_id) else doc_id
-    return "/" + DESIGN_PREFIX + quote_path_segment(name), body + b"\n"
-
-
 _BLANK_LINE_BYTES = re.compile(rb"\n[ \t]*(?=\n)")
 
 
@@ -3711,7 +4201,7 @@ def _last_non_blank(text, start=0, end=None):
 
 
 class DumpSurvey:
-    """One streaming pass over the dump, before anything is sent.
+    """One streaming pass over the dump (``read``), before anything is sent.
 
     Counts lines as ``wc -l`` does (newline characters), finds the design
     documents, and keeps the first and last lines: all the script learns
@@ -3741,6 +4231,12 @@ class DumpSurvey:
         self.complete = False
         self.security = None
         self._comma_pending = None   # the last document line seen ended with a comma
+        self.check = check
+        self.design_lines = set()
+
+    def read(self):
+        """The pass over the dump; returns the survey, or raises ``DumpInvalid``."""
+        dump, check = self.dump, self.check
         held = None
         try:
             for number, block, newlines in dump.blocks():
@@ -3761,6 +4257,7 @@ class DumpSurvey:
         end = len(block) - 1 if self.last_has_newline else len(block)
         self.last = block[block.rfind(b"\n", 0, end) + 1:]   # the dump's last line, copied once
         self.design_lines = {number for number, _ in self.designs}
+        return self
 
     def _survey(self, number, block, newlines):
         if self.first is None:
@@ -3853,6 +4350,60 @@ class DumpSurvey:
         self.bulk_designs, self.designs, self.design_lines = self.designs, [], set()
 
 
+def open_dump(run):
+    """The restore's first stage: the dump file (``-f -``: standard input, kept)."""
+    opts = run.opts
+    if opts.file == "-":
+        dump = DumpFile.from_stream(sys.stdin.buffer, opts.max_line)
+        run.progress.restart(dump.first_byte)   # the rate counts from the first byte, not the wait
+        return dump
+    if not os.path.isfile(opts.file):
+        raise Failure(lines=["... ERROR: Input file %s not found." % opts.file])
+    try:
+        return DumpFile(opts.file, opts.max_line)
+    except OSError as error:
+        raise Failure(lines=["... ERROR: Cannot read %s: %s." % (opts.file, error.strerror)])
+
+
+def check_dump(run, dump, index):
+    """The second stage: the whole dump proved restorable before anything is sent."""
+    opts = run.opts
+    try:
+        survey = DumpSurvey(dump, index=index, workers=opts.cores).read()
+    except DumpInvalid as error:
+        raise Failure(lines=["... ERROR: %s line %d: %s. Nothing was sent to the server."
+                             % (opts.file, error.line, error.text)])
+    except OSError as error:
+        raise Failure(lines=["... ERROR: Cannot read %s: %s." % (opts.file, error.strerror or error)])
+    if index is not None:
+        index.seal()
+    return survey
+
+
+class RestorePlan:
+    """How the text will be sent, decided before any request.
+
+    Whatever can be known in advance to fail is known here: the script
+    found out that split refuses -l only after it had deleted, created
+    and written design documents.  ``refuse`` ends the run before the
+    first request that would change the server.
+    """
+
+    def __init__(self, opts, survey):
+        self.lines = opts.lines
+        self.text_newlines = survey.remaining_newlines() if survey.designs else survey.newlines
+        self.single = opts.single_below is not None and self.text_newlines < opts.single_below
+        self.fails = not self.single and opts.chunk_lines is None
+        self.start = start_chunk(opts, survey, self.single)   # -s: the index of the first chunk to send
+
+    def refuse(self):
+        """Before a write: end the run now if the plan cannot be carried out."""
+        if self.fails:
+            raise Failure(lines=["... ERROR: Unable to create split files."],
+                          notes=['couchdb_dump: -l "%s" is not a number of lines from 1; nothing was changed on the'
+                                 ' server' % self.lines])
+
+
 def database_names(reply):
     """The names an ``_all_dbs`` reply lists, or None when it is no such list."""
     if not 200 <= reply.status < 300:
@@ -3864,6 +4415,150 @@ def database_names(reply):
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         return None
     return names
+
+
+# What a refused list of databases most likely means (said on stderr).
+REFUSED_LISTING = {
+    401: ": it did not accept the user name and password (-u/-p, or COUCHDB_USER/COUCHDB_PASS)",
+    403: ": the user may not list the databases",
+}
+
+
+def report_refusals(out, reply):
+    """Report the documents an accepted _bulk_docs reply still refused; returns their number."""
+    try:
+        answers = json.loads(reply.body)
+    except ValueError:
+        return 0
+    if not isinstance(answers, list):
+        return 0
+    refused = 0
+    for answer in answers:
+        if isinstance(answer, dict) and "error" in answer:
+            refused += 1
+            out.line("... ERROR: Document %s was refused: %s: %s" % (
+                json.dumps(answer.get("id"), ensure_ascii=False), answer.get("error"), answer.get("reason", "")))
+    return refused
+
+
+class TargetDatabase:
+    """The database a restore writes to, made ready as the script does.
+
+    It asks for the list of databases; a database that is missing is
+    created with -c, one that exists is deleted and created again with
+    --recreate.  ``before_change`` runs before the first request that would
+    change the server, so a plan known to fail stops the run before it.
+    """
+
+    def __init__(self, run):
+        self.run = run
+        self.path = run.db_path
+
+    def prepare(self, before_change):
+        opts, out = self.run.opts, self.run.out
+        reply = self.run.requester.ask(Ask("GET", "/_all_dbs", "list databases", expect="any"))
+        names = database_names(reply)
+        if names is None:
+            out.line("... WARN: Curl failed to get the list of databases - Continuing")
+            if not reply.body.rstrip(b"\n"):
+                out.line("... WARN: Curl just returned: ")
+            if reply.status >= 400:
+                out.detail("couchdb_dump: the server answered HTTP %d to the list of databases%s"
+                           % (reply.status, REFUSED_LISTING.get(reply.status, "")))
+            if opts.recreate:
+                raise Failure(lines=["... ERROR: --recreate needs the list of databases - Stopping"])
+            return
+        exists = opts.db in names
+        if exists and opts.recreate:
+            before_change()
+            self.delete()
+            exists = False
+        if exists:
+            return
+        if not opts.create:
+            raise Failure(lines=["... ERROR: corresponding database %s not yet created - Stopping" % opts.db],
+                          hints=["... HINT: you could add the -c flag to create the database automatically"])
+        before_change()
+        self.create()
+
+    def delete(self):
+        opts, out = self.run.opts, self.run.out
+        out.info("... INFO: Deleting database %s (--recreate)" % opts.db)
+        self.run.requester.ask(Ask("DELETE", self.path, "delete database", expect="stored", db=opts.db))
+
+    def create(self):
+        self.run.requester.ask(Ask("PUT", self.path, "create database", expect="stored", db=self.run.opts.db))
+
+
+def design_document_request(line, doc_id):
+    """The PUT path and body for one design document line.
+
+    As the script: ``_id``, ``_rev`` and the trailing comma are removed and a
+    newline ends the body.  A line in another layout is re-serialised
+    without ``_id``/``_rev``.  The id is percent-encoded after ``_design/``,
+    so a crafted dump cannot reach outside the target database.
+    """
+    text = strip_newline(line)
+    match = _DESIGN_LAYOUT.match(text)
+    if match and match.group(1) == doc_id.encode("utf-8", "surrogatepass"):
+        body = b"{" + text[match.end():]
+        if body.endswith(b","):
+            body = body[:-1]
+    else:
+        trimmed = text[:-1] if text.endswith(b",") else text
+        try:
+            doc = json.loads(trimmed)
+            doc.pop("_id", None)
+            doc.pop("_rev", None)
+            body = json_bytes(doc)
+        except (ValueError, AttributeError):
+            body = trimmed
+    name = doc_id[len(DESIGN_PREFIX):] if is_design_id(doc_id) else doc_id
+    return "/" + DESIGN_PREFIX + quote_path_segment(name), body + b"\n"
+
+
+class DesignDocuments:
+    """PUTs the dump's design documents one by one, as the script does.
+
+    With -s or --resume the database may hold them already: each is read
+    first; one with the same content (compared without ``_rev``) is left as
+    it is, one with other content is PUT with its current ``_rev`` (an
+    update, never a ``conflict``).
+    """
+
+    def __init__(self, run):
+        self.run = run
+        self.compare = run.opts.resume or run.opts.start_chunk is not None
+
+    def put_all(self, dump, survey):
+        opts, counts = self.run.opts, self.run.counts
+        wanted = dict(survey.designs)
+        for count, (number, line) in enumerate(dump.numbered_lines(wanted)):
+            path, body = design_document_request(line, wanted[number])
+            name = "%s-design.%d" % (opts.file, count)
+            if self.compare:
+                body = self.against_database(path, body, name, wanted[number])
+                if body is None:
+                    continue
+            self.run.requester.ask(Ask("PUT", self.run.db_path + path, "design document", body=body, expect="stored",
+                                   doc_id=wanted[number], name=name, db=opts.db))
+            counts.documents_written += 1
+            self.run.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
+
+    def against_database(self, path, body, name, doc_id):
+        """The body to PUT: as it is, with the current ``_rev``, or None when it is there already."""
+        reply = self.run.requester.ask(Ask("GET", self.run.db_path + path + "?attachments=true", "read design document",
+                                       expect="object", tolerate=(404,), name=name))
+        if reply.status == 404:
+            return body
+        current = reply.value
+        rev = current.pop("_rev", None)
+        current.pop("_id", None)
+        if current == _json_or_none(body):
+            self.run.out.info("... INFO: Design document %s is in the database already: left as it is"
+                          % json.dumps(doc_id, ensure_ascii=False))
+            return None
+        return with_revision(body, rev) if isinstance(rev, str) else body
 
 
 def chunk_suffix(index):
@@ -3932,6 +4627,14 @@ class Chunk:
         return (Chunk.of_lines([header] + documents[:half], header, footer, True),
                 Chunk.of_lines(documents[half:] + [footer], header, footer, self.newline))
 
+    def whole(self):
+        """The chunk itself (the ``Requester.send_documents`` part it is)."""
+        return self
+
+    def ids(self):
+        """The ids of its documents, in order (None where a line has none)."""
+        return [document_revision(doc)[0] for doc in chunk_documents(self)]
+
     @property
     def stream(self):
         """The body as ``CouchSession.open`` sends it without joining it."""
@@ -3953,6 +4656,17 @@ class Chunk:
             if stop < len(lines) or self.newline:
                 yield b"\n"
             start = stop
+
+
+def documents_chunk(header, docs, footer):
+    """A chunk of document lines (without their commas) made a whole body."""
+    lines = [header] + [doc + b"," for doc in docs[:-1]] + docs[-1:] + [footer]
+    return Chunk(lines, True, True, True, len(docs))
+
+
+def chunk_documents(chunk):
+    """A chunk's document lines, without their trailing commas."""
+    return [line[:-1] if line.endswith(b",") else line for line in chunk.lines[1:-1] if line.strip(b" \t")]
 
 
 class RestoreText:
@@ -4044,6 +4758,28 @@ class RestoreText:
     _chunk = staticmethod(Chunk.of_lines)
 
 
+def start_chunk(opts, survey, single):
+    """-s NAME: the index of the chunk to start at (0 without -s).
+
+    NAME is a chunk's split-file name as the messages print it (or its last
+    path component).  An unknown name ends the run before any request.
+    """
+    if opts.start_chunk is None or not single and opts.chunk_lines is None:
+        return 0
+    if single:
+        names = [opts.file]
+    else:
+        base = opts.file + ("-nodesign" if survey.designs else "")
+        text_lines = survey.lines - len(survey.designs)
+        names = ["%s.split%s" % (base, chunk_suffix(i)) for i in range(-(-text_lines // opts.chunk_lines))]
+    for index, name in enumerate(names):
+        if opts.start_chunk in (name, os.path.basename(name)):
+            return index
+    known = "%s to %s" % (names[0], names[-1]) if len(names) > 1 else (names[0] if names else "none")
+    raise Failure(lines=["... ERROR: -s %s names no chunk of this restore (its chunks: %s). Nothing was sent to"
+                         " the server." % (opts.start_chunk, known)])
+
+
 class RevisionIndex:
     """Which (id, revision) pairs the dump holds, for --verify.
 
@@ -4095,208 +4831,73 @@ class RevisionIndex:
         return self.found.count(0)
 
 
-def report_refusals(out, reply):
-    """Report the documents an accepted _bulk_docs reply still refused; returns their number."""
-    try:
-        answers = json.loads(reply.body)
-    except ValueError:
-        return 0
-    if not isinstance(answers, list):
-        return 0
-    refused = 0
-    for answer in answers:
-        if isinstance(answer, dict) and "error" in answer:
-            refused += 1
-            out.line("... ERROR: Document %s was refused: %s: %s" % (
-                json.dumps(answer.get("id"), ensure_ascii=False), answer.get("error"), answer.get("reason", "")))
-    return refused
+def revs_diff(requester, db_path, asked, words, name=""):
+    """Which (id, revision) pairs of ``asked`` ({id: [revisions]}) the database
+    lacks: one ``_revs_diff`` POST.  An answer's entry of another shape counts
+    as nothing missing there; an answer that is no JSON object is retried."""
+    reply = requester.ask(Ask("POST", db_path + "/_revs_diff", words, body=json_bytes(asked), expect="object",
+                              name=name))
+    lacking = set()
+    for doc_id, answer in reply.value.items():
+        missing = answer.get("missing") if isinstance(answer, dict) else None
+        if isinstance(missing, list):
+            lacking.update((doc_id, rev) for rev in missing if isinstance(rev, str))
+    return lacking
 
 
-# What a refused list of databases most likely means (said on stderr).
-REFUSED_LISTING = {
-    401: ": it did not accept the user name and password (-u/-p, or COUCHDB_USER/COUCHDB_PASS)",
-    403: ": the user may not list the databases",
-}
+class BulkUpload:
+    """Sends one _bulk_docs body: with --resume, only what the database lacks.
 
-
-class TargetDatabase:
-    """The database a restore writes to, made ready as the script does.
-
-    It asks for the list of databases; a database that is missing is
-    created with -c, one that exists is deleted and created again with
-    --recreate.  ``before_change`` runs before the first request that would
-    change the server, so a plan known to fail stops the run before it.
+    With --resume, one ``_revs_diff`` POST first asks which documents the
+    database lacks at the dump's revision; only those are sent, and nothing
+    when none is.  The requester sends the body (in halves, where the server
+    finds it too large: ``Requester.send_documents``).
     """
 
-    def __init__(self, opts, out, retry, path):
-        self.opts = opts
-        self.out = out
-        self.retry = retry
-        self.path = path
+    def __init__(self, requester, db_path, resume):
+        self.requester = requester
+        self.db_path = db_path
+        self.resume = resume
 
-    def prepare(self, before_change):
-        opts, out = self.opts, self.out
-        reply = self.retry.request(
-            "GET", "/_all_dbs", accept=lambda reply: True,
-            transfer_warn="... WARN: Curl failed to get the list of databases - Attempt %d/%s. Retrying...",
-            transfer_final=lambda error: out.line("... ERROR: Curl failed to get the list of databases - Stopping"))
-        names = database_names(reply)
-        if names is None:
-            out.line("... WARN: Curl failed to get the list of databases - Continuing")
-            if not reply.body.rstrip(b"\n"):
-                out.line("... WARN: Curl just returned: ")
-            if reply.status >= 400:
-                out.detail("couchdb_dump: the server answered HTTP %d to the list of databases%s"
-                           % (reply.status, REFUSED_LISTING.get(reply.status, "")))
-            if opts.recreate:
-                out.line("... ERROR: --recreate needs the list of databases - Stopping")
-                raise Exit(1)
-            return
-        exists = opts.db in names
-        if exists and opts.recreate:
-            before_change()
-            self.delete()
-            exists = False
-        if exists:
-            return
-        if not opts.create:
-            out.line("... ERROR: corresponding database %s not yet created - Stopping" % opts.db)
-            out.info("... HINT: you could add the -c flag to create the database automatically")
-            raise Exit(1)
-        before_change()
-        self.create()
+    def send(self, part, ask):
+        """Send ``part`` (a ``Chunk``, or the ``WholeText``) as ``ask`` says;
+        returns ``(documents sent, the server's answers as one Reply)``."""
+        if self.resume:
+            part = self.missing(part.whole(), ask.values["name"])
+            if not part.documents:
+                return 0, Reply(201, b"[]")
+        return self.requester.send_documents(ask, part)
 
-    def delete(self):
-        opts, out = self.opts, self.out
-        out.info("... INFO: Deleting database %s (--recreate)" % opts.db)
-        self.retry.request(
-            "DELETE", self.path,
-            transfer_warn=("... WARN: Curl failed to delete the database %s - Attempt %d/%s. Retrying...", opts.db),
-            transfer_final=lambda error: out.line("... ERROR: Curl failed to delete the database %s - Stopping"
-                                                  % opts.db),
-            reply_warn="... WARN: CouchDB Reported an error during db deletion - Attempt %d/%s - Retrying...",
-            accept=Retry.ok_accepted)
-
-    def create(self):
-        opts, out = self.opts, self.out
-
-        def failed(error):
-            out.line("... ERROR: Curl failed to create the database %s - Stopping" % opts.db)
-            out.line(".. ERROR: See above for any errors")
-        self.retry.request(
-            "PUT", self.path,
-            transfer_warn=("... WARN: Curl failed to create the database %s - Attempt %d/%s. Retrying...", opts.db),
-            transfer_final=failed,
-            reply_warn="... WARN: CouchDB Reported an error during db creation - Attempt %d/%s - Retrying...",
-            accept=Retry.ok_accepted)
+    def missing(self, chunk, name):
+        """The chunk less the documents the database has at their revision (one _revs_diff POST)."""
+        docs = chunk_documents(chunk)
+        revisions = [document_revision(doc) for doc in docs]
+        asked = {}
+        for doc_id, rev in revisions:
+            if doc_id is not None and rev is not None:
+                asked.setdefault(doc_id, []).append(rev)
+        if not asked:
+            return chunk
+        lacking = revs_diff(self.requester, self.db_path, asked, "compare chunk", name)
+        return documents_chunk(chunk.lines[0], [doc for doc, (doc_id, rev) in zip(docs, revisions)
+                                                if doc_id is None or rev is None or (doc_id, rev) in lacking],
+                               chunk.lines[-1])
 
 
-def verify_restore(session, out, opts, path, dump, index):
-    """--verify: every document of the dump is in the database, same revision.
+class WholeText:
+    """The text as one _bulk_docs body, streamed from the file: a ``Chunk`` is
+    made of it, in memory, only when it must be filtered or cut."""
 
-    Reads the database's ``_all_docs`` once and marks what it finds in
-    ``index``; then names each document missing or at another revision
-    (the dump is read again to name them).  Returns None when none is, else
-    the summary (``2 of 8 documents ... missing``) for --json's error.
-    """
-    out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
-    try:
-        response = session.open("GET", path + "/_all_docs")
-        scanner = JsonRowScanner(documents=False)
-        present_designs = set()
-        wanted_designs = set(index.design_ids)
+    def __init__(self, text, documents):
+        self.text = text
+        self.documents = documents
+        self.stream = (text.size(), text.blocks)
 
-        def take(row):
-            value = row.get("value") or {}
-            if row.get("id") in wanted_designs:
-                present_designs.add(row["id"])
-            else:
-                index.mark(row.get("id"), value.get("rev"))
-        for block in read_blocks(response):
-            for row in scanner.feed(block):
-                take(row)
-        for row in scanner.finish():
-            take(row)
-        response.release_conn()
-    except Exception as error:
-        # Our own errors say what went wrong; any other is named by its type only.
-        why = error if isinstance(error, Failure) else _describe(error)
-        out.line("... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, why))
-        raise Exit(1)
-    missing = index.missing() + len(wanted_designs - present_designs)
-    total = len(index.keys) + len(wanted_designs)
-    if not missing:
-        out.info("... INFO: Verified: all %d documents of the dump are in %s with their revisions"
-                 " (%d design documents by id)." % (total, opts.db, len(wanted_designs)))
-        return None
-    summary = "Verify: %d of %d documents of the dump are missing from %s or at another revision" % (
-        missing, total, opts.db)
-    out.line("... ERROR: %s:" % summary)
-    for doc_id in sorted(wanted_designs - present_designs):
-        out.line("... ERROR:   missing: %s" % json.dumps(doc_id, ensure_ascii=False))
-    for line in dump.lines():
-        body = strip_newline(line).rstrip(b",")
-        if not body.startswith(b"{") or body == BACKUP_HEADER:
-            continue
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            continue
-        if not isinstance(doc, dict) or is_design_id(doc.get("_id")):
-            continue
-        if not index.has(doc.get("_id"), doc.get("_rev")):
-            out.line("... ERROR:   missing: %s at revision %s" % (
-                json.dumps(doc.get("_id"), ensure_ascii=False), doc.get("_rev")))
-    return summary
+    def whole(self):
+        return self.text.as_chunk()
 
 
-def database_doc_count(session, path):
-    """The database's doc_count, or None when it does not answer with one (one try)."""
-    try:
-        reply = session.request("GET", path)
-        info = json.loads(reply.body) if reply.ok else None
-    except (TransferFailed, ValueError):
-        return None
-    count = info.get("doc_count") if isinstance(info, dict) else None
-    return count if type(count) is int else None
-
-
-def report_incomplete(session, out, opts, path, counts):
-    """After a restore that stopped part way: what this run wrote, and what the database holds.
-
-    Documents written counts what the server confirmed in this run; a chunk
-    whose answer was lost may be stored all the same, and the database may
-    have held documents before.  So the database is asked for its doc_count
-    (design documents included), when the run may send requests the
-    script never sends (``opts.extended``): a run with the script's
-    options sends the script's requests only.
-    """
-    where = " at %s" % counts.failed_chunk if counts.failed_chunk is not None else ""
-    text = "couchdb_dump: the restore stopped%s: this run wrote %d of the dump's %d documents" % (
-        where, counts.documents_written, counts.total_documents)
-    held = database_doc_count(session, path) if opts.extended else None
-    if held is not None:
-        text += "; the database holds %d documents now (its doc_count, with any it held before)" % held
-    elif opts.extended:
-        text += "; the database did not say how many documents it holds now"
-    else:
-        text += "; the database may hold more (a chunk whose answer was lost can be stored all the same)"
-    out.detail(text)
-
-
-class RestoreStep:
-    """A part of the restore's work, handed what every part needs from ``Restore``."""
-
-    def __init__(self, restore):
-        self.opts = restore.opts
-        self.out = restore.out
-        self.retry = restore.retry
-        self.counts = restore.counts
-        self.progress = restore.progress
-        self.db_path = restore.db_path
-
-
-class ChunkUpload(RestoreStep):
+class ChunkUpload:
     """The text in chunks of -l lines, each made a complete _bulk_docs body.
 
     With --jobs N, up to N chunks are on their way at once (after every
@@ -4305,18 +4906,17 @@ class ChunkUpload(RestoreStep):
     the run ends, so the count told is what the server holds.
     """
 
-    def __init__(self, restore):
-        super().__init__(restore)
-        self.path = restore.db_path + "/_bulk_docs"
-        self.refuse_plan = restore.refuse_plan
-        self.bulk = restore.bulk
-        self.start = restore.start   # -s: the chunks before it are not sent
+    def __init__(self, run):
+        self.run = run
+        self.path = run.db_path + "/_bulk_docs"
+        self.bulk = BulkUpload(run.requester, run.db_path, run.opts.resume)
+        self.start = run.plan.start   # -s: the chunks before it are not sent
 
     def send(self, text, text_name):
-        opts, out = self.opts, self.out
+        opts, out = self.run.opts, self.run.out
         out.info("... INFO: Block import set to %s lines." % opts.lines)
         out.script_steps("split")
-        self.refuse_plan()
+        self.run.plan.refuse()
         on_their_way = []
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(max_workers=opts.jobs)
@@ -4329,7 +4929,7 @@ class ChunkUpload(RestoreStep):
                     continue
                 while len(on_their_way) >= opts.jobs:
                     self._collect(*on_their_way.pop(0))
-                self.retry.check_stop()
+                self.run.requester.check_stop()
                 name = "%s.split%s" % (text_name, chunk_suffix(index))
                 out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header
                                               else "Adding header to", name))
@@ -4339,54 +4939,62 @@ class ChunkUpload(RestoreStep):
                 on_their_way.append((name, chunk, pool.submit(self._post_chunk, name, chunk)))
             while on_their_way:
                 self._collect(*on_their_way.pop(0))
-        except (Exit, RestoreStopped):
+        except Failure as failure:
+            failure.tell(out)   # before what the chunks on their way say
             # Chunks are taken in order: the first not written is where -s resumes.
-            counts = self.counts
+            counts = self.run.counts
             counts.resume_at = counts.failed_chunk or "%s.split%s" % (
                 text_name, chunk_suffix(self.start + counts.chunks_written))
             for name, chunk, future in on_their_way:
                 try:
                     self._chunk_done(chunk, future.result())
-                except (Exit, RestoreStopped):
-                    pass
+                except Failure as also:
+                    also.tell(out)
             raise
         finally:
             pool.shutdown(wait=True)
         out.line("... INFO: Import Cycle Completed.")
 
+    def send_whole(self, text, documents):
+        """Fewer lines than -l: one _bulk_docs of the whole text."""
+        opts, out, counts = self.run.opts, self.run.out, self.run.counts
+        whole = WholeText(text, documents)
+        documents, reply = self.bulk.send(whole, Ask("POST", self.path, "whole file", expect="list", name=opts.file))
+        counts.chunks_written = 1
+        counts.bytes_sent += whole.stream[0]
+        refused = report_refusals(out, reply)
+        counts.refused += refused
+        counts.documents_written += documents - refused
+        if not counts.refused:
+            out.info("... INFO: Imported %s Successfully." % opts.file)
+
     def _collect(self, name, chunk, future):
         try:
             reply = future.result()
-        except Exit:
-            self.counts.failed_chunk = name
+        except Stopped:
+            raise
+        except Failure:
+            self.run.counts.failed_chunk = name
             raise
         self._chunk_done(chunk, reply)
 
     def _post_chunk(self, name, chunk):
-        def post(body):
-            return self.retry.request(
-                "POST", self.path, body, "application/json",
-                transfer_warn=("... WARN: Failed to import %s - Attempt %d/%s - Retrying...", name),
-                transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to restore %s - Stopping"
-                                                           % name),
-                reply_warn="... WARN: CouchDB Reported and error during import - Attempt %d/%s - Retrying...",
-                accept=BulkUpload.accepted)
-        return self.bulk.send(chunk.stream, chunk.documents, lambda: chunk, name, post)
+        return self.bulk.send(chunk, Ask("POST", self.path, "chunk", expect="list", name=name))
 
     def _chunk_done(self, chunk, result):
-        counts = self.counts
+        counts = self.run.counts
         documents, reply = result
         counts.chunks_written += 1
         counts.bytes_sent += chunk.size
-        refused = report_refusals(self.out, reply)
+        refused = report_refusals(self.run.out, reply)
         counts.refused += refused
         counts.documents_written += documents - refused
         if not refused:
-            self.out.info("... INFO: Successfully Imported %d Files" % counts.chunks_written)
-        self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
+            self.run.out.info("... INFO: Successfully Imported %d Files" % counts.chunks_written)
+        self.run.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
 
 
-class CompleteRestore(RestoreStep):
+class CompleteRestore:
     """What a restore does more for a complete backup (``--complete``).
 
     Every line, design documents included, goes to ``_bulk_docs`` with
@@ -4400,20 +5008,20 @@ class CompleteRestore(RestoreStep):
 
     BATCH = 500   # revisions a _revs_diff request
 
-    def __init__(self, restore, survey):
-        super().__init__(restore)
-        self.counts.complete = True
+    def __init__(self, run, survey):
+        self.run = run
+        run.counts.complete = True
         self.security = survey.security
         survey.keep_designs_in_text()
         self.designs = len(survey.bulk_designs)
 
     def announce(self):
-        self.out.info("... INFO: Complete backup: every revision goes to _bulk_docs as it is,"
+        self.run.out.info("... INFO: Complete backup: every revision goes to _bulk_docs as it is,"
                       " %d design documents included." % self.designs)
-        self.counts.design_documents = self.designs
+        self.run.counts.design_documents = self.designs
 
     def put_security(self, before_change):
-        opts, out = self.opts, self.out
+        opts, out = self.run.opts, self.run.out
         if opts.no_security or not self.security:
             why = "--no-security" if opts.no_security else "the dump's is empty" if self.security == {} \
                 else "the dump carries none"
@@ -4422,32 +5030,19 @@ class CompleteRestore(RestoreStep):
             return
         before_change()
         out.info("... INFO: Restoring the _security object of %s" % opts.db)
-
-        def refused(reply):
-            self.retry.couchdb_reported(reply)
-            out.info("... HINT: only an admin can set _security; --no-security restores the documents without it")
-        self.retry.request(
-            "PUT", self.db_path + "/_security", json_bytes(self.security), "application/json",
-            transfer_warn=("... WARN: Curl failed to restore the _security object of %s - Attempt %d/%s. Retrying...",
-                           opts.db),
-            transfer_final=lambda error: out.line("... ERROR: Curl failed to restore the _security object of %s"
-                                                  " - Stopping" % opts.db),
-            reply_warn="... WARN: CouchDB Reported an error restoring _security - Attempt %d/%s - Retrying...",
-            reply_final=refused)
+        self.run.requester.ask(Ask("PUT", self.run.db_path + "/_security", "restore _security", body=json_bytes(self.security),
+                               db=opts.db))
 
     def verify(self, dump):
         """--verify: every leaf of the dump is known to the database, and its
         _security is the dump's.  Returns None, or the summary for --json."""
-        opts, out = self.opts, self.out
+        opts, out = self.run.opts, self.run.out
         out.info("... INFO: Verifying %s against %s (every revision, by _revs_diff)" % (opts.db, opts.file))
         missing, total, batch = [], 0, {}
         for line in dump.lines():
-            try:
-                doc = json.loads(strip_newline(line).rstrip(b" \t,"))
-            except ValueError:   # the header, the footer, a blank line
-                continue
-            if isinstance(doc, dict) and isinstance(doc.get("_id"), str) and isinstance(doc.get("_rev"), str):
-                batch.setdefault(doc["_id"], []).append(doc["_rev"])
+            doc_id, rev = document_revision(line)   # none for the header, the footer, a blank line
+            if doc_id is not None and rev is not None:
+                batch.setdefault(doc_id, []).append(rev)
                 total += 1
                 if total % self.BATCH == 0:
                     missing += self._revs_diff(batch)
@@ -4455,16 +5050,8 @@ class CompleteRestore(RestoreStep):
         missing += self._revs_diff(batch)
         security = None
         if self.security is not None:
-            reply = self.retry.request(
-                "GET", self.db_path + "/_security",
-                accept=Retry.object_accepted,
-                transfer_warn=("... WARN: Curl failed to read the _security object of %s - Attempt %d/%s."
-                               " Retrying...", opts.db),
-                transfer_final=lambda error: out.line("... ERROR: Verify failed: could not read the _security"
-                                                      " object of %s" % opts.db),
-                reply_warn=("... WARN: CouchDB Reported an error reading the _security object of %s"
-                            " - Attempt %d/%s - Retrying...", opts.db))
-            security = json.loads(reply.body)
+            security = self.run.requester.ask(Ask("GET", self.run.db_path + "/_security", "verify _security", expect="object",
+                                              db=opts.db)).value
         if not missing and security == self.security:
             out.info("... INFO: Verified: all %d revisions of the dump are in %s%s." % (
                 total, opts.db, ", and its _security object" if self.security is not None else ""))
@@ -4485,271 +5072,84 @@ class CompleteRestore(RestoreStep):
         """The (id, revision) pairs of ``batch`` the database does not know, in the batch's order."""
         if not batch:
             return []
-        lacking = revs_diff(
-            self.retry, self.db_path, batch,
-            transfer_warn="... WARN: Curl failed to check revisions (_revs_diff) - Attempt %d/%s. Retrying...",
-            transfer_final=lambda error: self.out.line("... ERROR: Verify failed: _revs_diff could not be read"))
+        lacking = revs_diff(self.run.requester, self.run.db_path, batch, "verify revisions")
         return [(doc_id, rev) for doc_id, revs in batch.items() for rev in revs if (doc_id, rev) in lacking]
 
 
-def revs_diff(retry, db_path, asked, transfer_warn, transfer_final):
-    """Which (id, revision) pairs of ``asked`` ({id: [revisions]}) the database
-    lacks: one ``_revs_diff`` POST.  An answer's entry of another shape counts
-    as nothing missing there; an answer that is no JSON object is retried."""
-    reply = retry.request(
-        "POST", db_path + "/_revs_diff", json_bytes(asked), "application/json",
-        accept=Retry.object_accepted,
-        transfer_warn=transfer_warn, transfer_final=transfer_final,
-        reply_warn="... WARN: CouchDB Reported an error during _revs_diff - Attempt %d/%s - Retrying...")
-    lacking = set()
-    for doc_id, answer in json.loads(reply.body).items():
-        missing = answer.get("missing") if isinstance(answer, dict) else None
-        if isinstance(missing, list):
-            lacking.update((doc_id, rev) for rev in missing if isinstance(rev, str))
-    return lacking
+def verify_restore(requester, out, opts, path, dump, index):
+    """--verify: every document of the dump is in the database, same revision.
 
-
-class RestoreCounts:
-    """What a restore has done, counted in one place; its --json summary.
-
-    ``documents_written`` counts the documents the server took in this run
-    (design documents included), ``refused`` those it answered with an
-    error; ``failed_chunk`` names the chunk the run stopped at.
+    Reads the database's ``_all_docs`` once and marks what it finds in
+    ``index``; then names each document missing or at another revision
+    (the dump is read again to name them).  Returns None when none is, else
+    the summary (``2 of 8 documents ... missing``) for --json's error.
     """
-
-    def __init__(self, opts):
-        self.db = opts.db
-        self.file = opts.file
-        self.total_documents = 0     # in the dump
-        self.file_bytes = 0          # of the dump file, once it is checked
-        self.design_documents = 0    # PUT, once all of them are
-        self.documents_written = 0
-        self.refused = 0
-        self.chunks_written = 0
-        self.bytes_sent = 0
-        self.failed_chunk = None
-        self.complete = False        # a complete backup: documents counts its revisions
-        self.resume_at = None        # the -s value that resumes a restore that stopped
-
-    def summary(self):
-        summary = {"mode": "restore", "db": self.db, "file": self.file, "documents": self.documents_written,
-                   "design_documents": self.design_documents, "bytes": self.file_bytes}
-        if self.complete:
-            summary["complete"] = True
-        if self.resume_at is not None:
-            summary["resume"] = "-s " + self.resume_at
-        return summary
-
-
-# -- resuming, pacing and pushing back (issue #11) ----------------------------
-
-def is_import_request(method, path):
-    """The requests -D spaces: a design document's PUT and a _bulk_docs POST."""
-    return (method == "PUT" and "/_design/" in path) or (method == "POST" and path.endswith("/_bulk_docs"))
-
-
-class PacedSession:
-    """-D: the session, with ``delay`` seconds between consecutive import requests.
-
-    The next import request starts ``delay`` seconds after the previous one
-    ended (upstream's sleep between requests); with --jobs, starts are also
-    spaced by ``delay``.  Other requests go at once.
-    """
-
-    def __init__(self, session, delay, stop):
-        self.session = session
-        self.delay = delay
-        self.stop = stop
-        self.lock = threading.Lock()
-        self.next = 0.0
-
-    def request(self, method, path, body=None, content_type=None, **accept):
-        if not is_import_request(method, path):
-            return self.session.request(method, path, body, content_type, **accept)
-        with self.lock:
-            wait = self.next - time.monotonic()
-            if wait > 0 and not pause(wait, lambda: self.stop.requested):
-                raise RestoreStopped()
-            self.next = time.monotonic() + self.delay
-        try:
-            return self.session.request(method, path, body, content_type, **accept)
-        finally:
-            with self.lock:
-                self.next = max(self.next, time.monotonic() + self.delay)
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-
-_DOC_ID_REV = re.compile(rb'\A\{"_id":("(?:[^"\\]|\\.)*"),"_rev":("(?:[^"\\]|\\.)*")')
-
-
-def document_revision(line):
-    """``(id, rev)`` of a dump line's document; None where it has none."""
-    match = _DOC_ID_REV.match(line)
+    out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
     try:
-        if match:
-            return json.loads(match.group(1)), json.loads(match.group(2))
-        doc = json.loads(line)
-    except ValueError:
-        return None, None
-    if not isinstance(doc, dict):
-        return None, None
-    doc_id, rev = doc.get("_id"), doc.get("_rev")
-    return (doc_id if isinstance(doc_id, str) else None), (rev if isinstance(rev, str) else None)
+        response = requester.open(path + "/_all_docs")
+        scanner = JsonRowScanner(documents=False)
+        present_designs = set()
+        wanted_designs = set(index.design_ids)
+
+        def take(row):
+            value = row.get("value") or {}
+            if row.get("id") in wanted_designs:
+                present_designs.add(row["id"])
+            else:
+                index.mark(row.get("id"), value.get("rev"))
+        for block in read_blocks(response):
+            for row in scanner.feed(block):
+                take(row)
+        for row in scanner.finish():
+            take(row)
+        response.release_conn()
+    except Exception as error:
+        # Our own errors say what went wrong; any other is named by its type only.
+        why = error if isinstance(error, Failure) else _describe(error)
+        raise Failure(lines=["... ERROR: Verify failed: could not read the documents of %s (%s)" % (opts.db, why)])
+    missing = index.missing() + len(wanted_designs - present_designs)
+    total = len(index.keys) + len(wanted_designs)
+    if not missing:
+        out.info("... INFO: Verified: all %d documents of the dump are in %s with their revisions"
+                 " (%d design documents by id)." % (total, opts.db, len(wanted_designs)))
+        return None
+    summary = "Verify: %d of %d documents of the dump are missing from %s or at another revision" % (
+        missing, total, opts.db)
+    out.line("... ERROR: %s:" % summary)
+    for doc_id in sorted(wanted_designs - present_designs):
+        out.line("... ERROR:   missing: %s" % json.dumps(doc_id, ensure_ascii=False))
+    for line in dump.lines():
+        doc_id, rev = document_revision(line)
+        if doc_id is None or is_design_id(doc_id):
+            continue
+        if not index.has(doc_id, rev):
+            out.line("... ERROR:   missing: %s at revision %s" % (json.dumps(doc_id, ensure_ascii=False), rev))
+    return summary
 
 
-def documents_chunk(header, docs, footer):
-    """A chunk of document lines (without their commas) made a whole body."""
-    lines = [header] + [doc + b"," for doc in docs[:-1]] + docs[-1:] + [footer]
-    return Chunk(lines, True, True, True, len(docs))
+def report_incomplete(requester, out, opts, path, counts):
+    """After a restore that stopped part way: what this run wrote, and what the database holds.
 
-
-def chunk_documents(chunk):
-    """A chunk's document lines, without their trailing commas."""
-    return [line[:-1] if line.endswith(b",") else line for line in chunk.lines[1:-1] if line.strip(b" \t")]
-
-
-class BulkUpload:
-    """Sends one _bulk_docs body: only what is missing, in halves when too large.
-
-    With --resume, one ``_revs_diff`` POST first asks which documents the
-    database lacks at the dump's revision; only those are sent, and nothing
-    when none is.  A 413 (request too large) splits the body in halves
-    (``Chunk.halves``), each sent on its own, down to one document; a single
-    document still refused is reported as refused, by id.  ``post(stream)``
-    sends a body through ``Retry`` and must take a 413 as an answer.
+    Documents written counts what the server confirmed in this run; a chunk
+    whose answer was lost may be stored all the same, and the database may
+    have held documents before.  So the database is asked for its doc_count
+    (design documents included), when the run may send requests the
+    script never sends (``opts.extended``): a run with the script's
+    options sends the script's requests only.
     """
-
-    TOO_LARGE = "the server refuses this document as too large (HTTP 413)"
-
-    def __init__(self, retry, out, db_path, resume):
-        self.retry = retry
-        self.out = out
-        self.db_path = db_path
-        self.resume = resume
-
-    @staticmethod
-    def accepted(reply):
-        return reply.status == 413 or Retry.bulk_accepted(reply)
-
-    def send(self, stream, documents, make_chunk, name, post):
-        """Send ``stream`` (its ``Chunk`` from ``make_chunk()``, built only when
-        needed); returns ``(documents sent, the server's answers as one Reply)``."""
-        chunk = None
-        if self.resume:
-            chunk = self.missing(make_chunk(), name)
-            if not chunk.documents:
-                return 0, Reply(201, b"[]")
-            stream, documents = chunk.stream, chunk.documents
-        reply = post(stream)
-        if reply.status != 413:
-            return documents, reply
-        return self.halving(chunk or make_chunk(), name, post)
-
-    def halving(self, chunk, name, post):
-        """A chunk the server found too large: its halves, each sent (and halved) in turn."""
-        if chunk.documents <= 1:
-            refused = [{"id": document_revision(doc)[0], "error": "too_large", "reason": self.TOO_LARGE}
-                       for doc in chunk_documents(chunk)]
-            return len(refused), Reply(201, json.dumps(refused).encode())
-        halves = chunk.halves()
-        self.out.line("... WARN: %s is too large for the server (HTTP 413) - sending it as %d and %d documents"
-                      % (name, halves[0].documents, halves[1].documents))
-        sent, answers = 0, []
-        for half in halves:
-            reply = post(half.stream)
-            count, reply = (half.documents, reply) if reply.status != 413 else self.halving(half, name, post)
-            sent += count
-            answers.extend(json.loads(reply.body))
-        return sent, Reply(201, json.dumps(answers).encode())
-
-    def missing(self, chunk, name):
-        """The chunk less the documents the database has at their revision (one _revs_diff POST)."""
-        docs = chunk_documents(chunk)
-        revisions = [document_revision(doc) for doc in docs]
-        asked = {}
-        for doc_id, rev in revisions:
-            if doc_id is not None and rev is not None:
-                asked.setdefault(doc_id, []).append(rev)
-        if not asked:
-            return chunk
-        lacking = revs_diff(
-            self.retry, self.db_path, asked,
-            transfer_warn=("... WARN: Failed to compare %s with the database - Attempt %d/%s - Retrying...", name),
-            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to compare %s - Stopping"
-                                                       % name))
-        return documents_chunk(chunk.lines[0], [doc for doc, (doc_id, rev) in zip(docs, revisions)
-                                                if doc_id is None or rev is None or (doc_id, rev) in lacking],
-                               chunk.lines[-1])
-
-
-def with_revision(body, rev):
-    """A design document's PUT body with ``_rev`` first: an update of that revision."""
-    rest = body[1:]
-    separator = b"" if rest.lstrip()[:1] == b"}" else b","
-    return b'{"_rev":' + json.dumps(rev).encode() + separator + rest
-
-
-class DesignDocuments(RestoreStep):
-    """PUTs the dump's design documents one by one, as the script does.
-
-    With -s or --resume the database may hold them already: each is read
-    first; one with the same content (compared without ``_rev``) is left as
-    it is, one with other content is PUT with its current ``_rev`` (an
-    update, never a ``conflict``).
-    """
-
-    def __init__(self, restore):
-        super().__init__(restore)
-        self.compare = restore.opts.resume or restore.opts.start_chunk is not None
-
-    def put_all(self, dump, survey):
-        opts, out, counts = self.opts, self.out, self.counts
-        wanted = dict(survey.designs)
-        for count, (number, line) in enumerate(dump.numbered_lines(wanted)):
-            path, body = design_document_request(line, wanted[number])
-            name = "%s-design.%d" % (opts.file, count)
-            if self.compare:
-                body = self.against_database(path, body, name, wanted[number])
-                if body is None:
-                    continue
-            self.retry.request(
-                "PUT", self.db_path + path, body, "application/json",
-                transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s. Retrying...", name),
-                transfer_final=lambda error: out.line("... ERROR: Curl failed trying to restore %s - Stopping" % name),
-                reply_warn="... WARN: CouchDB Reported an error during import - Attempt %d/%s - Retrying...",
-                reply_final=lambda reply: self.refused(reply, wanted[number]),
-                accept=lambda reply: Retry.ok_accepted(reply, wanted[number]))
-            counts.documents_written += 1
-            self.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
-
-    def refused(self, reply, doc_id):
-        """The script's last word on a design document, and what to do about a conflict."""
-        self.retry.couchdb_reported(reply)
-        if reply.status == 409 or b'"error":"conflict"' in reply.first_line:
-            self.out.detail("couchdb_dump: %s already holds the design document %s: to restore the dump over what"
-                            " the database holds, add --resume (it updates what differs) or --recreate (it deletes"
-                            " the database first)" % (self.opts.db, doc_id))
-
-    def against_database(self, path, body, name, doc_id):
-        """The body to PUT: as it is, with the current ``_rev``, or None when it is there already."""
-        reply = self.retry.request(
-            "GET", self.db_path + path + "?attachments=true",
-            accept=lambda reply: reply.status == 404 or Retry.object_accepted(reply),
-            transfer_warn=("... WARN: Failed to read %s from the database - Attempt %d/%s. Retrying...", name),
-            transfer_final=lambda error: self.out.line("... ERROR: Curl failed trying to read %s - Stopping" % name),
-            reply_warn="... WARN: CouchDB Reported an error reading a design document - Attempt %d/%s - Retrying...")
-        if reply.status == 404:
-            return body
-        current = json.loads(reply.body)
-        rev = current.pop("_rev", None)
-        current.pop("_id", None)
-        if current == _json_or_none(body):
-            self.out.info("... INFO: Design document %s is in the database already: left as it is"
-                          % json.dumps(doc_id, ensure_ascii=False))
-            return None
-        return with_revision(body, rev) if isinstance(rev, str) else body
+    where = " at %s" % counts.failed_chunk if counts.failed_chunk is not None else ""
+    text = "couchdb_dump: the restore stopped%s: this run wrote %d of the dump's %d documents" % (
+        where, counts.documents_written, counts.total_documents)
+    info = requester.glance(path) if opts.extended else None
+    held = info.get("doc_count") if isinstance(info, dict) else None
+    held = held if type(held) is int else None
+    if held is not None:
+        text += "; the database holds %d documents now (its doc_count, with any it held before)" % held
+    elif opts.extended:
+        text += "; the database did not say how many documents it holds now"
+    else:
+        text += "; the database may hold more (a chunk whose answer was lost can be stored all the same)"
+    out.detail(text)
 
 
 def tell_resume(out, opts, counts):
@@ -4773,99 +5173,76 @@ def tell_resume(out, opts, counts):
     out.last_error = cause
 
 
-def start_chunk(opts, out, survey, single):
-    """-s NAME: the index of the chunk to start at (0 without -s).
-
-    NAME is a chunk's split-file name as the messages print it (or its last
-    path component).  An unknown name ends the run before any request.
-    """
-    if opts.start_chunk is None or not single and opts.chunk_lines is None:
-        return 0
-    if single:
-        names = [opts.file]
-    else:
-        base = opts.file + ("-nodesign" if survey.designs else "")
-        text_lines = survey.lines - len(survey.designs)
-        names = ["%s.split%s" % (base, chunk_suffix(i)) for i in range(-(-text_lines // opts.chunk_lines))]
-    for index, name in enumerate(names):
-        if opts.start_chunk in (name, os.path.basename(name)):
-            return index
-    known = "%s to %s" % (names[0], names[-1]) if len(names) > 1 else (names[0] if names else "none")
-    out.line("... ERROR: -s %s names no chunk of this restore (its chunks: %s). Nothing was sent to the server."
-             % (opts.start_chunk, known))
-    raise Exit(1)
-
-
 class Restore:
     """Restore mode: the requests couchdb-dump.sh sends, in the same order.
 
-    The dump is checked whole first (``DumpSurvey``); then the database is
-    checked or created (``TargetDatabase``), the design documents are PUT
-    one by one, and the rest goes to ``_bulk_docs`` in one body or in chunks
-    of ``-l`` lines.  Every request goes through ``Retry``: ``-a`` attempts,
-    1 s apart, as the script does.  What was done is counted in
-    ``RestoreCounts``.
+    Its stages, in the order they run: the file (``open_dump``), its check
+    (``check_dump``, a ``DumpSurvey``: nothing is sent for a broken dump),
+    the target database (``TargetDatabase``), the design documents
+    (``DesignDocuments``), the chunks (``ChunkUpload``), then --verify
+    (``verify_restore``, or ``CompleteRestore`` for a complete backup).
+    They share one ``RestoreRun``; every request goes through its
+    ``Requester``: -a attempts, 1 s apart, as the script does.
     """
 
     def __init__(self, opts, session, out, progress=None, stop=None):
-        self.opts = opts
-        self.session = session
-        self.out = out
-        self.progress = progress or Progress(False)
         self.stop = stop or Stop()
-        self.counts = RestoreCounts(opts)
-        if opts.delay:
-            session = PacedSession(session, opts.delay, self.stop)
-        self.retry = Retry(session, out, opts, self.stop)
-        self.db_path = "/" + quote_database(opts.db)
+        requester = Requester(session, out, opts, self.stop, opts.delay)
+        self.context = RestoreRun(opts, out, requester, progress or Progress(False))
         self.complete = None     # a CompleteRestore, for a complete backup
-        self.bulk = BulkUpload(self.retry, out, self.db_path, opts.resume)
-        self.start = 0   # -s: the index of the first chunk to send
 
     @property
     def summary(self):
         """The --json summary of the run so far."""
-        return self.counts.summary()
-
-    # -- steps ------------------------------------------------------------
+        return self.context.counts.summary()
 
     def run(self):
-        opts, out, counts = self.opts, self.out, self.counts
-        dump = self.open_dump()
+        run = self.context
+        opts, out, counts = run.opts, run.out, run.counts
+        dump = open_dump(run)
         if opts.recreate and opts.db in SYSTEM_DATABASES and not opts.force:
-            out.line("... ERROR: Refusing to recreate the system database %s - add --force to do it anyway" % opts.db)
-            raise Exit(1)
+            raise Failure(lines=["... ERROR: Refusing to recreate the system database %s - add --force to do it anyway"
+                                 % opts.db])
         index = RevisionIndex() if opts.verify else None
-        survey = self.survey(dump, index)
+        survey = check_dump(run, dump, index)
         counts.total_documents = survey.documents
         counts.file_bytes = dump.size
         if survey.complete:
-            self.complete = CompleteRestore(self, survey)
-        self.plan(survey)
+            self.complete = CompleteRestore(run, survey)
+        run.plan = RestorePlan(opts, survey)
         out.info("... INFO: Checking for database")
-        TargetDatabase(opts, out, self.retry, self.db_path).prepare(self.refuse_plan)
+        TargetDatabase(run).prepare(run.plan.refuse)
         if self.complete is not None:
-            self.complete.put_security(self.refuse_plan)
+            self.complete.put_security(run.plan.refuse)
         self.stop.graceful = True
         try:
             self.restore_documents(dump, survey)
-        except RestoreStopped:
-            self.progress.finish()
-            out.line("... ERROR: Stopped by %s: %d of %d documents were written (%d chunks); the restore is incomplete."
-                     % (signal_name(self.stop.requested), counts.documents_written, counts.total_documents,
-                        counts.chunks_written))
-            report_incomplete(self.session, out, opts, self.db_path, counts)
+        except Stopped as stopped:
+            run.progress.finish()
+            stopped = Stopped(stopped.signum, lines=[
+                "... ERROR: Stopped by %s: %d of %d documents were written (%d chunks); the restore is incomplete."
+                % (signal_name(stopped.signum), counts.documents_written, counts.total_documents,
+                   counts.chunks_written)])
+            stopped.tell(out)
+            report_incomplete(run.requester, out, opts, run.db_path, counts)
             tell_resume(out, opts, counts)
-            raise Exit(Interrupted(self.stop.requested).code)
-        except Exit:
-            self.progress.finish()
-            if not self.plan_fails:
-                report_incomplete(self.session, out, opts, self.db_path, counts)
+            raise stopped
+        except Failure as failure:
+            failure.tell(out)
+            run.progress.finish()
+            if not run.plan.fails:
+                report_incomplete(run.requester, out, opts, run.db_path, counts)
             tell_resume(out, opts, counts)
             raise
         finally:
             self.stop.graceful = False
-            self.progress.finish()
+            run.progress.finish()
+        self.verdict(dump, index)
+
+    def verdict(self, dump, index):
+        """After the upload: refused documents and --verify end the run as failed."""
+        run = self.context
+        opts, out, counts = run.opts, run.out, run.counts
         problems = []
         if counts.refused:
             out.line("... ERROR: %d documents were refused by the server: the restore is incomplete." % counts.refused)
@@ -4873,71 +5250,19 @@ class Restore:
         if index is not None and self.stop.requested:
             # The signal came during the last request: every chunk went, but
             # the user asked to stop, so --verify (more requests) is not run.
-            out.line("... ERROR: Stopped by %s after the last chunk: %d of %d documents were written;"
-                     " --verify was not run." % (signal_name(self.stop.requested), counts.documents_written,
-                                                 counts.total_documents))
-            raise Exit(Interrupted(self.stop.requested).code)
+            raise Stopped(self.stop.requested, lines=[
+                "... ERROR: Stopped by %s after the last chunk: %d of %d documents were written; --verify was not run."
+                % (signal_name(self.stop.requested), counts.documents_written, counts.total_documents)])
         if index is not None:
             # Refused or not, --verify says what the database holds.
             problems.append(self.complete.verify(dump) if self.complete is not None
-                            else verify_restore(self.session, out, opts, self.db_path, dump, index))
+                            else verify_restore(run.requester, out, opts, run.db_path, dump, index))
         if any(problems):
-            out.summarize("; ".join(problem for problem in problems if problem))
-            raise Exit(1)
-
-    def open_dump(self):
-        opts, out = self.opts, self.out
-        if opts.file == "-":
-            dump = DumpFile.from_stream(sys.stdin.buffer, opts.max_line)
-            self.progress.restart(dump.first_byte)   # the rate counts from the first byte, not the wait
-            return dump
-        if not os.path.isfile(opts.file):
-            out.line("... ERROR: Input file %s not found." % opts.file)
-            raise Exit(1)
-        try:
-            return DumpFile(opts.file, opts.max_line)
-        except OSError as error:
-            out.line("... ERROR: Cannot read %s: %s." % (opts.file, error.strerror))
-            raise Exit(1)
-
-    def survey(self, dump, index):
-        try:
-            survey = DumpSurvey(dump, index=index, workers=self.opts.cores)
-        except DumpInvalid as error:
-            self.out.line("... ERROR: %s line %d: %s. Nothing was sent to the server."
-                          % (self.opts.file, error.line, error.text))
-            raise Exit(1)
-        except OSError as error:
-            self.out.line("... ERROR: Cannot read %s: %s." % (self.opts.file, error.strerror or error))
-            raise Exit(1)
-        if index is not None:
-            index.seal()
-        return survey
-
-    def plan(self, survey):
-        """Decide, before any request, how the text will be sent.
-
-        Whatever can be known in advance to fail is known here: the script
-        found out that split refuses -l only after it had deleted, created
-        and written design documents.  ``refuse_plan`` ends the run before
-        the first request that would change the server.
-        """
-        opts = self.opts
-        self.text_newlines = survey.remaining_newlines() if survey.designs else survey.newlines
-        self.single = opts.single_below is not None and self.text_newlines < opts.single_below
-        self.plan_fails = not self.single and opts.chunk_lines is None
-        self.start = start_chunk(opts, self.out, survey, self.single)
-
-    def refuse_plan(self):
-        """Before a write: end the run now if the plan cannot be carried out."""
-        if self.plan_fails:
-            self.out.line("... ERROR: Unable to create split files.")
-            self.out.detail('couchdb_dump: -l "%s" is not a number of lines from 1; nothing was changed on the server'
-                            % self.opts.lines)
-            raise Exit(1)
+            raise Failure(summary="; ".join(problem for problem in problems if problem))
 
     def restore_documents(self, dump, survey):
-        opts, out = self.opts, self.out
+        run = self.context
+        opts, out = run.opts, run.out
         text_name = opts.file
         fix_line = None
         out.info("... INFO: Checking for Design documents")
@@ -4948,50 +5273,26 @@ class Restore:
         else:
             out.script_steps("strip_designs")
             text_name = opts.file + "-nodesign"
-            fix_line = self.text_newlines - 1  # sed "${line}s/,$//", counted from 1
+            fix_line = run.plan.text_newlines - 1  # sed "${line}s/,$//", counted from 1
             out.info("... INFO: Inserting Design documents")
-            self.refuse_plan()
-            DesignDocuments(self).put_all(dump, survey)
+            run.plan.refuse()
+            DesignDocuments(run).put_all(dump, survey)
             out.info("... INFO: Successfully imported %d Design Documents" % len(survey.designs))
-            self.counts.design_documents = len(survey.designs)
+            run.counts.design_documents = len(survey.designs)
         footer = None if survey.lines - 1 in survey.design_lines else strip_newline(survey.last)
         text = RestoreText(dump, survey.design_lines, fix_line, survey.first, footer)
-        if self.single:
+        if run.plan.single:
             out.info("... INFO: Small dataset. Importing as a single file.")
-            self.upload_whole(text, survey.documents - len(survey.designs))
+            ChunkUpload(run).send_whole(text, survey.documents - len(survey.designs))
         else:
-            ChunkUpload(self).send(text, text_name)
-
-    def upload_whole(self, text, documents):
-        """Fewer lines than -l: one _bulk_docs of the whole text."""
-        opts, out, counts = self.opts, self.out, self.counts
-        body = (text.size(), text.blocks)
-
-        def failed(failure):
-            out.line("... ERROR: Import of %s failed." % opts.file)
-            if isinstance(failure, Reply):
-                # The server's body as the script printed it, but always a whole line.
-                body = failure.body if failure.body.endswith(b"\n") else failure.body + b"\n"
-                out.raw(b"... ERROR: Error message was:   " + body)
-            else:
-                out.line("... ERROR: Error message was:   the connection failed (%s)" % failure)
-        warning = ("... WARN: Import of %s failed - Attempt %d/%s - Retrying...", opts.file)
-        documents, reply = self.bulk.send(body, documents, text.as_chunk, opts.file, lambda body: self.retry.request(
-            "POST", self.db_path + "/_bulk_docs", body, "application/json",
-            transfer_warn=warning, transfer_final=failed, reply_warn=warning, reply_final=failed,
-            accept=BulkUpload.accepted))
-        counts.chunks_written = 1
-        counts.bytes_sent += body[0]
-        refused = report_refusals(out, reply)
-        counts.refused += refused
-        counts.documents_written += documents - refused
-        if not counts.refused:
-            out.info("... INFO: Imported %s Successfully." % opts.file)
+            ChunkUpload(run).send(text, text_name)
 
 
-# ---------------------------------------------------------------------------
-# main
-# ---------------------------------------------------------------------------
+# ===========================================================================
+# 8. Main
+# ===========================================================================
+# The command line in, an exit code out.
+
 
 def tune_memory():
     """Keep freed blocks for reuse instead of mapping fresh pages for each.
@@ -5046,13 +5347,14 @@ def main(argv=None, environ=None, stdout=None):
         tune_memory()
         session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ)
         if opts.backup:
-            job = (CompleteBackup if opts.complete else Backup)(opts, session, out, progress)
+            job = Backup(opts, session, out, progress)
         else:
             job = Restore(opts, session, out, progress, stop)
         job.run()
         code = 0
-    except Exit as done:
-        code = done.code
+    except Failure as failure:
+        failure.tell(out)
+        code = failure.code
     except (Interrupted, KeyboardInterrupt) as signalled:
         if not isinstance(signalled, Interrupted):
             signalled = Interrupted(signal.SIGINT)

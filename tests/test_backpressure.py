@@ -16,9 +16,11 @@ RESTORE = ["-r", "-H", "127.0.0.1", "-d", "db", "-f", "f.json"]
 
 def parse(argv):
     stream = io.BytesIO()
+    out = cd.Messages(stream)
     try:
-        result = cd.parse_options(argv, {}, cd.Messages(stream), "prog")
-    except cd.Exit as done:
+        result = cd.parse_options(argv, {}, out, "prog")
+    except cd.Failure as done:
+        done.tell(out)
         result = done.code
     return result, stream.getvalue().decode()
 
@@ -178,5 +180,5 @@ def test_after_the_budget_a_push_back_is_an_ordinary_failure():
 def test_pause_ends_early_when_asked_to_stop():
     import time
     started = time.monotonic()
-    assert cd.pause(5, stop=lambda: time.monotonic() - started > 0.3) is False
+    assert cd.Requester.pause(5, stop=lambda: time.monotonic() - started > 0.3) is False
     assert time.monotonic() - started < 1.5

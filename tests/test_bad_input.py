@@ -290,8 +290,8 @@ def test_json_line_is_last_and_alone_after_an_error_body_without_newline(body, l
 def test_json_line_is_alone_whatever_was_printed_before_it(monkeypatch, tmp_path):
     """Any message that ends without a newline still leaves the JSON its own line."""
     def run(self):
-        self.out.raw(b"... ERROR: half a line")
-        raise cd.Exit(1)
+        self.context.out.raw(b"... ERROR: half a line")
+        raise cd.Failure()
     monkeypatch.setattr(cd.Restore, "run", run)
     code, stdout, _ = main(["-r", "-H", "127.0.0.1", "-d", "db", "-f", str(tmp_path / "x"), "--json"])
     assert code == 1

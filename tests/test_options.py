@@ -15,7 +15,8 @@ def parse(argv, environ=None):
     out = cd.Messages(stream)
     try:
         result = cd.parse_options(argv, environ or {}, out, "prog")
-    except cd.Exit as done:
+    except cd.Failure as done:
+        done.tell(out)
         result = done.code
     return result, stream.getvalue().decode()
 

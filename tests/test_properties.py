@@ -107,7 +107,7 @@ class Injected:
 @pytest.fixture(autouse=True)
 def no_pause_between_attempts(monkeypatch):
     # The script's 1 s between attempts makes no difference to what is checked.
-    monkeypatch.setattr(cd.Retry, "PAUSE", 0.0)
+    monkeypatch.setattr(cd.Requester, "PAUSE", 0.0)
 
 
 def error_lines(stdout):

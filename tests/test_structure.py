@@ -1,26 +1,127 @@
-"""The shape of couchdb_dump.py that keeps it easy to change (issue #12)."""
+"""The shape of couchdb_dump.py that keeps it easy to change: guards that fail when it drifts."""
 
-import inspect
+import ast
+import re
 
 import couchdb_dump as cd
+from helpers import REPO
 
-RESTORE_LINE_LIMIT = 250
+SOURCE = (REPO / "couchdb_dump.py").read_text(encoding="utf-8")
+TREE = ast.parse(SOURCE)
+CLASS_LIMIT = 250
+FUNCTION_LIMIT = 80
+# The conductors run a whole mode: they may call on anything in the file.
+CONDUCTORS = ("Backup", "Restore")
 
 
-def test_restore_class_stays_under_250_lines():
-    # New restore features go into their own classes and functions that Restore calls.
-    lines, _ = inspect.getsourcelines(cd.Restore)
-    assert len(lines) < RESTORE_LINE_LIMIT, "Restore is %d lines" % len(lines)
+def _length(node):
+    return node.end_lineno - node.lineno + 1
+
+
+def _class(name):
+    return next(node for node in TREE.body if isinstance(node, ast.ClassDef) and node.name == name)
+
+
+def _inside(node, outer):
+    return outer.lineno <= node.lineno <= outer.end_lineno
+
+
+def _banners():
+    """``(line, number, title)`` of each chapter banner, in the file's order."""
+    return [(index + 1, int(match.group(1)), match.group(2).strip().lower())
+            for index, line in enumerate(SOURCE.splitlines())
+            for match in [re.match(r"# (\d+)\. (.+)$", line)] if match]
+
+
+def test_no_class_is_over_250_lines():
+    # A new capability goes into classes and functions of its own that a conductor calls.
+    long = {node.name: _length(node) for node in ast.walk(TREE)
+            if isinstance(node, ast.ClassDef) and _length(node) > CLASS_LIMIT}
+    assert long == {}
+
+
+def test_no_function_is_over_80_lines():
+    long = {node.name: _length(node) for node in ast.walk(TREE)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _length(node) > FUNCTION_LIMIT}
+    assert long == {}
+
+
+def test_every_exception_the_module_defines_is_a_failure_or_interrupted():
+    # Only main turns a Failure into an exit code: an error of another root would escape it.
+    defined = [value for value in vars(cd).values()
+               if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == cd.__name__]
+    assert cd.Failure in defined and cd.Interrupted in defined
+    assert [error.__name__ for error in defined
+            if not issubclass(error, cd.Failure) and error is not cd.Interrupted] == []
+
+
+def test_only_the_requester_sleeps():
+    requester = _class("Requester")
+    sleeping = [node.lineno for node in ast.walk(TREE)
+                if (isinstance(node, ast.Attribute) and node.attr == "sleep"
+                    or isinstance(node, ast.alias) and node.name == "sleep")
+                and not (hasattr(node, "lineno") and _inside(node, requester))]
+    assert sleeping == []
+
+
+def test_only_the_requester_loops_over_attempts_or_waits_out_the_server():
+    # What marks a loop that asks again: the -a count, the pause between
+    # attempts, or a wait for a server that pushes back.
+    marks = {"attempts", "attempts_text", "PAUSE", "pause", "BackPressure", "delay"}
+    requester = _class("Requester")
+    loops = [node for node in ast.walk(TREE) if isinstance(node, (ast.While, ast.For)) and not _inside(node, requester)]
+    asking_again = sorted({loop.lineno for loop in loops for node in ast.walk(loop)
+                           if isinstance(node, ast.Attribute) and node.attr in marks
+                           or isinstance(node, ast.Name) and node.id in marks})
+    assert asking_again == []
+
+
+def test_the_attempt_lines_come_from_one_table():
+    table = next(node for node in TREE.body if isinstance(node, ast.Assign)
+                 and any(getattr(target, "id", None) == "ATTEMPT_WORDS" for target in node.targets))
+    attempt = next(node for node in TREE.body if isinstance(node, ast.Assign)
+                   and any(getattr(target, "id", None) == "ATTEMPT" for target in node.targets))
+    elsewhere = [node.lineno for node in ast.walk(TREE)
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and "Attempt %" in node.value
+                 and not _inside(node, table) and not _inside(node, attempt)]
+    assert elsewhere == []
+
+
+def test_the_chapter_banners_follow_the_docstring():
+    promised = [(int(number), title.strip().lower())
+                for number, title in re.findall(r"^    (\d+)\. (\S+(?: \S+)*)", cd.__doc__, re.M)]
+    assert len(promised) == 8
+    assert [(number, title) for _, number, title in _banners()] == promised
+
+
+def test_a_chapter_uses_only_names_from_the_chapters_above_it():
+    starts = [(line, number) for line, number, _ in _banners()]
+
+    def chapter(line):
+        return max([number for start, number in starts if start <= line], default=0)
+    defined = {}
+    for node in TREE.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names = [node.name]
+        elif isinstance(node, ast.Assign):
+            names = [target.id for target in node.targets if isinstance(target, ast.Name)]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [(alias.asname or alias.name).split(".")[0] for alias in node.names]
+        else:
+            names = []
+        for name in names:
+            defined.setdefault(name, chapter(node.lineno))
+    assert max(defined.values()) == 8
+    later = sorted({(getattr(node, "name", "line %d" % node.lineno), used.id)
+                    for node in TREE.body if getattr(node, "name", None) not in CONDUCTORS
+                    for used in ast.walk(node)
+                    if isinstance(used, ast.Name) and defined.get(used.id, 0) > chapter(node.lineno)})
+    assert later == []
 
 
 def test_every_name_in_all_exists():
     missing = [name for name in cd.__all__ if not hasattr(cd, name)]
     assert missing == []
-
-
-def test_the_reported_failures_share_one_root():
-    for failure in (cd.TransferFailed, cd.BackupFailed, cd.DumpInvalid):
-        assert issubclass(failure, cd.Failure)
 
 
 def test_one_rule_decides_what_a_design_document_id_is():
@@ -59,44 +160,45 @@ class _Session:
         return answer
 
 
-def _retry(answers, attempts="3"):
+def _requester(answers, attempts="3"):
     import io
     opts = cd.Options()
     opts.attempts_text, opts.attempts = attempts, int(attempts)
     stream = io.BytesIO()
-    retry = cd.Retry(_Session(answers), cd.Messages(stream), opts, cd.Stop())
-    retry.PAUSE = 0
-    return retry, stream
+    session = _Session(answers)
+    requester = cd.Requester(session, cd.Messages(stream), opts, cd.Stop())
+    requester.PAUSE = 0
+    return requester, stream, session
 
 
-def test_retry_warns_with_the_user_text_as_a_value_and_returns_the_accepted_reply():
+def test_requester_warns_with_the_user_text_as_a_value_and_returns_the_accepted_reply():
     ok = cd.Reply(201, b'{"ok":true}\n')
-    retry, stream = _retry([cd.TransferFailed("reset"), cd.Reply(500, b'{"error":"x"}\n'), ok])
-    reply = retry.request("PUT", "/db", transfer_warn=("... WARN: Import of %s failed - Attempt %d/%s.", "100%d.json"),
-                          transfer_final=None, reply_warn="... WARN: error - Attempt %d/%s")
+    requester, stream, _ = _requester([cd.TransferFailed("reset"), cd.Reply(500, b'{"error":"x"}\n'), ok])
+    reply = requester.ask(cd.Ask("PUT", "/db/_design/a", "design document", body=b"{}", name="100%d.json"))
     assert reply is ok
-    assert stream.getvalue() == b"... WARN: Import of 100%d.json failed - Attempt 1/3.\n... WARN: error - Attempt 2/3\n"
+    assert stream.getvalue() == (b"... WARN: Import of 100%d.json failed - Attempt 1/3. Retrying...\n"
+                                 b"... WARN: CouchDB Reported an error during import - Attempt 2/3 - Retrying...\n")
 
 
-def test_retry_ends_the_run_after_the_last_attempt_with_the_final_words():
-    retry, stream = _retry([cd.Reply(409, b'{"error":"conflict","reason":"Document update conflict."}\n')] * 2, "2")
+def test_requester_ends_the_run_after_the_last_attempt_with_the_final_words():
+    conflict = cd.Reply(409, b'{"error":"conflict","reason":"Document update conflict."}\n')
+    requester, stream, _ = _requester([conflict] * 2, "2")
     try:
-        retry.request("PUT", "/db/_design/a", transfer_warn="t %d/%s", transfer_final=None, reply_warn="r %d/%s")
-    except cd.Exit as done:
+        requester.ask(cd.Ask("PUT", "/db/_design/a", "design document", body=b"{}", expect="stored",
+                             doc_id="_design/a", name="f-design.0", db="db"))
+    except cd.Failure as done:
         assert done.code == 1
+        done.tell(cd.Messages(stream))
     else:
-        raise AssertionError("no Exit")
+        raise AssertionError("no Failure")
     assert stream.getvalue().splitlines() == [
-        b"r 1/2", b'... ERROR: CouchDB Reported: {"error":"conflict","reason":"Document update conflict."}']
+        b"... WARN: CouchDB Reported an error during import - Attempt 1/2 - Retrying...",
+        b'... ERROR: CouchDB Reported: {"error":"conflict","reason":"Document update conflict."}']
 
 
 def test_a_held_back_reply_is_sent_again_without_using_an_attempt():
-    busy, ok = cd.Reply(429, b'{"error":"too_many_requests"}\n'), cd.Reply(201, b"[]")
-    retry, stream = _retry([busy, busy, busy, ok], "1")
-    retry.held_back = lambda reply: reply.status == 429
-    seen = []
-    retry.before_request = lambda method, path: seen.append(path)
-    assert retry.request("POST", "/db/_bulk_docs", transfer_warn="t", transfer_final=None,
-                         accept=cd.Retry.bulk_accepted) is ok
-    assert seen == ["/db/_bulk_docs"] * 4
+    busy, ok = cd.Reply(429, b'{"error":"too_many_requests"}\n', {"Retry-After": "0"}), cd.Reply(201, b"[]")
+    requester, stream, session = _requester([busy, busy, busy, ok], "1")
+    assert requester.ask(cd.Ask("POST", "/db/_bulk_docs", "chunk", body=b"{}", expect="list", name="x")) is ok
+    assert session.sent == [("POST", "/db/_bulk_docs")] * 4
     assert stream.getvalue() == b""
