@@ -8,6 +8,11 @@ leaf revisions as `_bulk_docs` with `new_edits:false` does, and it answers
 `GET /db/_changes?style=all_docs` (pages of `limit`, capped by
 `changes_page`), `POST /db/_bulk_get` (refused with `bulk_get_status`),
 `GET /db/id?open_revs=all`, `GET`/`PUT /db/_security` and `POST /db/_revs_diff`.
+`GET /db` gives `update_seq` and `instance_start_time` as CouchDB 3 does:
+sequences count per database (they start again when a database is deleted
+and created again) and are opaque strings (`"12-g1AAAAstub"`, its suffix
+`seq_suffix`), and `instance_start_time` is the database's creation time in
+whole seconds (a test may set `store.instances[db]` to another value).
 Every request is recorded.  A test can replace the answer to any request
 with `faults`: a callable taking the request's index, method and path and
 returning None (answer normally) or one of the actions of `Fault`.  With
@@ -63,7 +68,8 @@ class Store:
     known: dict = field(default_factory=dict)       # name -> {id: every revision ever stored}
     seqs: dict = field(default_factory=dict)        # name -> {id: seq of its last change}, in order
     security: dict = field(default_factory=dict)    # name -> the _security object
-    seq: int = 0
+    update_seqs: dict = field(default_factory=dict)  # name -> the sequence of its last change
+    instances: dict = field(default_factory=dict)   # name -> instance_start_time (its creation, in seconds)
 
 
 def revision_order(rev):
@@ -224,7 +230,8 @@ class CouchStub:
     """The stand-in server: `with CouchStub() as stub:` gives `stub.url`."""
 
     def __init__(self, faults=None, databases=(), lose=None, chunking=None, changes_page=None,
-                 bulk_get_status=None, bulk_get_reversed=False, max_docs=None, layout="couchdb"):
+                 bulk_get_status=None, bulk_get_reversed=False, max_docs=None, layout="couchdb",
+                 seq_suffix="g1AAAAstub"):
         self.faults = faults
         self.chunking = chunking   # body -> HTTP chunks of _all_docs replies (else Content-Length)
         self.lose = lose
@@ -233,10 +240,13 @@ class CouchStub:
         self.bulk_get_reversed = bulk_get_reversed  # answer _bulk_get out of order, as PouchDB Server may
         self.max_docs = max_docs                    # more documents in one _bulk_docs: 413
         self.layout = layout                        # "one_line": _all_docs as PouchDB Server lays it out
+        self.seq_suffix = seq_suffix                # what follows "N-" in a sequence: opaque to clients
         self.requests = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.store = Store({name: {} for name in databases})
+        self.store = Store()
+        for name in databases:
+            self.create(name)
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.stub = self
@@ -253,6 +263,15 @@ class CouchStub:
         self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
+
+    def create(self, db):
+        """A new, empty database, as ``PUT /db`` makes it."""
+        self.store.databases[db] = {}
+        self.store.instances[db] = "%d" % time.time()
+
+    def seq_text(self, number):
+        """A sequence as the stub hands it out: CouchDB's opaque string."""
+        return "%d-%s" % (number, self.seq_suffix)
 
     # -- revision trees ---------------------------------------------------------
 
@@ -285,8 +304,8 @@ class CouchStub:
     def _changed(self, db, doc_id):
         seqs = self.store.seqs.setdefault(db, {})
         seqs.pop(doc_id, None)
-        self.store.seq += 1
-        seqs[doc_id] = self.store.seq
+        self.store.update_seqs[db] = self.store.update_seqs.get(db, 0) + 1
+        seqs[doc_id] = self.store.update_seqs[db]
 
     def leaves_of(self, db, doc_id):
         """{rev: leaf} of a document, each leaf with its `_revisions`."""
@@ -326,15 +345,15 @@ class CouchStub:
         lines = []
         for seq, doc_id in page:
             leaves = self.leaves_of(db, doc_id)
-            row = {"seq": "%d-g1AAAAstub" % seq, "id": doc_id,
+            row = {"seq": self.seq_text(seq), "id": doc_id,
                    "changes": [{"rev": rev} for rev in sorted(leaves, key=revision_order, reverse=True)]}
             if all(leaf.get("_deleted") for leaf in leaves.values()):
                 row["deleted"] = True
             lines.append(json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode())
         last = page[-1][0] if page else since
         # CouchDB's layout: a row a line, last_seq an opaque string, pending.
-        return 200, (b'{"results":[\n' + b",\n".join(lines) + b'\n],\n"last_seq":"%d-g1AAAAstub","pending":%d}\n'
-                     % (last, len(rest)))
+        return 200, (b'{"results":[\n' + b",\n".join(lines) + b'\n],\n"last_seq":' + json.dumps(
+            self.seq_text(last), ensure_ascii=False).encode() + b',"pending":%d}\n' % len(rest))
 
     def _bulk_get(self, db, body):
         if self.bulk_get_status:
@@ -374,15 +393,19 @@ class CouchStub:
         db = parts[0]
         if request.method == "DELETE" and len(parts) == 1:
             del dbs[db]
-            for kept in (self.store.leaves, self.store.known, self.store.seqs, self.store.security):
+            for kept in (self.store.leaves, self.store.known, self.store.seqs, self.store.security,
+                         self.store.update_seqs, self.store.instances):
                 kept.pop(db, None)
             return 200, b'{"ok":true}\n'
         if request.method == "GET" and len(parts) == 1:
-            return 200, json.dumps({"db_name": db, "doc_count": len(dbs[db])}).encode() + b"\n"
+            self._feed(db)   # documents a test stored directly get their sequence
+            created = self.store.instances.setdefault(db, "%d" % time.time())
+            return 200, json.dumps({"db_name": db, "doc_count": len(dbs[db]), "instance_start_time": created,
+                                    "update_seq": self.seq_text(self.store.update_seqs.get(db, 0))}).encode() + b"\n"
         if request.method == "PUT" and len(parts) == 1:
             if db in dbs:
                 return 412, b'{"error":"file_exists","reason":"The database could not be created, the file already exists."}\n'
-            dbs[db] = {}
+            self.create(db)
             return 201, b'{"ok":true}\n'
         if parts[1:] == ["_security"]:
             if request.method == "PUT":
