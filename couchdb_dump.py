@@ -268,6 +268,7 @@ LONG_OPTIONS = {
     "complete": False,
     "resume": False,
     "no-security": False,
+    "since": True,
 }
 
 
@@ -317,6 +318,8 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 \t--max-line-mb N     Restore: refuse a dump line longer than N MB [Default: 64]
 \t--complete          Backup: every leaf revision (conflicts, deleted documents) with its history, and _security;
 \t                    a restore recognises such a file by itself.
+\t--since FILE        Backup: only the documents changed since FILE, an earlier --complete or --since
+\t                    backup of the same database (implies --complete). Restore the files oldest first.
 \t--no-security       Restore of a complete backup: leave the database's _security object as it is.
 \t--resume            Restore: send only the documents the database lacks at the dump's revision.
 \t                    Backup: continue a reply that broke off after its last complete row.
@@ -406,6 +409,7 @@ class Options:
         self.progress = True
         self.max_line = 64 << 20
         self.complete = False
+        self.since = None         # --since: the earlier backup an incremental one starts from
         self.resume = False
         self.delay = 0.0          # -D: seconds between import requests
         self.start_chunk = None   # -s: the split-file name to start at
@@ -598,11 +602,17 @@ def _no_progress(opts, option, value, prog):
     opts.progress = False
 
 
+def _since(opts, option, value, prog):
+    """--since FILE: an incremental backup is a complete one of the changes since FILE."""
+    opts.since = value
+    opts.complete = True
+
+
 # The options that do more than set a value: each handler checks and sets, or ends the run.
 OPTION_HANDLERS = {"h": _help_or_version, "V": _help_or_version, "--version": _help_or_version,
                    "--help": _help_or_version, ":": _misspelt, "=": _misspelt, "?": _misspelt, "D": _delay,
                    "--timeout": _timeout, "--jobs": _whole_number, "--max-line-mb": _whole_number,
-                   "--no-progress": _no_progress}
+                   "--no-progress": _no_progress, "--since": _since}
 
 
 def _check_mode_and_names(opts, stray, prog):
@@ -2705,25 +2715,61 @@ def row_id(line):
         return None
 
 
-def complete_header(security):
-    """Line 1 of a complete backup: the usual header carrying ``_security``.
+# What a complete backup's header says of where the database stood, in this order.
+STANDING_KEYS = ("db", "instance_start_time", "since", "seq")
 
-    CouchDB and PouchDB Server ignore the extra key of a ``_bulk_docs``
+
+def complete_header(security, standing):
+    """Line 1 of a complete backup: the usual header carrying ``_security``
+    and where the database stood (``STANDING_KEYS`` of ``standing``: its
+    name, its ``instance_start_time``, for an incremental backup the
+    sequence it starts from, and the sequence the file is complete up to),
+    each value as the server gave it.
+
+    CouchDB and PouchDB Server ignore the extra keys of a ``_bulk_docs``
     body, so the bash script and a plain POST still load the file.
     """
-    return b'{"new_edits":false,"_security":' + json_bytes(security) + b',"docs":['
+    header = [b'{"new_edits":false,"_security":', json_bytes(security)]
+    for key in STANDING_KEYS:
+        if key in standing:
+            header += [b',"', key.encode("ascii"), b'":', json_bytes(standing[key])]
+    return b"".join(header) + b',"docs":['
+
+
+def dump_header(header):
+    """A dump's first line as the object it opens (closed with ``]}``), else None."""
+    try:
+        value = json.loads(header + b"]}")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def complete_header_security(header):
     """The ``_security`` object a complete backup's header carries, else None."""
     if b'"_security"' not in header:
         return None
-    try:
-        value = json.loads(header + b"]}")
-    except ValueError:
-        return None
-    security = value.get("_security") if isinstance(value, dict) else None
+    security = (dump_header(header) or {}).get("_security")
     return security if isinstance(security, dict) else None
+
+
+def header_since(header):
+    """The sequence an incremental backup's header starts from, else None."""
+    if b'"since"' not in header:
+        return None
+    return (dump_header(header) or {}).get("since")
+
+
+def sequence_number(seq):
+    """The count a sequence begins with: PouchDB Server's is a number,
+    CouchDB's a string ``"N-opaque"`` (CouchDB 2.0's a list ``[N, "opaque"]``).
+    None for anything else."""
+    if isinstance(seq, list) and seq:
+        seq = seq[0]
+    if isinstance(seq, int) and not isinstance(seq, bool):
+        return seq
+    match = re.match(r"\d+", seq) if isinstance(seq, str) else None
+    return int(match.group()) if match else None
 
 
 # -- A dump's lines ---------------------------------------------------------
@@ -3427,6 +3473,9 @@ class AllDocsSource:
         # A backup's signals end it at once (``Interrupted``): its Stop is never asked.
         self.requester = Requester(session, out, opts, Stop())
 
+    def prepare(self):
+        """Before the output is opened: nothing to read for this backup."""
+
     def copy(self, target):
         """Download and rewrite into ``target``; returns (reply had CRs, size without CRs)."""
         return self._transfer("/" + quote_database(self.opts.db) + ALL_DOCS_QUERY, target)
@@ -3619,6 +3668,102 @@ def document_path(doc_id):
     return "/" + quote_path_segment(doc_id)
 
 
+def increment_base(path, db, max_line=64 << 20):
+    """The header of the backup ``--since`` names, once the file is known to
+    be a whole complete backup of ``db`` that says where the database stood.
+
+    Only its first line and its end are read (a gzip file is read through,
+    which proves its data intact).  Raises ``BackupFailed`` saying what to
+    do instead.
+    """
+    if not os.path.exists(path):
+        raise BackupFailed("%s does not exist" % path)
+    if not os.path.isfile(path):
+        raise BackupFailed("%s is not a file" % path)
+    try:
+        first, last = _first_and_last_lines(path, max_line)
+    except OSError as error:
+        raise BackupFailed("cannot read %s: %s" % (path, error.strerror or error))
+    if last != FOOTER:
+        raise BackupFailed("%s is cut short (it does not end with its ]} footer): give its whole file, or take a"
+                           " full backup with --complete" % path)
+    header = dump_header(first.rstrip(b"\r\n"))
+    if header is None or not isinstance(header.get("_security"), dict) or header.get("docs") != []:
+        raise BackupFailed("%s is not a complete backup: take a full backup with --complete first" % path)
+    if header.get("seq") is None:
+        raise BackupFailed("%s records no sequence (it was written before --since existed): take a full backup"
+                           " with --complete" % path)
+    if header.get("db") != db:
+        raise BackupFailed("%s is a backup of %s, not of %s: give one of %s, or take a full backup with --complete"
+                           % (path, json.dumps(header.get("db"), ensure_ascii=False), json.dumps(db),
+                              json.dumps(db)))
+    return header
+
+
+def _first_and_last_lines(path, max_line, tail_size=1 << 16):
+    """A dump file's first line, and its last line that is not blank (stripped).
+
+    A gzip file that is cut or corrupt has no last line (b"")."""
+    with open(path, "rb") as raw:
+        if raw.read(2) != GZIP_MAGIC:
+            raw.seek(0)
+            first = raw.readline(max_line + 1)
+            raw.seek(max(raw.seek(0, os.SEEK_END) - tail_size, 0))
+            tail = raw.read()
+        else:
+            raw.seek(0)
+            try:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+                    first = tail = handle.readline(max_line + 1)
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        tail = tail[-tail_size:] + block
+            except (EOFError, zlib.error, gzip.BadGzipFile):
+                return b"", b""
+    tail = tail.rstrip(b" \t\r\n")
+    return first, tail[tail.rfind(b"\n") + 1:].strip()
+
+
+class Standing:
+    """Where the database stands, as every complete backup's header records
+    it, and with --since the earlier backup an incremental one continues.
+
+    ``read_base`` reads that backup (``increment_base``) before the output
+    is opened or any request sent.  ``take`` turns the database's
+    information (``GET /{db}``, read before the changes are) into the
+    header's keys: its name, its ``instance_start_time`` and its
+    ``update_seq``, the sequence the file is complete up to (a change made
+    while the backup runs may be in it and in the next increment too, which
+    a ``new_edits:false`` load takes twice harmlessly); for an increment,
+    ``since``, once the database is known to be the one the base was taken
+    of.
+    """
+
+    def __init__(self, opts):
+        self.opts = opts
+        self.base = None     # --since: the header of the backup this one continues
+
+    def read_base(self):
+        if self.opts.since is not None:
+            self.base = increment_base(self.opts.since, self.opts.db, self.opts.max_line)
+
+    def take(self, info):
+        if not isinstance(info, dict):
+            raise BackupFailed("the database's information is not a JSON object")
+        standing = {"db": self.opts.db, "instance_start_time": info.get("instance_start_time"),
+                    "seq": info.get("update_seq")}
+        base = self.base
+        if base is not None:
+            # instance_start_time has whole seconds on CouchDB (and is the
+            # server's on PouchDB Server): a sequence gone back tells too.
+            was, now = sequence_number(base["seq"]), sequence_number(standing["seq"])
+            if base.get("instance_start_time") != standing["instance_start_time"] \
+                    or was is not None and now is not None and now < was:
+                raise BackupFailed("the database was deleted and created again since %s: take a full backup"
+                                   " with --complete" % self.opts.since)
+            standing["since"] = base["seq"]
+        return standing
+
+
 class CompleteSource:
     """The source of a backup with --complete: every leaf revision, with its history.
 
@@ -3661,6 +3806,14 @@ class CompleteSource:
         # give up at their next attempt instead of keeping the process alive.
         self.batches_stop = Stop()
         self.requester = Requester(session, out, opts, self.batches_stop)
+        self.standing = Standing(opts)
+
+    def prepare(self):
+        """Before the output is opened: --since reads and checks its base."""
+        try:
+            self.standing.read_base()
+        except BackupFailed as error:
+            raise Failure(lines=["... ERROR: Backup failed, no file written: %s." % error])
 
     def copy(self, target):
         """Write the whole file into ``target``; returns (False: no carriage
@@ -3678,15 +3831,20 @@ class CompleteSource:
 
     def _copy(self, target):
         """Write the whole file; returns its size before compression."""
+        standing = self.standing.take(self._ask("Reading the database's information", "GET", self.db_path).value)
+        self.summary.update((key, standing[key]) for key in ("since", "seq") if key in standing)
+        if "since" in standing:
+            self.out.info("... INFO: Incremental backup: the changes since %s, where %s ends"
+                          % (json_bytes(standing["since"]).decode("utf-8"), self.opts.since))
         security = self._ask("Reading the _security object", "GET", self.db_path + "/_security").value
         if not isinstance(security, dict):
             raise BackupFailed("the _security object is not a JSON object")
-        lines = _DocumentLines(target, complete_header(security))
+        lines = _DocumentLines(target, complete_header(security, standing))
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(max_workers=self.JOBS)
         try:
             size = 0
-            for rows in self._pages():
+            for rows in self._pages(standing.get("since", 0)):
                 for doc_id, revs in rows:
                     if doc_id.startswith("_local/"):
                         continue
@@ -3734,13 +3892,12 @@ class CompleteSource:
             lines.add_all(written)
             del self.vanished[doc_id]
 
-    def _pages(self):
-        """Yield the feed's rows a page at a time, until a page is empty.
+    def _pages(self, since):
+        """Yield the feed's rows after ``since`` a page at a time, until a page is empty.
 
         A page shorter than asked is not taken for the end: a server may
         cap its pages.  CouchDB's ``pending`` of 0 ends it one request early.
         """
-        since = 0
         while True:
             seq = since if isinstance(since, str) else json.dumps(since)
             rows, last_seq, pending = self._ask(
@@ -3870,6 +4027,7 @@ class Backup:
         output = BackupOutput(self.opts, out)
         out.info("... INFO: Output file %s" % output.name)
         self.summary["file"] = output.final
+        self.source.prepare()
         target = output.open()
         try:
             had_cr, size = self.source.copy(target)
@@ -3930,6 +4088,7 @@ class RestoreCounts:
         self.bytes_sent = 0
         self.failed_chunk = None
         self.complete = False        # a complete backup: documents counts its revisions
+        self.since = None            # an incremental backup: the sequence it starts from
         self.resume_at = None        # the -s value that resumes a restore that stopped
 
     def summary(self):
@@ -3937,6 +4096,8 @@ class RestoreCounts:
                    "design_documents": self.design_documents, "bytes": self.file_bytes}
         if self.complete:
             summary["complete"] = True
+        if self.since is not None:
+            summary["since"] = self.since
         if self.resume_at is not None:
             summary["resume"] = "-s " + self.resume_at
         return summary
@@ -4230,6 +4391,7 @@ class DumpSurvey:
         self.last_has_newline = True
         self.complete = False
         self.security = None
+        self.since = None        # an incremental backup: the sequence it starts from
         self._comma_pending = None   # the last document line seen ended with a comma
         self.check = check
         self.design_lines = set()
@@ -4265,6 +4427,7 @@ class DumpSurvey:
             self.first = block[:cut] if cut >= 0 else block
             self.security = complete_header_security(self.first)
             self.complete = self.security is not None
+            self.since = header_since(self.first)
         if not self.complete and b'"_revisions"' in block:
             self.complete = any(has_revisions(line) for line in block.split(b"\n") if b'"_revisions"' in line)
         self.lines += newlines + (0 if block.endswith(b"\n") else 1)
@@ -5015,6 +5178,14 @@ class CompleteRestore:
         survey.keep_designs_in_text()
         self.designs = len(survey.bulk_designs)
 
+    def tell_increment(self, since):
+        """An incremental backup adds to its base: said before anything is sent."""
+        if since is None:
+            return
+        self.run.counts.since = since
+        self.run.out.detail("couchdb_dump: %s holds the changes since %s only; restore its base first"
+                            % (self.run.opts.file, json_bytes(since).decode("utf-8")))
+
     def announce(self):
         self.run.out.info("... INFO: Complete backup: every revision goes to _bulk_docs as it is,"
                       " %d design documents included." % self.designs)
@@ -5209,6 +5380,7 @@ class Restore:
         counts.file_bytes = dump.size
         if survey.complete:
             self.complete = CompleteRestore(run, survey)
+            self.complete.tell_increment(survey.since)
         run.plan = RestorePlan(opts, survey)
         out.info("... INFO: Checking for database")
         TargetDatabase(run).prepare(run.plan.refuse)

@@ -91,8 +91,9 @@ def test_complete_backup_writes_every_leaf_with_its_history_and_security_in_the_
     assert result.returncode == 0, says(result)
     data = (tmp_path / "complete.json").read_bytes()
     first = data.split(b"\n", 1)[0]
+    # _security first, then where the database stood (tests/test_incremental.py), then the documents
     assert first == b'{"new_edits":false,"_security":' + json.dumps(SECURITY, separators=(",", ":")).encode() \
-        + b',"docs":['
+        + b',"db":"db","instance_start_time":"1700000001","seq":"%d-g1AAAAstub","docs":[' % (len(STUB_LEAVES) + 5)
     docs = dump_lines(data)
     got = {(d["_id"], d["_rev"]) for d in docs}
     expected = {(d["_id"], d["_rev"]) for d in STUB_LEAVES} | {("doc%05d" % i, "1-%032x" % i) for i in range(5)}
@@ -457,7 +458,7 @@ def test_empty_security_object_is_not_put(tmp_path):
     source = stub_with_leaves()
     source.store.security["db"] = {}
     assert backup_from(source, tmp_path).returncode == 0
-    assert (tmp_path / "complete.json").read_bytes().startswith(b'{"new_edits":false,"_security":{},"docs":[\n')
+    assert (tmp_path / "complete.json").read_bytes().startswith(b'{"new_edits":false,"_security":{},"db":')
     result, stub = restore_into(tmp_path, tmp_path / "complete.json", "-c", "--verify")
     assert result.returncode == 0, says(result)
     assert not [r for r in stub.requests if "_security" in r.path]
@@ -669,7 +670,8 @@ def complete_source(pouchdb_url, tmp_path_factory):
 
 def test_complete_backup_of_pouchdb_server_holds_every_leaf_and_no_local_document(complete_source):
     data = complete_source["file"].read_bytes()
-    assert header(data) == {"new_edits": False, "_security": SECURITY, "docs": []}
+    assert header(data) == {"new_edits": False, "_security": SECURITY, "docs": [], "db": complete_source["db"],
+                            "seq": header(data)["seq"], "instance_start_time": header(data)["instance_start_time"]}
     docs = dump_lines(data)
     assert {(d["_id"], d["_rev"]): d for d in docs} == complete_source["leaves"]
     assert len(docs) == len(complete_source["leaves"]) == PLAIN + 3 + 2 + 2 + 1 + 1

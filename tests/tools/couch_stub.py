@@ -11,8 +11,10 @@ leaf revisions as `_bulk_docs` with `new_edits:false` does, and it answers
 `GET /db` gives `update_seq` and `instance_start_time` as CouchDB 3 does:
 sequences count per database (they start again when a database is deleted
 and created again) and are opaque strings (`"12-g1AAAAstub"`, its suffix
-`seq_suffix`), and `instance_start_time` is the database's creation time in
-whole seconds (a test may set `store.instances[db]` to another value).
+`seq_suffix`), and `instance_start_time` is the time of the database's
+creation in whole seconds: a clock that starts at the same second in every stub
+and moves on one second a creation, so that two stubs given the same databases
+give the same files (a test may set `store.instances[db]` to another value).
 Every request is recorded.  A test can replace the answer to any request
 with `faults`: a callable taking the request's index, method and path and
 returning None (answer normally) or one of the actions of `Fault`.  With
@@ -70,6 +72,7 @@ class Store:
     security: dict = field(default_factory=dict)    # name -> the _security object
     update_seqs: dict = field(default_factory=dict)  # name -> the sequence of its last change
     instances: dict = field(default_factory=dict)   # name -> instance_start_time (its creation, in seconds)
+    created: int = 0                                # databases created so far: the clock of instances
 
 
 def revision_order(rev):
@@ -267,7 +270,11 @@ class CouchStub:
     def create(self, db):
         """A new, empty database, as ``PUT /db`` makes it."""
         self.store.databases[db] = {}
-        self.store.instances[db] = "%d" % time.time()
+        self._started(db)
+
+    def _started(self, db):
+        self.store.created += 1
+        self.store.instances[db] = "%d" % (1700000000 + self.store.created)
 
     def seq_text(self, number):
         """A sequence as the stub hands it out: CouchDB's opaque string."""
@@ -399,7 +406,9 @@ class CouchStub:
             return 200, b'{"ok":true}\n'
         if request.method == "GET" and len(parts) == 1:
             self._feed(db)   # documents a test stored directly get their sequence
-            created = self.store.instances.setdefault(db, "%d" % time.time())
+            if db not in self.store.instances:   # a database a test stored directly
+                self._started(db)
+            created = self.store.instances[db]
             return 200, json.dumps({"db_name": db, "doc_count": len(dbs[db]), "instance_start_time": created,
                                     "update_seq": self.seq_text(self.store.update_seqs.get(db, 0))}).encode() + b"\n"
         if request.method == "PUT" and len(parts) == 1:
