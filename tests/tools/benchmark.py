@@ -6,6 +6,7 @@
     python3 tests/tools/benchmark.py --docs N --runs K [--compare-sizes]
     python3 tests/tools/benchmark.py --profile backup|restore [--docs N]   # cProfile's top 25 by cumulative time
     python3 tests/tools/benchmark.py --complete [--docs N] [--runs K]  # --complete backup beside the default one
+    python3 tests/tools/benchmark.py --incremental [--docs N] [--runs K]  # --since beside a full --complete backup
     python3 tests/tools/benchmark.py --long-line [--runs K]   # only the peaks of a dump with a ~33 MB line
     ... --http-chunks 1mib        # serve the reply in 1 MiB HTTP chunks instead of CouchDB's
 
@@ -1198,14 +1199,11 @@ def complete_leaves(n, width):
                    "_revisions": {"start": 2, "ids": ["%032x" % i, digest]}}
 
 
-def run_complete(n, runs, port, top):
-    """Back up the same stub database with and without --complete, `runs`
-    times round-robin; print time, CPU, peak RSS, file sizes and ratios."""
+def complete_stub(n, what):
+    """The stub server holding `complete_leaves(n)` as database "db", with a
+    _security object; prints what it holds.  Returns (stub, its leaves)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from couch_stub import CouchStub
-    workdir = top / ("complete-%d" % n)
-    workdir.mkdir()
-    runner = Runner(workdir)
     stub = CouchStub(databases=["db"])
     started = time.monotonic()
     batch = []
@@ -1217,44 +1215,109 @@ def run_complete(n, runs, port, top):
     stub.put_leaves("db", batch)
     leaves = sum(len(tree) for tree in stub.store.leaves["db"].values())
     stub.store.security["db"] = {"members": {"names": ["reader"], "roles": []}, "admins": {"names": [], "roles": []}}
-    print("\n=== --complete: N = {:,} documents ({:,} leaves) in the stub server (tests/tools/couch_stub.py), "
-          "filled in {:.1f} s; {} run{} ===".format(n, leaves, time.monotonic() - started, runs,
-                                                  "s" if runs > 1 else ""), flush=True)
-    stages = (("default backup (-b)", "default.json", ()), ("complete backup (-b --complete)", "complete.json",
-                                                            ("--complete",)))
-    results = {name: [] for name, _, _ in stages}
+    print("\n=== {}: N = {:,} documents ({:,} leaves) in the stub server (tests/tools/couch_stub.py), "
+          "filled in {:.1f} s ===".format(what, n, leaves, time.monotonic() - started), flush=True)
+    return stub, leaves
+
+
+def run_stages(stub, runner, port, workdir, runs, stages):
+    """Run each of `stages` ((name, file, options, lines expected)) `runs`
+    times round-robin against the stub; print the table of medians.
+    Returns ({name: (median wall, median CPU)}, {name: file size}, problems)."""
+    results = {name: [] for name, _, _, _ in stages}
     sizes, problems = {}, []
-    with stub:
-        class Where:
-            port = stub.port
-        for _ in range(runs):
-            for name, file_name, options in stages:
-                target = workdir / file_name
-                if target.exists():
-                    target.unlink()
-                before = len(stub.requests)
-                result = runner.run(port_command(port, Where, "-b", "-f", file_name, *options), name)
-                result["requests"] = len(stub.requests) - before
-                results[name].append(result)
-                sizes[name] = target.stat().st_size
-                with open(str(target), "rb") as handle:
-                    lines = sum(block.count(b"\n") for block in plain_blocks(handle))
-                expected = (leaves if options else n - n // 100) + 2
-                if lines != expected:
-                    problems.append("%s: %d lines, expected %d" % (name, lines, expected))
+
+    class Where:
+        port = stub.port
+    print("%d run%s of each, round-robin" % (runs, "s" if runs > 1 else ""), flush=True)
+    for _ in range(runs):
+        for name, file_name, options, expected in stages:
+            target = workdir / file_name
+            if target.exists():
+                target.unlink()
+            before = len(stub.requests)
+            result = runner.run(port_command(port, Where, "-b", "-f", file_name, *options), name)
+            result["requests"] = len(stub.requests) - before
+            results[name].append(result)
+            sizes[name] = target.stat().st_size
+            with open(str(target), "rb") as handle:
+                lines = sum(block.count(b"\n") for block in plain_blocks(handle))
+            if lines != expected:
+                problems.append("%s: %d lines, expected %d" % (name, lines, expected))
     print("%-34s %9s %9s %10s %9s %10s %12s" % ("stage", "median s", "CPU s", "peak RSS", "requests", "file",
-                                                "documents/s"))
+                                                "lines/s"))
     medians = {}
-    for name, _, _ in stages:
+    for name, _, _, expected in stages:
         runs_of = results[name]
         wall = statistics.median(r["wall"] for r in runs_of)
         medians[name] = (wall, statistics.median(r["cpu"] for r in runs_of))
         print("%-34s %9.2f %9.2f %7.1f MB %9d %10s %12s" % (
             name, wall, medians[name][1], max(r["maxrss_kib"] for r in runs_of) / 1024, runs_of[-1]["requests"],
-            mb(sizes[name]), "{:,.0f}".format(n / wall)))
-    default, complete = (medians[name] for name, _, _ in stages)
+            mb(sizes[name]), "{:,.0f}".format(expected / wall)))
+    return medians, sizes, problems
+
+
+def run_complete(n, runs, port, top):
+    """Back up the same stub database with and without --complete, `runs`
+    times round-robin; print time, CPU, peak RSS, file sizes and ratios."""
+    workdir = top / ("complete-%d" % n)
+    workdir.mkdir()
+    stub, leaves = complete_stub(n, "--complete")
+    stages = (("default backup (-b)", "default.json", (), n - n // 100 + 2),
+              ("complete backup (-b --complete)", "complete.json", ("--complete",), leaves + 2))
+    with stub:
+        medians, _, problems = run_stages(stub, Runner(workdir), port, workdir, runs, stages)
+    default, complete = (medians[stage[0]] for stage in stages)
     print("ratio complete/default: time %.2f, CPU of the port %.2f (the stub server's own work is in the time,"
           " not in the CPU)" % (complete[0] / default[0], complete[1] / default[1]))
+    for problem in problems:
+        print("PROBLEM: " + problem)
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# --incremental: an increment (--since) beside a full complete backup
+# ---------------------------------------------------------------------------
+
+def run_incremental(n, runs, port, top, changed=0.01):
+    """A full --complete backup of the stub database is the base; then one
+    document in 100 gets a new revision.  The full complete backup of the
+    database as it is now and the increment since the base run `runs`
+    times round-robin; the increment's file size and time are printed
+    against the full backup's, with the targets (<= 3 % and <= 0.1x)."""
+    workdir = top / ("incremental-%d" % n)
+    workdir.mkdir()
+    runner = Runner(workdir)
+    stub, leaves = complete_stub(n, "--incremental")
+    step = max(int(round(1 / changed)), 1)
+    with stub:
+        class Where:
+            port = stub.port
+        runner.run(port_command(port, Where, "-b", "-f", "base.json", "--complete"), "the base")
+        tree = stub.store.leaves["db"]
+        updates = []
+        for i, doc_id in enumerate(sorted(tree)):
+            if i % step == 0:
+                parent = max(tree[doc_id].values(), key=lambda doc: (not doc.get("_deleted"), doc["_rev"]))
+                start = parent["_revisions"]["start"] + 1
+                tip = "%032x" % (i + (1 << 100))
+                updates.append(dict(parent, _rev="%d-%s" % (start, tip), changed=True,
+                                    _revisions={"start": start, "ids": [tip] + parent["_revisions"]["ids"]}))
+        stub.put_leaves("db", updates)
+        print("%d documents changed since the base (one in %d)" % (len(updates), step), flush=True)
+        # The changed documents' leaves: a conflicted document's other leaf comes with it.
+        changed_leaves = sum(len(tree[doc["_id"]]) for doc in updates)
+        stages = (("full complete (-b --complete)", "full.json", ("--complete",), leaves + 2),
+                  ("increment (-b --since base.json)", "increment.json", ("--since", "base.json"),
+                   changed_leaves + 2))
+        medians, sizes, problems = run_stages(stub, runner, port, workdir, runs, stages)
+    (full_name, full_file), (inc_name, inc_file) = ((stage[0], stage[1]) for stage in stages)
+    size_ratio = sizes[inc_name] / sizes[full_name]
+    time_ratio = medians[inc_name][0] / medians[full_name][0]
+    print("increment / full complete: file %.2f %% (%s of %s; target <= 3 %%: %s), time %.3fx (target <= 0.1x: %s),"
+          " CPU of the port %.3fx" % (100 * size_ratio, mb(sizes[inc_name]), mb(sizes[full_name]),
+                                       verdict(size_ratio <= 0.03), time_ratio, verdict(time_ratio <= 0.1),
+                                       medians[inc_name][1] / medians[full_name][1]))
     for problem in problems:
         print("PROBLEM: " + problem)
     return problems
@@ -1286,6 +1349,9 @@ def main(argv=None):
     parser.add_argument("--complete", action="store_true",
                         help="a --complete backup beside the default one, against the stub server"
                              " [default: 100,000 documents]")
+    parser.add_argument("--incremental", action="store_true",
+                        help="an incremental backup (--since) of 1 %% of the documents beside a full --complete"
+                             " one, against the stub server [default: 100,000 documents]")
     parser.add_argument("--profile", choices=("backup", "restore"),
                         help="run the port once under cProfile and print the top 25 entries")
     parser.add_argument("--long-line", action="store_true",
@@ -1308,6 +1374,8 @@ def main(argv=None):
         print("couchdb_dump.py benchmark (%s)\nport: %s" % (versions(), description), flush=True)
         if args.complete:
             return 1 if run_complete(args.docs or SMALL, runs, port, top) else 0
+        if args.incremental:
+            return 1 if run_incremental(args.docs or SMALL, runs, port, top) else 0
         suites = []
         if args.long_line:
             pass
