@@ -3772,9 +3772,10 @@ class CompleteSource:
     batches of about ``BATCH`` revisions, fewer where the revisions are
     large (``BATCH_BYTES`` a reply), or one ``open_revs=all`` GET per
     document where the server has no ``_bulk_get``).  Line 1 carries the
-    ``_security`` object; then one leaf a line, in the feed's order, each
-    document's leaves sorted by revision, so the same database always gives
-    the same file.  ``JOBS`` batches are read at once (CouchDB answers a
+    ``_security`` object and where the database stood (``Standing``: the
+    next increment starts there; --since reads the feed from its base's);
+    then one leaf a line, in the feed's order, each document's leaves
+    sorted by revision, so the same database always gives the same file.  ``JOBS`` batches are read at once (CouchDB answers a
     few requests in flight faster), and written in order.  Memory holds one
     page and ``JOBS`` + 1 batches, whatever the size of the database.
     ``_local`` documents are left out on purpose.  Every request is tried
