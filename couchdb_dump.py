@@ -33,6 +33,7 @@ talks to the server and ``Requester`` asks it what an ``Ask`` describes
 import base64
 import codecs
 import collections
+import copy
 import difflib
 import gzip
 import itertools
@@ -268,6 +269,7 @@ LONG_OPTIONS = {
     "complete": False,
     "resume": False,
     "no-security": False,
+    "exclude": True,
 }
 
 
@@ -277,6 +279,9 @@ JOBS_LINES = "500"
 
 # Databases --recreate will not delete unless --force is given too.
 SYSTEM_DATABASES = ("_users", "_replicator", "_global_changes")
+
+# No database name holds one of these: a -d holding one is a pattern (fnmatch's).
+PATTERN_CHARACTERS = "*?["
 
 USAGE_TEXT = """
 Usage: {prog} [-b|-r] -H <COUCHDB_HOST> -d <DB_NAME> -f <BACKUP_FILE> [-u <username>] [-p <password>] [-P <port>] [-l <lines>] [-t <threads>] [-a <import_attempts>]
@@ -311,6 +316,13 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 \t--verify            Restore: afterwards, check that every document of the dump is there with its revision.
 \t--jobs N            Restore: upload up to N chunks at once [Default: 1, the script's order];
 \t                    without -l, chunks of 500 documents (CouchDB takes them faster than 5000).
+\t                    Backup: read the database as N key ranges at once (the same file).
+\t                    With -d PATTERN: back up or restore N databases at once.
+\t-d PATTERN          A pattern ('*', '?', '[...]', which no database name holds): every database of the
+\t                    server it matches (backup) or of the folder -f names (restore), one file each in
+\t                    that folder, <name>.json with '/' written %2F. '*' leaves out the system databases
+\t                    (_users, ...); only a pattern beginning with '_' takes them in.
+\t--exclude PATTERN   With -d PATTERN: leave out the databases this pattern matches (repeatable).
 \t--json              Print one JSON summary object as the last line (stderr when -f - backs up to stdout).
 \t--no-progress       No progress line on stderr (-q turns it off too).
 \t--timeout SECONDS   Give up on a server that stops answering for that long [Default: 300]
@@ -413,6 +425,9 @@ class Options:
         # send requests the script never sends (the script's runs send its own).
         self.extended = False
         self.no_security = False
+        self.pattern = False     # -d is a pattern: every database it matches, to or from a folder
+        self.exclude = []        # --exclude patterns
+        self.server_run = False  # one database of a -d PATTERN run
         self.cores = 1
         self.url = ""
 
@@ -514,6 +529,7 @@ def parse_options(argv, environ, out, prog):
     _check_mode_and_names(opts, stray, prog)
     _settle_numbers(opts, out)
     _settle_server(opts, environ, prog)
+    _check_pattern(opts)
     return opts
 
 
@@ -598,11 +614,15 @@ def _no_progress(opts, option, value, prog):
     opts.progress = False
 
 
+def _exclude(opts, option, value, prog):
+    opts.exclude.append(value)
+
+
 # The options that do more than set a value: each handler checks and sets, or ends the run.
 OPTION_HANDLERS = {"h": _help_or_version, "V": _help_or_version, "--version": _help_or_version,
                    "--help": _help_or_version, ":": _misspelt, "=": _misspelt, "?": _misspelt, "D": _delay,
                    "--timeout": _timeout, "--jobs": _whole_number, "--max-line-mb": _whole_number,
-                   "--no-progress": _no_progress}
+                   "--no-progress": _no_progress, "--exclude": _exclude}
 
 
 def _check_mode_and_names(opts, stray, prog):
@@ -670,6 +690,20 @@ def _settle_server(opts, environ, prog):
         # Never a request to a path the user did not mean.
         raise Failure(lines=['... ERROR: -H "%s" with -P "%s" does not make a server URL: %s.'
                              % (_without_userinfo(opts.host), opts.port, problem)])
+
+
+def _check_pattern(opts):
+    """-d PATTERN (a -d holding a pattern character) and what cannot go with it."""
+    opts.pattern = any(char in opts.db for char in PATTERN_CHARACTERS)
+    if opts.exclude and not opts.pattern:
+        problem = "--exclude leaves databases out of a -d PATTERN ('*', '?' or '['); -d %s is one database" % opts.db
+    elif opts.pattern and opts.file == "-":
+        problem = "-d PATTERN takes a folder, one file a database: -f - cannot hold them"
+    elif opts.pattern and opts.start_chunk is not None:
+        problem = "-s names a chunk of one restore; it cannot go with -d PATTERN"
+    else:
+        return
+    raise Failure(lines=["... ERROR: " + problem])
 
 
 def url_problem(url):
@@ -806,6 +840,10 @@ ATTEMPT_WORDS = {
     "list databases": Words(
         transfer="... WARN: Curl failed to get the list of databases" + ATTEMPT + ". Retrying...",
         gave_up=("... ERROR: Curl failed to get the list of databases - Stopping",)),
+    "check database": Words(
+        transfer="... WARN: Curl failed to check the database %(db)s" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error checking the database %(db)s" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed to check the database %(db)s - Stopping",)),
     "delete database": Words(
         transfer="... WARN: Curl failed to delete the database %(db)s" + ATTEMPT + ". Retrying...",
         reply="... WARN: CouchDB Reported an error during db deletion" + ATTEMPT + " - Retrying...",
@@ -1064,6 +1102,48 @@ class Progress:
             self.figures = None
 
 
+class DatabaseMessages(Messages):
+    """The lines of one database's run within a whole-server run (-d PATTERN).
+
+    Standard output keeps one line a database, printed when it ends: this
+    database's INFO lines are dropped (as with -q), its WARN and ERROR lines
+    go to standard error after its name.  ``error_text`` still says why it
+    failed, for its line and its --json object.
+    """
+
+    def __init__(self, db, progress=None):
+        super().__init__(_NamedLines(db), quiet=True)
+        self.db = db
+        self.progress = progress
+
+    def detail(self, text):
+        super().detail("%s: %s" % (self.db, text))
+
+
+class _NamedLines:
+    """Standard error, each line after a database's name."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def write(self, data):
+        text = data.decode("utf-8", "replace")
+        sys.stderr.write("".join("%s: %s" % (self.name, line) for line in text.splitlines(keepends=True)))
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+class DatabasesProgress(Progress):
+    """A whole-server run's progress: the databases done of all, and the MB of their files."""
+
+    def _text(self, now, documents, size, total, final=False):
+        text = "%d/%d databases, %.1f MB%s" % (documents, total or 0, size / 1e6, " " + self.what if self.what else "")
+        if final:
+            text += ", %.0f s" % (now - self.started)
+        return text
+
+
 # ===========================================================================
 # 4. Talking to the server
 # ===========================================================================
@@ -1186,8 +1266,9 @@ def quote_path_segment(text):
 
 def quote_database(name):
     # Keep the characters CouchDB names use literally, as curl sends them;
-    # encode "/" and anything a URL cannot carry.
-    return quote(os.fsencode(name), safe="$()+-_,;=@!*'~")
+    # encode "/" and anything a URL cannot carry, and "+", which CouchDB
+    # reads as a space in a path.
+    return quote(os.fsencode(name), safe="$()-_,;=@!*'~")
 
 
 def proxy_for(scheme, host, environ):
@@ -2059,6 +2140,66 @@ class Requester:
                 return begin(resumption.response)
             except (TransferFailed, BackupFailed) as error:   # ReplyBroken is a TransferFailed
                 failure = error
+
+
+def read_database_names(text):
+    """The names of an ``_all_dbs`` reply's text; ValueError when it is no list of names."""
+    names = json.loads(text)
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError("not a list of database names")
+    return names
+
+
+def database_names(reply):
+    """The names an ``_all_dbs`` reply lists, or None when it is no such list."""
+    if not 200 <= reply.status < 300:
+        return None
+    try:
+        return read_database_names(reply.body)
+    except ValueError:
+        return None
+
+
+class DatabaseList:
+    """The names of the server's databases, read in pages of ``PAGE``.
+
+    ``GET /_all_dbs?limit=PAGE``, then ``&startkey=`` the JSON of the last
+    name (its repeat dropped), so that no reply has to hold 100,000 names.
+    A server that ignores ``limit`` (PouchDB Server) answers with every
+    name at once: a reply longer than asked is the whole list, and a page
+    that does not go on after the last name ends the reading, never loops.
+    """
+
+    PAGE = 1000
+
+    def __init__(self, requester):
+        self.requester = requester
+
+    def names(self):
+        last = None
+        while True:
+            path = "/_all_dbs?limit=%d" % self.PAGE
+            if last is not None:
+                path += "&startkey=" + quote(json.dumps(last), safe="")
+            reply = self.requester.ask(Ask("GET", path, "list databases", read=read_database_names)).value
+            page = reply[1:] if last is not None and reply[:1] == [last] else reply
+            if last is not None and any(name <= last for name in page):
+                return   # the server ignored startkey: its first reply was the whole list
+            yield from page
+            # Shorter than asked: the end; longer: the server ignored limit and sent them all.
+            if len(reply) != self.PAGE or not page:
+                return
+            last = page[-1]
+
+
+def matching_databases(names, pattern, excludes=()):
+    """The ``names`` a -d PATTERN takes, sorted: shell-style over the whole
+    name; a system database (``_users``...) only when the pattern itself
+    begins with "_"; none that an --exclude pattern matches."""
+    import fnmatch
+    return sorted(name for name in names
+                  if fnmatch.fnmatchcase(name, pattern) and (pattern.startswith("_") or not name.startswith("_"))
+                  and not any(fnmatch.fnmatchcase(name, excluded) for excluded in excludes))
 
 
 # ===========================================================================
@@ -3303,6 +3444,14 @@ class StreamTarget(DumpTarget):
             pass
 
 
+def until_stopped(blocks, stop):
+    """The blocks, until ``stop`` (a whole-server run's, not installed) notes a signal: then ``Stopped``."""
+    for block in blocks:
+        if stop.requested:
+            raise Stopped(stop.requested)
+        yield block
+
+
 def _raising(error):
     raise error
     yield  # a generator, that fails when it is first asked for a block
@@ -3417,12 +3566,13 @@ class AllDocsSource:
 
     BLOCK = 1 << 20
 
-    def __init__(self, opts, session, out, progress, summary):
+    def __init__(self, opts, session, out, progress, summary, stop=None):
         self.opts = opts
         self.session = session
         self.out = out
         self.progress = progress
         self.summary = summary
+        self.stop = stop or Stop()   # a whole-server run's: the signal it notes ends this backup
         self.resumer = None   # --resume: a ReplyResumer while the reply is read
         # A backup's signals end it at once (``Interrupted``): its Stop is never asked.
         self.requester = Requester(session, out, opts, Stop())
@@ -3444,6 +3594,7 @@ class AllDocsSource:
                 blocks = resumable_blocks(response, self.BLOCK)
             else:
                 blocks = read_blocks(response, self.BLOCK)
+            blocks = until_stopped(blocks, self.stop)
             head = b""
             # The first line decides: a CouchDB error, or which layout.
             try:
@@ -3641,12 +3792,13 @@ class CompleteSource:
     BATCH_BYTES = 16 << 20   # inline attachments can make 500 revisions gigabytes
     JOBS = 2
 
-    def __init__(self, opts, session, out, progress, summary):
+    def __init__(self, opts, session, out, progress, summary, stop=None):
         self.opts = opts
         self.session = session
         self.out = out
         self.progress = progress
         self.summary = summary
+        self.stop = stop or Stop()   # a whole-server run's: the signal it notes ends this backup
         summary.update({"complete": True, "leaves": 0, "deleted": 0, "conflicted": 0})
         self.db_path = "/" + quote_database(opts.db)
         self.bulk_get = True
@@ -3764,6 +3916,8 @@ class CompleteSource:
 
     def _write(self, batch, future, lines):
         """Write the leaves of a batch, read by ``_leaves``, in order."""
+        if self.stop.requested:
+            raise Stopped(self.stop.requested)
         by_document = future.result()
         if self.refused is not None:
             self.out.line("... WARN: The server has no _bulk_get (HTTP %d): reading the revisions of each"
@@ -3856,14 +4010,14 @@ class Backup:
     only once the source wrote all of it.
     """
 
-    def __init__(self, opts, session, out, progress=None):
+    def __init__(self, opts, session, out, progress=None, stop=None):
         self.opts = opts
         self.out = out
         self.progress = progress or Progress(False)
         self.summary = {"mode": "backup", "db": opts.db, "file": opts.file,
                         "documents": 0, "design_documents": 0, "bytes": 0}
         source = CompleteSource if opts.complete else AllDocsSource
-        self.source = source(opts, session, out, self.progress, self.summary)
+        self.source = source(opts, session, out, self.progress, self.summary, stop)
 
     def run(self):
         out = self.out
@@ -4404,19 +4558,6 @@ class RestorePlan:
                                  ' server' % self.lines])
 
 
-def database_names(reply):
-    """The names an ``_all_dbs`` reply lists, or None when it is no such list."""
-    if not 200 <= reply.status < 300:
-        return None
-    try:
-        names = json.loads(reply.body)
-    except ValueError:
-        return None
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        return None
-    return names
-
-
 # What a refused list of databases most likely means (said on stderr).
 REFUSED_LISTING = {
     401: ": it did not accept the user name and password (-u/-p, or COUCHDB_USER/COUCHDB_PASS)",
@@ -4456,8 +4597,11 @@ class TargetDatabase:
 
     def prepare(self, before_change):
         opts, out = self.run.opts, self.run.out
-        reply = self.run.requester.ask(Ask("GET", "/_all_dbs", "list databases", expect="any"))
-        names = database_names(reply)
+        if opts.server_run:
+            names = [opts.db] if self.exists() else []
+        else:
+            reply = self.run.requester.ask(Ask("GET", "/_all_dbs", "list databases", expect="any"))
+            names = database_names(reply)
         if names is None:
             out.line("... WARN: Curl failed to get the list of databases - Continuing")
             if not reply.body.rstrip(b"\n"):
@@ -4480,6 +4624,13 @@ class TargetDatabase:
                           hints=["... HINT: you could add the -c flag to create the database automatically"])
         before_change()
         self.create()
+
+    def exists(self):
+        """Whether the database is there, asked of it alone (``GET /db``): a
+        whole-server run would read the list of every database once for each."""
+        reply = self.run.requester.ask(Ask("GET", self.path, "check database", tolerate=(404,),
+                                           db=self.run.opts.db))
+        return reply.status != 404
 
     def delete(self):
         opts, out = self.run.opts, self.run.out
@@ -5291,7 +5442,234 @@ class Restore:
 # ===========================================================================
 # 8. Main
 # ===========================================================================
-# The command line in, an exit code out.
+# The command line in, an exit code out: one database, or every one a pattern matches.
+
+
+# A dump file of a whole-server folder: the database's name, "/" written %2F.
+DUMP_FILE = re.compile(r"\A(_?[a-z](?:[a-z0-9_$()+-]|%2F)*)\.json(\.gz)?\Z")
+
+
+def dump_file_name(db):
+    """The file of database ``db`` in a whole-server folder (before -z's .gz)."""
+    return db.replace("/", "%2F") + ".json"
+
+
+def folder_dumps(folder):
+    """The dump files of a whole-server folder, ``{database: file name}``,
+    and the first entry that cannot be read as one (None when none)."""
+    found = {}
+    for entry in sorted(os.listdir(folder)):
+        match = DUMP_FILE.match(entry)
+        if match is None or not os.path.isfile(os.path.join(folder, entry)):
+            return found, "%s is not a database's dump file (<name>.json or <name>.json.gz, / written %%2F)" % entry
+        db = match.group(1).replace("%2F", "/")
+        if db in found:
+            return found, "%s and %s are two dumps of the database %s" % (found[db], entry, db)
+        found[db] = entry
+    return found, None
+
+
+class DatabaseRun:
+    """One database of a whole-server run: its own options, lines and stop.
+
+    Runs the backup or restore a command line for that database alone
+    would, in a thread of the ``ServerRun``; ``result`` is then its --json
+    object (what a single run prints), ``error`` why it failed.
+    """
+
+    def __init__(self, server, db, path):
+        opts = copy.copy(server.opts)
+        opts.db, opts.file = db, path
+        opts.pattern, opts.exclude = False, []
+        opts.server_run = opts.extended = True
+        opts.timestamp = False       # -T stamps the folder
+        opts.json = True             # count the design documents for the line and --json
+        opts.jobs = 1                # --jobs is the databases at once
+        opts.thread_count = 1        # no worker processes forked from threads
+        self.opts = opts
+        self.db = db
+        self.stop = Stop()           # not installed: ``ServerRun`` notes the signal here
+        self.out = DatabaseMessages(db, server.progress)
+        self.session = server.session
+        self.result = None
+        self.error = None
+
+    def __call__(self, done):
+        started = time.monotonic()
+        job = None
+        try:
+            if self.opts.backup:
+                job = Backup(self.opts, self.session, self.out, stop=self.stop)
+            else:
+                job = Restore(self.opts, self.session, self.out, stop=self.stop)
+            job.run()
+            code = 0
+        except Failure as failure:
+            failure.tell(self.out)
+            code = failure.code
+        except BaseException as error:   # a bug of ours: this database fails, the others go on
+            import traceback
+            self.out.line("... ERROR: Unexpected failure (%s); please report it." % _describe(error))
+            traceback.print_exc(file=sys.stderr)
+            code = 1
+        result = {"ok": code == 0}
+        result.update(job.summary if job is not None else {"mode": "backup" if self.opts.backup else "restore",
+                                                           "db": self.db, "file": self.opts.file})
+        result["seconds"] = round(time.monotonic() - started, 3)
+        if code:
+            self.error = self.out.error_text() or "exit code %d" % code
+            result.update({"error": self.error, "exit_code": code})
+        self.result = result
+        done.put(self)
+
+
+class ServerRun:
+    """-d PATTERN: every database the pattern matches, each in a file of its own.
+
+    Backup: the server's databases (``DatabaseList``, read in pages), each
+    to ``DIR/<name>.json`` (``/`` written ``%2F``; ``.json.gz`` with -z;
+    ``DIR/<stamp>/`` with -T), the very file a run for that database alone
+    writes, whole or absent.  Restore: the folder's dump files, every one
+    checked by its name before any request.  Up to --jobs databases at
+    once (``DatabaseRun``), sharing the session's connections; one line a
+    database as it ends, then a summary.  A database that fails does not
+    stop the others; the exit code is 0 only when every one succeeded.  A
+    signal stops them all: a backup at its next block (its temporary file
+    removed), a restore after the request on its way.
+    """
+
+    def __init__(self, opts, session, out, progress, stop):
+        self.opts = opts
+        self.session = session
+        self.out = out
+        self.progress = progress
+        self.stop = stop
+        self.folder = opts.file
+        self.results = []
+        self.failed = []
+        self.total = 0
+
+    @property
+    def summary(self):
+        """The --json object: each database's own, and the totals."""
+        results = self.results
+        return {"mode": "backup" if self.opts.backup else "restore", "db": self.opts.db, "file": self.folder,
+                "databases": results, "documents": sum(r.get("documents", 0) for r in results),
+                "design_documents": sum(r.get("design_documents", 0) for r in results),
+                "bytes": sum(r.get("bytes", 0) for r in results)}
+
+    def run(self):
+        started = time.monotonic()
+        work = self.backups() if self.opts.backup else self.restores()
+        self.total = len(work)
+        self.progress.update(0, 0, self.total, force=True)
+        self.run_all(work)
+        self.progress.finish()
+        self.tell_end(time.monotonic() - started)
+
+    def no_match(self, where):
+        opts = self.opts
+        excluded = " (with --exclude %s)" % ", ".join(opts.exclude) if opts.exclude else ""
+        return Failure(lines=["... ERROR: No database %s matches -d %s%s." % (where, opts.db, excluded)])
+
+    def backups(self):
+        """(database, file) of each database to back up; the folder made ready."""
+        opts = self.opts
+        if opts.timestamp:
+            self.folder = os.path.join(self.folder, time.strftime("%Y%m%d-%H%M%S"))
+        if os.path.exists(self.folder) and not os.path.isdir(self.folder):
+            raise Failure(lines=["... ERROR: %s is not a folder: -d PATTERN writes one file a database into a"
+                                 " folder." % self.folder])
+        requester = Requester(self.session, self.out, opts, self.stop)
+        names = matching_databases(DatabaseList(requester).names(), opts.db, opts.exclude)
+        if not names:
+            raise self.no_match("of the server")
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as error:
+            raise Failure(lines=["... ERROR: Cannot make the folder %s: %s." % (self.folder, error.strerror)])
+        return [(name, os.path.join(self.folder, dump_file_name(name))) for name in names]
+
+    def restores(self):
+        """(database, file) of each dump of the folder to restore, checked before any request."""
+        opts = self.opts
+        if not os.path.isdir(self.folder):
+            raise Failure(lines=["... ERROR: Input folder %s not found." % self.folder])
+        files, problem = folder_dumps(self.folder)
+        if problem:
+            raise Failure(lines=["... ERROR: In %s: %s. Nothing was sent to the server." % (self.folder, problem)])
+        names = matching_databases(files, opts.db, opts.exclude)
+        if not names:
+            raise self.no_match("dump in %s" % self.folder)
+        return [(name, os.path.join(self.folder, files[name])) for name in names]
+
+    def run_all(self, work):
+        """Up to --jobs databases at once, in daemon threads (a hung one cannot hold the exit)."""
+        pending = collections.deque(work)
+        running = set()
+        done = queue.Queue()
+        self.stop.graceful = True   # a signal is noted, and handed to every database
+        try:
+            while pending or running:
+                while pending and len(running) < self.opts.jobs and not self.stop.requested:
+                    run = DatabaseRun(self, *pending.popleft())
+                    running.add(run)
+                    threading.Thread(target=run, args=(done,), daemon=True).start()
+                if self.stop.requested:
+                    pending.clear()
+                    for run in running:
+                        run.stop.requested = self.stop.requested
+                try:
+                    run = done.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                running.discard(run)
+                self.tell(run)
+        except (Interrupted, KeyboardInterrupt):
+            # A second signal: stop at once, but give each database a moment to remove its file.
+            for run in running:
+                run.stop.requested = self.stop.requested or signal.SIGINT
+            deadline = time.monotonic() + 5
+            while running and time.monotonic() < deadline:
+                try:
+                    running.discard(done.get(timeout=0.1))
+                except queue.Empty:
+                    pass
+            raise
+        finally:
+            self.stop.graceful = False
+
+    def tell(self, run):
+        """The line of a database that ended; the progress."""
+        result = run.result
+        self.results.append(result)
+        if result["ok"]:
+            self.out.info("... INFO: %s %s: %d documents, %.2f MB in %.2f s" % (
+                "Backed up" if self.opts.backup else "Restored", run.db, result.get("documents", 0),
+                result.get("bytes", 0) / 1e6, result["seconds"]))
+        else:
+            self.failed.append(run.db)
+            self.out.line("... ERROR: %s of %s failed: %s" % ("Backup" if self.opts.backup else "Restore",
+                                                              run.db, run.error))
+        self.progress.update(len(self.results), self.summary["bytes"], self.total)
+
+    def tell_end(self, seconds):
+        """The summary line; a ``Failure`` unless every database succeeded."""
+        done = len(self.results) - len(self.failed)
+        verb = "backed up" if self.opts.backup else "restored"
+        if self.stop.requested:
+            rest = "no file of the others is left" if self.opts.backup else "the others are not, or not wholly"
+            raise Stopped(self.stop.requested, lines=["... ERROR: Interrupted by %s: %d of %d databases were %s; %s."
+                                                      % (signal_name(self.stop.requested), done, self.total, verb,
+                                                         rest)])
+        summary = self.summary
+        if self.failed:
+            shown = ", ".join(self.failed[:20]) + (" and %d more" % (len(self.failed) - 20)
+                                                   if len(self.failed) > 20 else "")
+            raise Failure(lines=["... ERROR: %d of %d databases failed: %s; %d %s." % (
+                len(self.failed), self.total, shown, done, verb)])
+        self.out.info("... INFO: %d databases %s (%s): %d documents, %.2f MB in %.1f s." % (
+            self.total, verb, self.folder, summary["documents"], summary["bytes"] / 1e6, seconds))
 
 
 def tune_memory():
@@ -5342,11 +5720,14 @@ def main(argv=None, environ=None, stdout=None):
             # The dump owns standard output: every message goes to stderr.
             out.stream = sys.stderr.buffer
             json_stream = sys.stderr.buffer
-        progress = Progress(opts.progress and not opts.quiet, what="written" if opts.backup else "sent")
+        progress = (DatabasesProgress if opts.pattern else Progress)(
+            opts.progress and not opts.quiet, what="written" if opts.backup else "sent")
         out.progress = progress
         tune_memory()
         session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ)
-        if opts.backup:
+        if opts.pattern:
+            job = ServerRun(opts, session, out, progress, stop)
+        elif opts.backup:
             job = Backup(opts, session, out, progress)
         else:
             job = Restore(opts, session, out, progress, stop)
@@ -5358,7 +5739,10 @@ def main(argv=None, environ=None, stdout=None):
     except (Interrupted, KeyboardInterrupt) as signalled:
         if not isinstance(signalled, Interrupted):
             signalled = Interrupted(signal.SIGINT)
-        what = "no backup was written" if opts is not None and opts.backup else "the run is incomplete"
+        if opts is not None and opts.pattern:
+            what = "the databases still running were stopped"
+        else:
+            what = "no backup was written" if opts is not None and opts.backup else "the run is incomplete"
         out.line("... ERROR: Interrupted by %s: %s." % (signal_name(signalled.signum), what))
         code = signalled.code
     except Exception as error:  # a bug of ours: say so without any secret

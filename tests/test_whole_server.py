@@ -203,11 +203,14 @@ def test_system_databases_are_taken_only_by_a_pattern_beginning_with_underscore(
         result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "system"])
         assert result.returncode == 0, says(result)
         before = contents(stub, SYSTEM)
+        others = contents(stub, NAMES)
+        delete_all(stub, NAMES)
         stub.requests.clear()
-        result = run_port(tmp_path, stub.url, ["-r", "-d", "*", "-f", "system"])
+        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "-f", "system"])
         assert result.returncode == 0, says(result)
         assert not any(requests_to(stub, name) for name in SYSTEM)
         assert contents(stub, SYSTEM) == before
+        assert_restored(stub, others)
         assert set(success_lines(result)) == set(NAMES)
 
 
