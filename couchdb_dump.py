@@ -2829,7 +2829,7 @@ def revision_order(rev):
     return (int(number), digest) if number.isdigit() else (-1, str(rev))
 
 
-_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
+_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":([^\n]*?))?,"rows":\[\Z')
 
 
 _ROW_ID = re.compile(rb'\A\{"id":("(?:[^"\\]|\\.)*")')
@@ -3444,6 +3444,11 @@ class StreamTarget(DumpTarget):
             pass
 
 
+def startkey_query(key):
+    """``&startkey=`` the JSON of ``key``, percent-encoded; nothing for None."""
+    return "" if key is None else "&startkey=" + quote(json.dumps(key), safe="")
+
+
 def until_stopped(blocks, stop):
     """The blocks, until ``stop`` (a whole-server run's, not installed) notes a signal: then ``Stopped``."""
     for block in blocks:
@@ -3466,19 +3471,19 @@ class ReplyResumer:
     after it would be skipped and lost).  The requester asks (``Requester.resume``).
     """
 
-    def __init__(self, requester, path, block):
+    def __init__(self, requester, path, block, start_key=None):
         self.requester = requester
         self.path = path
         self.block = block
+        self.start_key = start_key   # a range of a parallel read: where it starts
         self.resumption = Resumption()
 
     def resume(self, last_id, rows, failure, couchdb_layout):
         """The blocks of the rest of the reply; raises ``failure`` once the attempts are spent."""
         if rows > 0 and last_id is None:
             raise failure   # rows with no id we can start from: nothing safe to ask
-        path = self.path
-        if last_id is not None:
-            path += "&startkey=" + quote(json.dumps(last_id), safe="")
+        # A range that broke before its first row starts again at its own start.
+        path = self.path + startkey_query(last_id if last_id is not None else self.start_key)
 
         def begin(response):
             blocks = resumable_blocks(response, self.block)
@@ -3574,6 +3579,12 @@ class AllDocsSource:
         self.summary = summary
         self.stop = stop or Stop()   # a whole-server run's: the signal it notes ends this backup
         self.resumer = None   # --resume: a ReplyResumer while the reply is read
+        # One range of a parallel read (``RangeRead``): where it starts; its rows
+        # are counted there, against the replies' total_rows and update_seq.
+        self.start_key = None
+        self.ranged = False
+        self.reply_total = None
+        self.reply_seq = None
         # A backup's signals end it at once (``Interrupted``): its Stop is never asked.
         self.requester = Requester(session, out, opts, Stop())
 
@@ -3584,11 +3595,11 @@ class AllDocsSource:
     def _transfer(self, path, target):
         """Download and rewrite; returns (reply had CRs, size without CRs)."""
         try:
-            response = self.requester.open(path)
+            response = self.requester.open(path + startkey_query(self.start_key))
         except TransferFailed as error:
             self._curl_failed(error)
         began = b""
-        self.resumer = ReplyResumer(self.requester, path, self.BLOCK) if self.opts.resume else None
+        self.resumer = ReplyResumer(self.requester, path, self.BLOCK, self.start_key) if self.opts.resume else None
         try:
             if self.resumer is not None:
                 blocks = resumable_blocks(response, self.BLOCK)
@@ -3618,7 +3629,9 @@ class AllDocsSource:
             first_line, newline, rest = head.partition(b"\n")
             header = _COUCHDB_HEADER.match(first_line) if newline else None
             if header:
-                return self._rewrite_couchdb(int(header.group(1)), rest, blocks, target, had_cr, len(head))
+                self.reply_total, self.reply_seq = int(header.group(1)), header.group(2)
+                total = 0 if self.ranged else self.reply_total
+                return self._rewrite_couchdb(total, rest, blocks, target, had_cr, len(head))
             return self._rewrite_any(head, blocks, target, had_cr)
         except ReplyShape as error:
             raise Failure(lines=["... ERROR: Backup failed, no file written: the reply is not an _all_docs answer"
@@ -3702,6 +3715,9 @@ class AllDocsSource:
                     raise
                 blocks = self.resumer.resume(scanner.last_id, scanner.rows, failure, False)
                 scanner = JsonRowScanner(continues=scanner)
+        if self.ranged:
+            # A range holds a part of the total: ``RangeRead`` counts the rows of all.
+            self.reply_total, scanner.total_rows = scanner.total_rows, None
         scanner.finish()
         writer.finish()
         self.progress.update(scanner.rows, target.written, scanner.total_rows)
@@ -3718,6 +3734,256 @@ class AllDocsSource:
 
     def _curl_failed(self, error, received=None):
         raise curl_failed(error if isinstance(error, Failure) else _describe(error, received, self.session.timeout))
+
+
+class RangeRead:
+    """The source of a backup with --jobs N: ``_all_docs`` as N key ranges read at once.
+
+    One stream is served by one CouchDB request process, so it is the limit
+    of a backup; N ranges are N processes.  The split keys are the ids at
+    every N-th of the rows (``limit=1&skip=K``, no documents, asked at
+    once); range i asks ``startkey`` = key i and ``endkey`` = key i+1 with
+    ``inclusive_end=false``.  Each range is the ``AllDocsSource`` transfer of
+    one reply, in a thread: the first writes into the backup's own target,
+    the others each into a temporary file beside it (unnamed with ``-f -``),
+    never into memory, joined in key order when the writer reaches them.  A
+    range's lines go in without its header and footer, a comma between
+    ranges, so the file is the one-stream backup's, byte for byte.  Every
+    range must end with its footer and, while the database did not change
+    between the ranges' reads (the same ``update_seq`` and ``total_rows``),
+    their rows must add up to its ``total_rows``.  A failure or a signal
+    stops every range and removes every temporary file.  Where the split
+    keys cannot be read, one stream.
+    """
+
+    BLOCK = 1 << 20
+    HEAD = len(BACKUP_HEADER) + 1     # the header line of a range's own dump
+    TAIL = b"\n" + FOOTER + b"\n"     # and its last line
+
+    def __init__(self, opts, session, out, progress, summary, stop=None):
+        self.opts = opts
+        self.session = session
+        self.out = out
+        self.progress = progress
+        self.summary = summary
+        self.outer = stop or Stop()   # a whole-server run's
+        self.stop = Stop()   # not installed: set, it ends the ranges still reading at their next block
+        self.db_path = "/" + quote_database(opts.db)
+        self.requester = Requester(session, out, opts, self.stop)
+        self.ranges = []
+
+    def copy(self, target):
+        """Read every range and write the dump into ``target``; returns (reply had CRs, size)."""
+        keys = self.split_keys()
+        if not keys:
+            return AllDocsSource(self.opts, self.session, self.out, self.progress, self.summary,
+                                 self.outer).copy(target)
+        try:
+            self.ranges = [_Range(self, index, keys, target) for index in range(len(keys) + 1)]
+            for part in self.ranges:
+                part.start()
+            lines = False   # the backup holds lines already: the next range's go after a comma
+            for part in self.ranges:
+                self.wait(part)
+                lines = part.join_into(target, lines)
+            self.check_rows()
+            target.write(self.TAIL)
+        except BackupFailed as error:
+            raise Failure(lines=["... ERROR: Backup failed, no file written: %s." % error])
+        finally:
+            self.stop.requested = self.stop.requested or signal.SIGTERM   # the ranges still reading end
+            for part in self.ranges:
+                part.remove()
+        sources = [part.source for part in self.ranges]
+        self.summary["documents"] = sum(source.summary["documents"] for source in sources)
+        self.summary["design_documents"] = sum(source.summary["design_documents"] for source in sources)
+        self.progress.update(self.summary["documents"], target.written, force=True)
+        return any(part.had_cr for part in self.ranges), sum(part.size for part in self.ranges)
+
+    def split_keys(self):
+        """The first id of every range but the first, in order; empty: read one stream."""
+        first = self.requester.glance(self.db_path + "/_all_docs?limit=0")
+        total = first.get("total_rows") if isinstance(first, dict) else None
+        if not isinstance(total, int):
+            return []
+        count = min(self.opts.jobs, total)
+        # At once: a server's skip walks the rows it skips.
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=max(count - 1, 1)) as pool:
+            pages = list(pool.map(self.requester.glance, ["%s/_all_docs?limit=1&skip=%d"
+                                                          % (self.db_path, total * index // count)
+                                                          for index in range(1, count)]))
+        keys = []
+        for page in pages:
+            rows = page.get("rows") if isinstance(page, dict) else None
+            if not isinstance(rows, list) or rows and not isinstance(rows[0], dict):
+                return []
+            # Written to meanwhile, the database may give a key twice: the ranges must not overlap.
+            key = rows[0].get("id") if rows else None
+            if isinstance(key, str) and (not keys or key > keys[-1]):
+                keys.append(key)
+        return keys
+
+    def wait(self, part):
+        """Until ``part`` is read; a range that failed meanwhile, or a signal, ends the backup."""
+        while not part.done.wait(0.1):
+            if self.outer.requested:
+                raise Stopped(self.outer.requested)
+            for other in self.ranges:
+                if other.error is not None:
+                    raise other.error
+            documents = sum(other.figures.documents for other in self.ranges)
+            written = sum(other.figures.size for other in self.ranges)
+            self.progress.update(documents, written, self.ranges[-1].source.reply_total)
+        if part.error is not None:
+            raise part.error
+
+    def check_rows(self):
+        """While the database did not change between the ranges' reads, their rows add up."""
+        sources = [part.source for part in self.ranges]
+        totals = {source.reply_total for source in sources}
+        seqs = {source.reply_seq for source in sources}
+        rows = sum(source.summary["documents"] for source in sources)
+        if len(totals) == 1 and len(seqs) == 1 and rows != min(totals):
+            raise BackupFailed("the ranges hold %d rows but the database has %d documents" % (rows, min(totals)))
+
+
+class _Figures:
+    """A range's progress, summed by ``RangeRead`` (it draws the line)."""
+
+    documents = size = 0
+
+    def update(self, documents, size, total=None, force=False):
+        self.documents, self.size = documents, size
+
+
+class _Range:
+    """One range of a ``RangeRead``: its source, its thread, its temporary file."""
+
+    def __init__(self, read, index, keys, target):
+        opts = copy.copy(read.opts)
+        opts.thread_count = 1      # no worker processes forked from threads
+        self.figures = _Figures()
+        self.source = AllDocsSource(opts, read.session, read.out, self.figures,
+                                    {"documents": 0, "design_documents": 0}, read.stop)
+        self.source.BLOCK = RangeRead.BLOCK >> 2   # N at once: each a quarter of one stream's memory
+        self.source.ranged = True
+        self.source.start_key = keys[index - 1] if index else None
+        self.path = read.db_path + ALL_DOCS_QUERY + "&update_seq=true"
+        if index < len(keys):
+            self.path += "&endkey=%s&inclusive_end=false" % quote(json.dumps(keys[index]), safe="")
+        self.first = index == 0
+        self.file = self.name = None
+        if self.first:
+            self.target = _HeldTail(target, len(RangeRead.TAIL))
+        else:
+            self.file, self.name = self.spill(target)
+            self.target = DumpTarget(self.file)
+        self.done = threading.Event()
+        self.error = None
+        self.had_cr, self.size = False, 0
+
+    @staticmethod
+    def spill(target):
+        """A temporary file beside the backup's, named as its own is; unnamed with -f -."""
+        if not isinstance(target, BackupFile):
+            return tempfile.TemporaryFile(), None
+        fd, name = tempfile.mkstemp(prefix="." + os.path.basename(target.path) + ".", suffix=".part",
+                                    dir=os.path.dirname(target.path) or ".")
+        return os.fdopen(fd, "w+b"), name
+
+    def start(self):
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        try:
+            self.had_cr, self.size = self.source._transfer(self.path, self.target)
+            self.target.finish()
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.done.set()
+
+    def join_into(self, target, lines):
+        """This range's lines onto the backup, after a comma when ``lines`` are
+        there before them; returns whether the backup holds lines now."""
+        head, tail = RangeRead.HEAD, len(RangeRead.TAIL)
+        if self.first:   # written in place already, but for its footer
+            if self.target.held != RangeRead.TAIL:
+                raise BackupFailed("a range did not end as a dump ends")
+            return self.target.passed > head
+        end = self.file.seek(0, os.SEEK_END)
+        self.file.seek(max(end - tail, 0))
+        if end < head + tail or self.file.read(tail) != RangeRead.TAIL:
+            raise BackupFailed("a range did not end as a dump ends")
+        if end - tail == head:
+            return lines
+        if lines:
+            target.write(b",\n")
+        append_file(self.file, head, end - tail, target)
+        return True
+
+    def remove(self):
+        if self.file is not None:
+            self.file.close()
+        if self.name is not None:
+            try:
+                os.unlink(self.name)
+            except OSError:
+                pass
+
+
+class _HeldTail:
+    """The backup's target for the first range: all but its last ``size`` bytes (its footer)."""
+
+    def __init__(self, target, size):
+        self.target = target
+        self.size = size
+        self.held = b""
+        self.passed = 0
+
+    @property
+    def written(self):
+        return self.target.written
+
+    def write(self, data):
+        data = self.held + data
+        if len(data) > self.size:
+            self.target.write(data[:-self.size])
+            self.passed += len(data) - self.size
+            data = data[-self.size:]
+        self.held = data
+
+    def finish(self):
+        pass
+
+
+def append_file(source, start, end, target):
+    """Bytes ``start`` to ``end`` of the file ``source`` onto ``target``: by
+    ``os.copy_file_range`` into a plain backup file where the system has
+    it (no copy through this process), else read and written a block at a time."""
+    if isinstance(target, BackupFile) and not target.compress and hasattr(os, "copy_file_range"):
+        target.raw.flush()
+        position = start
+        try:
+            while position < end:
+                copied = os.copy_file_range(source.fileno(), target.raw.fileno(), end - position, position)
+                if not copied:
+                    break
+                position += copied
+        except OSError:
+            pass
+        finally:
+            target.raw.seek(0, os.SEEK_END)
+        target.written += position - start
+        start = position
+    source.seek(start)
+    while start < end:
+        data = source.read(min(RangeRead.BLOCK, end - start))
+        if not data:
+            raise BackupFailed("a range's temporary file is shorter than it was written")
+        target.write(data)
+        start += len(data)
 
 
 class _DocumentLines:
@@ -4016,7 +4282,7 @@ class Backup:
         self.progress = progress or Progress(False)
         self.summary = {"mode": "backup", "db": opts.db, "file": opts.file,
                         "documents": 0, "design_documents": 0, "bytes": 0}
-        source = CompleteSource if opts.complete else AllDocsSource
+        source = CompleteSource if opts.complete else RangeRead if opts.jobs > 1 else AllDocsSource
         self.source = source(opts, session, out, self.progress, self.summary, stop)
 
     def run(self):

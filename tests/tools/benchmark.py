@@ -1362,7 +1362,7 @@ def run_parallel_read(n, runs, port, top, rate=8 << 20):
     workdir = top / "parallel-read"
     workdir.mkdir()
     runner = Runner(workdir)
-    stub = stub_server(databases=["db"], rate=rate)
+    stub = stub_server(databases=["db"], rate=rate, cache_rows=True)
     stub.store.databases["db"].update(small_documents(n, 0))
     for i in range(0, n, 997):   # design documents here and there
         stub.store.databases["db"]["_design/v%06d" % i] = {"_id": "_design/v%06d" % i, "_rev": "1-d",
