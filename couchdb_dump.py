@@ -3761,12 +3761,8 @@ class RangeRead:
     TAIL = b"\n" + FOOTER + b"\n"     # and its last line
 
     def __init__(self, opts, session, out, progress, summary, stop=None):
-        self.opts = opts
-        self.session = session
-        self.out = out
-        self.progress = progress
-        self.summary = summary
-        self.outer = stop or Stop()   # a whole-server run's
+        # The one stream: read where no split keys can be; the ranges share its settings.
+        self.whole = AllDocsSource(opts, session, out, progress, summary, stop)
         self.stop = Stop()   # not installed: set, it ends the ranges still reading at their next block
         self.db_path = "/" + quote_database(opts.db)
         self.requester = Requester(session, out, opts, self.stop)
@@ -3776,8 +3772,7 @@ class RangeRead:
         """Read every range and write the dump into ``target``; returns (reply had CRs, size)."""
         keys = self.split_keys()
         if not keys:
-            return AllDocsSource(self.opts, self.session, self.out, self.progress, self.summary,
-                                 self.outer).copy(target)
+            return self.whole.copy(target)
         try:
             self.ranges = [_Range(self, index, keys, target) for index in range(len(keys) + 1)]
             for part in self.ranges:
@@ -3795,9 +3790,10 @@ class RangeRead:
             for part in self.ranges:
                 part.remove()
         sources = [part.source for part in self.ranges]
-        self.summary["documents"] = sum(source.summary["documents"] for source in sources)
-        self.summary["design_documents"] = sum(source.summary["design_documents"] for source in sources)
-        self.progress.update(self.summary["documents"], target.written, force=True)
+        summary = self.whole.summary
+        summary["documents"] = sum(source.summary["documents"] for source in sources)
+        summary["design_documents"] = sum(source.summary["design_documents"] for source in sources)
+        self.whole.progress.update(summary["documents"], target.written, force=True)
         return any(part.had_cr for part in self.ranges), sum(part.size for part in self.ranges)
 
     def split_keys(self):
@@ -3806,7 +3802,7 @@ class RangeRead:
         total = first.get("total_rows") if isinstance(first, dict) else None
         if not isinstance(total, int):
             return []
-        count = min(self.opts.jobs, total)
+        count = min(self.whole.opts.jobs, total)
         # At once: a server's skip walks the rows it skips.
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=max(count - 1, 1)) as pool:
@@ -3827,14 +3823,14 @@ class RangeRead:
     def wait(self, part):
         """Until ``part`` is read; a range that failed meanwhile, or a signal, ends the backup."""
         while not part.done.wait(0.1):
-            if self.outer.requested:
-                raise Stopped(self.outer.requested)
+            if self.whole.stop.requested:   # a whole-server run's signal
+                raise Stopped(self.whole.stop.requested)
             for other in self.ranges:
                 if other.error is not None:
                     raise other.error
             documents = sum(other.figures.documents for other in self.ranges)
             written = sum(other.figures.size for other in self.ranges)
-            self.progress.update(documents, written, self.ranges[-1].source.reply_total)
+            self.whole.progress.update(documents, written, self.ranges[-1].source.reply_total)
         if part.error is not None:
             raise part.error
 
@@ -3861,10 +3857,11 @@ class _Range:
     """One range of a ``RangeRead``: its source, its thread, its temporary file."""
 
     def __init__(self, read, index, keys, target):
-        opts = copy.copy(read.opts)
+        whole = read.whole
+        opts = copy.copy(whole.opts)
         opts.thread_count = 1      # no worker processes forked from threads
         self.figures = _Figures()
-        self.source = AllDocsSource(opts, read.session, read.out, self.figures,
+        self.source = AllDocsSource(opts, whole.session, whole.out, self.figures,
                                     {"documents": 0, "design_documents": 0}, read.stop)
         self.source.BLOCK = RangeRead.BLOCK >> 2   # N at once: each a quarter of one stream's memory
         self.source.ranged = True

@@ -133,7 +133,7 @@ def test_the_one_line_layout_of_pouchdb_server_is_read_in_ranges_too(one_stream,
 
 def test_ranges_are_read_at_once_each_at_the_speed_of_one_stream(tmp_path):
     docs = big_database(long_lines=False)
-    with stub_with(docs, rate=2 << 20) as stub:   # ~1.4 MB: 0.7 s as one stream
+    with stub_with(docs, rate=256 << 10) as stub:   # ~1.4 MB: 5.6 s as one stream, 1.4 s a range
         result = run_port(tmp_path, stub.url, ["-b", "-d", "big", "-f", "dump.json", "--jobs", "4"])
         assert result.returncode == 0, says(result)
         reads = document_reads(stub)

@@ -433,7 +433,7 @@ def test_a_database_failing_in_restore_does_not_stop_the_others(tmp_path):
 def test_jobs_backs_up_and_restores_that_many_databases_at_once(jobs, most, tmp_path):
     names = ["db%02d" % i for i in range(8)]
     extra = ["--jobs", jobs] if jobs else []
-    slow = lambda index, method, path: (Fault("delay", seconds=0.25)
+    slow = lambda index, method, path: (Fault("delay", seconds=0.5)
                                         if endpoint_of(path) in ("_all_docs", "_bulk_docs") else None)
     with server(names, faults=slow) as stub:
         result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "dumps", *extra])
