@@ -14,8 +14,6 @@ import gzip
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from urllib.parse import quote
@@ -24,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from couch_stub import CouchStub, Fault, endpoint_of
-from helpers import HEADER, FOOTER, PROGRAM, clean_environment, http, run_in_process
+from helpers import FOOTER, HEADER, http, interrupt, run_in_process, run_port, says, start_port
 
 # Ids that sort and escape awkwardly: JSON escapes, non-ASCII (some first), URL characters.
 ODD_IDS = ['say "hi"', "back\\slash", "tab\there", "new\nline", "ctl\u0001x", "caf\u00e9", "x\u65e5\u672c",
@@ -55,7 +53,8 @@ def big_database(long_lines=True):
     return docs
 
 
-def stub_with(docs, **options):
+def serving(docs, **options):
+    """A stub server (not started) holding ``docs`` in database "big"."""
     stub = CouchStub(databases=["big"], **options)
     stub.store.databases["big"].update(docs)
     return stub
@@ -70,17 +69,6 @@ def backup_in_process(stub, folder, *extra, name="dump.json"):
     assert sorted(os.listdir(folder)) == [name + (".gz" if "-z" in extra else "")], os.listdir(folder)
     data = (folder / os.listdir(folder)[0]).read_bytes()
     return gzip.decompress(data) if "-z" in extra else data
-
-
-def run_port(cwd, url, args, timeout=300):
-    host, port = url.rsplit(":", 1)
-    return subprocess.run([sys.executable, str(PROGRAM), "-H", host, "-P", port, *args], cwd=str(cwd),
-                          env=clean_environment(), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-
-
-def says(result):
-    return "rc=%d\nstdout:\n%s\nstderr:\n%s" % (result.returncode, result.stdout.decode("utf-8", "replace")[-4000:],
-                                                result.stderr.decode("utf-8", "replace")[-3000:])
 
 
 def document_reads(stub):
@@ -100,7 +88,7 @@ def dump_ids(data):
 def one_stream(tmp_path_factory):
     """The database and the file of its one-stream backup (today's)."""
     docs = big_database()
-    with stub_with(docs) as stub:
+    with serving(docs) as stub:
         data = backup_in_process(stub, tmp_path_factory.mktemp("one-stream"))
     assert dump_ids(data) == sorted(docs)
     return docs, data
@@ -109,7 +97,7 @@ def one_stream(tmp_path_factory):
 @pytest.mark.parametrize("jobs", ["1", "2", "4", "7"])
 def test_every_number_of_ranges_gives_the_bytes_of_the_one_stream_backup(jobs, one_stream, tmp_path):
     docs, expected = one_stream
-    with stub_with(docs) as stub:
+    with serving(docs) as stub:
         assert backup_in_process(stub, tmp_path, "--jobs", jobs) == expected
         reads = document_reads(stub)
     assert len(reads) == int(jobs), [r.path for r in reads]
@@ -118,14 +106,14 @@ def test_every_number_of_ranges_gives_the_bytes_of_the_one_stream_backup(jobs, o
 @pytest.mark.parametrize("jobs", ["2", "7"])
 def test_compressed_ranges_decompress_to_the_one_stream_bytes(jobs, one_stream, tmp_path):
     docs, expected = one_stream
-    with stub_with(docs) as stub:
+    with serving(docs) as stub:
         assert backup_in_process(stub, tmp_path, "-z", "--jobs", jobs) == expected
         assert len(document_reads(stub)) == int(jobs)
 
 
 def test_the_one_line_layout_of_pouchdb_server_is_read_in_ranges_too(one_stream, tmp_path):
     docs, _ = one_stream
-    with stub_with(docs, layout="one_line") as stub:
+    with serving(docs, layout="one_line") as stub:
         expected = backup_in_process(stub, tmp_path / "one")
         assert backup_in_process(stub, tmp_path / "four", "--jobs", "4") == expected
         assert len(document_reads(stub)) == 1 + 4
@@ -133,8 +121,8 @@ def test_the_one_line_layout_of_pouchdb_server_is_read_in_ranges_too(one_stream,
 
 def test_ranges_are_read_at_once_each_at_the_speed_of_one_stream(tmp_path):
     docs = big_database(long_lines=False)
-    with stub_with(docs, rate=256 << 10) as stub:   # ~1.4 MB: 5.6 s as one stream, 1.4 s a range
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "big", "-f", "dump.json", "--jobs", "4"])
+    with serving(docs, rate=256 << 10) as stub:   # ~1.4 MB: 5.6 s as one stream, 1.4 s a range
+        result = run_port(["-b", "-d", "big", "-f", "dump.json", "--jobs", "4"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         reads = document_reads(stub)
     assert len(reads) == 4
@@ -145,8 +133,8 @@ def test_ranges_are_read_at_once_each_at_the_speed_of_one_stream(tmp_path):
 
 def test_backup_to_standard_output_in_ranges_gives_the_same_bytes_and_leaves_no_file(one_stream, tmp_path):
     docs, expected = one_stream
-    with stub_with(docs, rate=8 << 20) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-q", "-d", "big", "-f", "-", "--jobs", "4"])
+    with serving(docs, rate=8 << 20) as stub:
+        result = run_port(["-b", "-q", "-d", "big", "-f", "-", "--jobs", "4"], tmp_path, server=stub.url)
         assert len(document_reads(stub)) == 4
     assert result.returncode == 0, says(result)
     assert result.stdout == expected
@@ -164,7 +152,7 @@ def test_any_ids_give_the_same_bytes_in_any_number_of_ranges(ids, designs, jobs,
     docs.update({"_design/%d" % i: {"_id": "_design/%d" % i, "_rev": "1-d%d" % i, "views": {}}
                  for i in range(designs)})
     folder = tmp_path_factory.mktemp("ids")
-    with stub_with(docs) as stub:
+    with serving(docs) as stub:
         expected = backup_in_process(stub, folder / "one")
         assert backup_in_process(stub, folder / "many", "--jobs", str(jobs)) == expected
 
@@ -195,8 +183,8 @@ def nth_range_fault(fault, ranged=True):
                          ids=["cut-mid-reply", "ended-without-footer", "http-500", "dropped"])
 def test_a_range_that_fails_fails_the_backup_with_nothing_left(fault, tmp_path):
     docs = big_database(long_lines=False)
-    with stub_with(docs, faults=nth_range_fault(fault)) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "big", "-f", "dump.json", "--jobs", "4", "-a", "1"])
+    with serving(docs, faults=nth_range_fault(fault)) as stub:
+        result = run_port(["-b", "-d", "big", "-f", "dump.json", "--jobs", "4", "-a", "1"], tmp_path, server=stub.url)
         assert len(document_reads(stub)) >= 2
     assert result.returncode == 1, says(result)
     assert os.listdir(tmp_path) == []
@@ -205,8 +193,8 @@ def test_a_range_that_fails_fails_the_backup_with_nothing_left(fault, tmp_path):
 
 def test_a_range_short_of_rows_fails_the_backup(tmp_path):
     docs = big_database(long_lines=False)
-    with stub_with(docs, faults=nth_range_fault(Fault("rows_dropped", rows=3))) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "big", "-f", "dump.json", "--jobs", "4"])
+    with serving(docs, faults=nth_range_fault(Fault("rows_dropped", rows=3))) as stub:
+        result = run_port(["-b", "-d", "big", "-f", "dump.json", "--jobs", "4"], tmp_path, server=stub.url)
     assert result.returncode == 1, says(result)
     assert os.listdir(tmp_path) == []
 
@@ -214,8 +202,8 @@ def test_a_range_short_of_rows_fails_the_backup(tmp_path):
 @pytest.mark.parametrize("ranged", [True, False], ids=["a-later-range", "the-first-range"])
 def test_a_range_cut_mid_reply_is_resumed_with_resume_to_the_same_bytes(ranged, one_stream, tmp_path):
     docs, expected = one_stream
-    with stub_with(docs, faults=nth_range_fault(Fault("rows_cut", rows=150), ranged)) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "big", "-f", "dump.json", "--jobs", "4", "--resume"])
+    with serving(docs, faults=nth_range_fault(Fault("rows_cut", rows=150), ranged)) as stub:
+        result = run_port(["-b", "-d", "big", "-f", "dump.json", "--jobs", "4", "--resume"], tmp_path, server=stub.url)
         reads = document_reads(stub)
     assert result.returncode == 0, says(result)
     assert os.listdir(tmp_path) == ["dump.json"]
@@ -228,11 +216,8 @@ def test_a_range_ahead_of_the_writer_waits_in_a_temporary_file_beside_the_backup
     docs = big_database(long_lines=False)
     seen = set()
     # The first range comes late: the others are done before it and must wait on disk.
-    with stub_with(docs, faults=nth_range_fault(Fault("delay", seconds=2.0), ranged=False)) as stub:
-        process = subprocess.Popen([sys.executable, str(PROGRAM), "-b", "-H", "127.0.0.1", "-P", str(stub.port),
-                                    "-d", "big", "-f", "dump.json", "--jobs", "4"], cwd=str(tmp_path),
-                                   env=clean_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+    with serving(docs, faults=nth_range_fault(Fault("delay", seconds=2.0), ranged=False)) as stub:
+        process = start_port(["-b", "-d", "big", "-f", "dump.json", "--jobs", "4"], tmp_path, server=stub.port)
         try:
             most = 0
             while process.poll() is None:
@@ -254,22 +239,10 @@ def test_a_range_ahead_of_the_writer_waits_in_a_temporary_file_beside_the_backup
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_during_a_parallel_read_leaves_no_file_of_any_range(signum, code, tmp_path):
     docs = big_database(long_lines=False)
-    with stub_with(docs, rate=256 << 10) as stub:
-        process = subprocess.Popen([sys.executable, str(PROGRAM), "-b", "-H", "127.0.0.1", "-P", str(stub.port),
-                                    "-d", "big", "-f", "dump.json", "--jobs", "4"], cwd=str(tmp_path),
-                                   env=clean_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 30
-            while len(document_reads(stub)) < 4 or len(os.listdir(tmp_path)) < 2:
-                assert time.monotonic() < deadline and process.poll() is None, "the ranges did not start"
-                time.sleep(0.01)
-            process.send_signal(signum)
-            stdout, _ = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    with serving(docs, rate=256 << 10) as stub:
+        process = start_port(["-b", "-d", "big", "-f", "dump.json", "--jobs", "4"], tmp_path, server=stub.port)
+        _, stdout, _ = interrupt(process, signum, lambda: len(document_reads(stub)) == 4
+                                 and len(os.listdir(tmp_path)) >= 2, seconds=30)
     assert process.returncode == code, stdout
     assert os.listdir(tmp_path) == []
 
@@ -281,7 +254,7 @@ def test_a_document_present_at_the_start_and_unchanged_is_in_the_file_exactly_on
     start = {doc_id: doc["_rev"] for doc_id, doc in docs.items()}
     touched = set()
     stop = threading.Event()
-    with stub_with(docs, rate=512 << 10) as stub:
+    with serving(docs, rate=512 << 10) as stub:
         def write():
             n = 0
             while not stop.is_set():
@@ -297,7 +270,7 @@ def test_a_document_present_at_the_start_and_unchanged_is_in_the_file_exactly_on
         writer = threading.Thread(target=write)
         writer.start()
         try:
-            result = run_port(tmp_path, stub.url, ["-b", "-d", "big", "-f", "dump.json", "--jobs", "4"])
+            result = run_port(["-b", "-d", "big", "-f", "dump.json", "--jobs", "4"], tmp_path, server=stub.url)
         finally:
             stop.set()
             writer.join()
@@ -332,7 +305,7 @@ def test_pouchdb_server_gives_the_same_bytes_in_ranges(pouchdb_url, tmp_path):
         cwd = tmp_path / jobs
         cwd.mkdir()
         extra = [] if jobs == "1" else ["--jobs", jobs]
-        result = run_port(cwd, pouchdb_url, ["-b", "-d", name, "-f", "dump.json", *extra])
+        result = run_port(["-b", "-d", name, "-f", "dump.json", *extra], cwd, server=pouchdb_url)
         assert result.returncode == 0, says(result)
         results[jobs] = (cwd / "dump.json").read_bytes()
         assert os.listdir(cwd) == ["dump.json"]

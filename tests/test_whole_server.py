@@ -18,22 +18,18 @@ session's shared one would hold other tests' databases).
 import base64
 import copy
 import gzip
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from couch_stub import CouchStub, Fault, database_of, endpoint_of
-from helpers import PROGRAM, clean_environment, http, run_in_process
+from helpers import http, interrupt, last_json, run_in_process, run_port, says, start_port
 
 SYSTEM = ["_users", "_replicator", "_global_changes"]
 
@@ -85,17 +81,6 @@ def file_name(db, compress=False):
 
 # -- running the port ---------------------------------------------------------
 
-def run_port(cwd, url, args, timeout=300):
-    host, port = url.rsplit(":", 1)
-    return subprocess.run([sys.executable, str(PROGRAM), "-H", host, "-P", port, *args], cwd=str(cwd),
-                          env=clean_environment(), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-
-
-def says(result):
-    return "rc=%d\nstdout:\n%s\nstderr:\n%s" % (result.returncode, result.stdout.decode("utf-8", "replace")[-4000:],
-                                                result.stderr.decode("utf-8", "replace")[-3000:])
-
-
 def single_backup(stub, db, folder, *extra):
     """The file a single-database run writes for ``db`` (the reference)."""
     folder.mkdir(exist_ok=True)
@@ -119,10 +104,6 @@ def success_lines(result):
             assert match.group(2) not in found, "two lines for %s" % match.group(2)
             found[match.group(2)] = int(match.group(3))
     return found
-
-
-def last_json(result):
-    return json.loads(result.stdout.splitlines()[-1])
 
 
 def requests_to(stub, db):
@@ -157,7 +138,7 @@ def delete_all(stub, names):
 
 def test_every_database_goes_to_its_own_file_identical_to_a_single_run_and_comes_back(tmp_path):
     with server() as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "dumps"])
+        result = run_port(["-b", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert listing(tmp_path / "dumps") == sorted(file_name(name) for name in NAMES)
         for name in NAMES:
@@ -172,7 +153,7 @@ def test_every_database_goes_to_its_own_file_identical_to_a_single_run_and_comes
         delete_all(stub, NAMES)
         assert sorted(stub.store.databases) == sorted(SYSTEM)
         stub.requests.clear()
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "-f", "dumps"])
+        result = run_port(["-r", "-c", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert_restored(stub, before)
         assert contents(stub, SYSTEM) == system_before
@@ -182,12 +163,12 @@ def test_every_database_goes_to_its_own_file_identical_to_a_single_run_and_comes
 
 def test_a_name_holding_slash_is_written_as_percent_2f_and_restored_under_its_own_name(tmp_path):
     with server(["a/b", "s/t/u"], []) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "dumps"])
+        result = run_port(["-b", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert listing(tmp_path / "dumps") == ["a%2Fb.json", "s%2Ft%2Fu.json"]
         before = contents(stub, ["a/b", "s/t/u"])
         delete_all(stub, ["a/b", "s/t/u"])
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "-f", "dumps"])
+        result = run_port(["-r", "-c", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert_restored(stub, before)
         assert sorted(stub.store.databases) == ["a/b", "s/t/u"]
@@ -195,18 +176,18 @@ def test_a_name_holding_slash_is_written_as_percent_2f_and_restored_under_its_ow
 
 def test_system_databases_are_taken_only_by_a_pattern_beginning_with_underscore(tmp_path):
     with server() as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "_*", "-f", "system"])
+        result = run_port(["-b", "-d", "_*", "-f", "system"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert listing(tmp_path / "system") == sorted(file_name(name) for name in SYSTEM)
         assert not any(requests_to(stub, name) for name in NAMES)
         # A folder holding system databases' files too: '*' restores only the others.
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "system"])
+        result = run_port(["-b", "-d", "*", "-f", "system"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         before = contents(stub, SYSTEM)
         others = contents(stub, NAMES)
         delete_all(stub, NAMES)
         stub.requests.clear()
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "-f", "system"])
+        result = run_port(["-r", "-c", "-d", "*", "-f", "system"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert not any(requests_to(stub, name) for name in SYSTEM)
         assert contents(stub, SYSTEM) == before
@@ -223,22 +204,22 @@ def test_system_databases_are_taken_only_by_a_pattern_beginning_with_underscore(
 ], ids=["question-mark", "class", "slash", "parentheses", "prefix"])
 def test_the_pattern_is_shell_style_over_the_whole_name(pattern, expected, tmp_path):
     with server() as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", pattern, "-f", "dumps"])
+        result = run_port(["-b", "-d", pattern, "-f", "dumps"], tmp_path, server=stub.url)
     assert result.returncode == 0, says(result)
     assert listing(tmp_path / "dumps") == sorted(file_name(name) for name in expected)
 
 
 def test_exclude_leaves_databases_out_of_backup_and_restore(tmp_path):
     with server() as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "--exclude", "db*", "--exclude", "*/*",
-                                               "-f", "dumps"])
+        result = run_port(["-b", "-d", "*", "--exclude", "db*", "--exclude", "*/*", "-f", "dumps"], tmp_path,
+                          server=stub.url)
         assert result.returncode == 0, says(result)
         kept = [name for name in NAMES if not name.startswith("db") and "/" not in name]
         assert listing(tmp_path / "dumps") == sorted(file_name(name) for name in kept)
         assert not requests_to(stub, "db05") and not requests_to(stub, "a/b")
         before = contents(stub, kept)
         delete_all(stub, kept)
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "--exclude", "c*", "-f", "dumps"])
+        result = run_port(["-r", "-c", "-d", "*", "--exclude", "c*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert "c$d" not in stub.store.databases
         del before["c$d"]
@@ -249,7 +230,7 @@ def test_exclude_leaves_databases_out_of_backup_and_restore(tmp_path):
 def test_compressed_backup_of_every_database_decompresses_to_the_plain_files_and_restores(tmp_path):
     names = SPECIAL[:6] + [ATTACHMENTS, DESIGNS]
     with server(names) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-z", "-d", "*", "-f", "dumps"])
+        result = run_port(["-b", "-z", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert listing(tmp_path / "dumps") == sorted(file_name(name, compress=True) for name in names)
         for name in names:
@@ -257,7 +238,7 @@ def test_compressed_backup_of_every_database_decompresses_to_the_plain_files_and
             assert gzip.decompress(packed) == single_backup(stub, name, tmp_path / "single"), name
         before = contents(stub, names)
         delete_all(stub, names)
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "-f", "dumps"])
+        result = run_port(["-r", "-c", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert_restored(stub, before)
 
@@ -265,7 +246,7 @@ def test_compressed_backup_of_every_database_decompresses_to_the_plain_files_and
 def test_timestamp_stamps_the_folder_so_one_run_stays_together(tmp_path):
     names = SPECIAL[:5]
     with server(names) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-T", "-d", "*", "-f", "dumps"])
+        result = run_port(["-b", "-T", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         stamps = listing(tmp_path / "dumps")
         assert len(stamps) == 1 and re.fullmatch(r"\d{8}-\d{6}", stamps[0]), stamps
@@ -273,7 +254,7 @@ def test_timestamp_stamps_the_folder_so_one_run_stays_together(tmp_path):
         assert listing(folder) == sorted(file_name(name) for name in names)
         before = contents(stub, names)
         delete_all(stub, names)
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "-f", str(folder)])
+        result = run_port(["-r", "-c", "-d", "*", "-f", str(folder)], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert_restored(stub, before)
 
@@ -302,7 +283,7 @@ def leaves(stub, names):
 def test_complete_backup_of_every_database_keeps_every_leaf_through_the_round_trip(tmp_path):
     names = ["a/b", "c$d", "e(f)+g-h", "plain"]
     with complete_server(names) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "--complete", "-d", "*", "-f", "dumps"])
+        result = run_port(["-b", "--complete", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert listing(tmp_path / "dumps") == sorted(file_name(name) for name in names)
         for name in names:
@@ -311,7 +292,7 @@ def test_complete_backup_of_every_database_keeps_every_leaf_through_the_round_tr
         before = leaves(stub, names)
         security = copy.deepcopy(stub.store.security)
         delete_all(stub, names)
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "-f", "dumps"])
+        result = run_port(["-r", "-c", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert leaves(stub, names) == before
         assert {name: stub.store.security[name] for name in names} == {name: security[name] for name in names}
@@ -320,9 +301,9 @@ def test_complete_backup_of_every_database_keeps_every_leaf_through_the_round_tr
 def test_json_lists_every_database_with_the_keys_of_a_single_run_and_the_totals(tmp_path):
     names = SPECIAL[:4] + [DESIGNS]
     with server(names) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "dumps", "--json"])
+        result = run_port(["-b", "-d", "*", "-f", "dumps", "--json"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
-        report = last_json(result)
+        report = last_json(result.stdout)
         assert report["ok"] is True and report["mode"] == "backup"
         assert report["db"] == "*" and report["file"] == "dumps"
         entries = {entry["db"]: entry for entry in report["databases"]}
@@ -338,9 +319,9 @@ def test_json_lists_every_database_with_the_keys_of_a_single_run_and_the_totals(
         assert report["bytes"] == sum(entry["bytes"] for entry in report["databases"])
 
         delete_all(stub, names)
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "-f", "dumps", "--json"])
+        result = run_port(["-r", "-c", "-d", "*", "-f", "dumps", "--json"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
-        report = last_json(result)
+        report = last_json(result.stdout)
         assert report["ok"] is True and report["mode"] == "restore"
         assert sorted(entry["db"] for entry in report["databases"]) == sorted(names)
         assert all(entry["ok"] and entry["mode"] == "restore" for entry in report["databases"])
@@ -364,7 +345,7 @@ def test_a_failing_database_does_not_stop_the_others_and_is_named(tmp_path):
     faults = failing({"db05": Fault("status", status=403, body=FORBIDDEN),
                       "e(f)+g-h": Fault("rows_cut", rows=2)})
     with server(faults=faults) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "dumps", "--jobs", "3", "--json"])
+        result = run_port(["-b", "-d", "*", "-f", "dumps", "--jobs", "3", "--json"], tmp_path, server=stub.url)
         assert result.returncode == 1, says(result)
         others = [name for name in NAMES if name not in ("db05", "e(f)+g-h")]
         assert listing(tmp_path / "dumps") == sorted(file_name(name) for name in others)
@@ -372,10 +353,11 @@ def test_a_failing_database_does_not_stop_the_others_and_is_named(tmp_path):
             assert (tmp_path / "dumps" / file_name(name)).read_bytes() == single_backup(
                 stub, name, tmp_path / "single"), name
     lines = result.stdout.decode("utf-8").splitlines()
-    assert any(line.startswith("... ERROR: Backup of db05 failed: ") and "forbidden" in line for line in lines), says(result)
+    assert any(line.startswith("... ERROR: Backup of db05 failed: ") and "forbidden" in line
+               for line in lines), says(result)
     assert any(line.startswith("... ERROR: Backup of e(f)+g-h failed: ") for line in lines), says(result)
     assert set(success_lines(result)) == set(others)
-    report = last_json(result)
+    report = last_json(result.stdout)
     assert report["ok"] is False and report["exit_code"] == 1
     assert "db05" in report["error"] and "e(f)+g-h" in report["error"]
     entries = {entry["db"]: entry for entry in report["databases"]}
@@ -385,7 +367,7 @@ def test_a_failing_database_does_not_stop_the_others_and_is_named(tmp_path):
     assert all(entries[name]["ok"] for name in others)
     # Without --json the summary, the last line, names them.
     with server(faults=faults) as stub:
-        result = run_port(tmp_path / "dumps", stub.url, ["-b", "-d", "*", "-f", "again"])
+        result = run_port(["-b", "-d", "*", "-f", "again"], tmp_path / "dumps", server=stub.url)
     assert result.returncode == 1
     summary = result.stdout.decode("utf-8").splitlines()[-1]
     assert summary.startswith("... ERROR: ") and "2 of 50" in summary, summary
@@ -397,7 +379,7 @@ def test_a_database_whose_file_exists_fails_alone_and_its_file_is_left_as_it_was
     (tmp_path / "dumps").mkdir()
     (tmp_path / "dumps" / "c$d.json").write_bytes(b"yesterday's backup\n")
     with server(names) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "dumps"])
+        result = run_port(["-b", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
     assert result.returncode == 1, says(result)
     assert (tmp_path / "dumps" / "c$d.json").read_bytes() == b"yesterday's backup\n"
     assert listing(tmp_path / "dumps") == sorted(file_name(name) for name in names)
@@ -409,20 +391,20 @@ def test_a_database_whose_file_exists_fails_alone_and_its_file_is_left_as_it_was
 def test_a_database_failing_in_restore_does_not_stop_the_others(tmp_path):
     names = SPECIAL[:6]
     with server(names) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "dumps"])
+        result = run_port(["-b", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
     refuse = lambda index, method, path: (Fault("status", status=403, body=FORBIDDEN)
                                           if method == "POST" and database_of(path) == "i_j" else None)
     with server(names, faults=refuse) as stub:
         before = contents(stub, names)
         delete_all(stub, names)
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-a", "1", "-d", "*", "-f", "dumps", "--json"])
+        result = run_port(["-r", "-c", "-a", "1", "-d", "*", "-f", "dumps", "--json"], tmp_path, server=stub.url)
         assert result.returncode == 1, says(result)
         del before["i_j"]
         assert_restored(stub, before)
     assert any(line.startswith("... ERROR: Restore of i_j failed: ") for line in
                result.stdout.decode("utf-8").splitlines()), says(result)
-    report = last_json(result)
+    report = last_json(result.stdout)
     assert report["ok"] is False and "i_j" in report["error"]
     assert [entry["db"] for entry in report["databases"] if not entry["ok"]] == ["i_j"]
 
@@ -436,7 +418,7 @@ def test_jobs_backs_up_and_restores_that_many_databases_at_once(jobs, most, tmp_
     slow = lambda index, method, path: (Fault("delay", seconds=0.5)
                                         if endpoint_of(path) in ("_all_docs", "_bulk_docs") else None)
     with server(names, faults=slow) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "dumps", *extra])
+        result = run_port(["-b", "-d", "*", "-f", "dumps", *extra], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert stub.most_busy == most
         assert listing(tmp_path / "dumps") == sorted(file_name(name) for name in names)
@@ -446,7 +428,7 @@ def test_jobs_backs_up_and_restores_that_many_databases_at_once(jobs, most, tmp_
         before = contents(stub, names)
         delete_all(stub, names)
         stub.most_busy = 0
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "-f", "dumps", *extra])
+        result = run_port(["-r", "-c", "-d", "*", "-f", "dumps", *extra], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         assert stub.most_busy == most
         assert_restored(stub, before)
@@ -456,22 +438,9 @@ def test_a_signal_stops_every_database_and_leaves_only_whole_files(tmp_path):
     names = ["db%02d" % i for i in range(12)]
     slow = lambda index, method, path: Fault("delay", seconds=0.4) if endpoint_of(path) == "_all_docs" else None
     with server(names, faults=slow) as stub:
-        process = subprocess.Popen([sys.executable, str(PROGRAM), "-b", "-H", "127.0.0.1", "-P", str(stub.port),
-                                    "-d", "*", "-f", "dumps", "--jobs", "2"], cwd=str(tmp_path),
-                                   env=clean_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 60
-            while not ((tmp_path / "dumps").is_dir() and
-                       any(n.endswith(".json") for n in os.listdir(tmp_path / "dumps"))):
-                assert time.monotonic() < deadline and process.poll() is None, "no file came"
-                time.sleep(0.02)
-            process.send_signal(signal.SIGTERM)
-            stdout, stderr = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        process = start_port(["-b", "-d", "*", "-f", "dumps", "--jobs", "2"], tmp_path, server=stub.port)
+        _, stdout, _ = interrupt(process, signal.SIGTERM, lambda: (tmp_path / "dumps").is_dir() and any(
+            name.endswith(".json") for name in os.listdir(tmp_path / "dumps")), seconds=60)
         assert process.returncode == 143, stdout
         left = listing(tmp_path / "dumps")
         assert left and len(left) < len(names), left
@@ -486,16 +455,16 @@ def test_a_signal_stops_every_database_and_leaves_only_whole_files(tmp_path):
 
 def test_a_pattern_matching_nothing_is_an_error(tmp_path):
     with server(SPECIAL[:3]) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "nothing*", "-f", "dumps", "--json"])
+        result = run_port(["-b", "-d", "nothing*", "-f", "dumps", "--json"], tmp_path, server=stub.url)
         assert result.returncode == 1, says(result)
         assert not (tmp_path / "dumps").exists() or listing(tmp_path / "dumps") == []
-        assert last_json(result)["ok"] is False
+        assert last_json(result.stdout)["ok"] is False
         assert any(line.startswith("... ERROR: ") and "nothing*" in line
                    for line in result.stdout.decode("utf-8").splitlines()), says(result)
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "dumps"])
+        result = run_port(["-b", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         stub.requests.clear()
-        result = run_port(tmp_path, stub.url, ["-r", "-d", "nothing*", "-f", "dumps"])
+        result = run_port(["-r", "-d", "nothing*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 1, says(result)
         assert not any(r.method in ("PUT", "POST", "DELETE") for r in stub.requests)
 
@@ -506,12 +475,12 @@ def test_a_pattern_matching_nothing_is_an_error(tmp_path):
 ], ids=["not-a-dump", "json-and-gz-for-one-database"])
 def test_restore_refuses_a_folder_it_cannot_read_as_one_dump_a_database_before_any_request(extra_files, tmp_path):
     with server(SPECIAL[:9]) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "*", "-f", "dumps"])
+        result = run_port(["-b", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 0, says(result)
         for name, data in extra_files.items():
             (tmp_path / "dumps" / name).write_bytes(data)
         stub.requests.clear()
-        result = run_port(tmp_path, stub.url, ["-r", "-c", "-d", "*", "-f", "dumps"])
+        result = run_port(["-r", "-c", "-d", "*", "-f", "dumps"], tmp_path, server=stub.url)
         assert result.returncode == 1, says(result)
         assert stub.requests == []
     line = result.stdout.decode("utf-8").splitlines()[-1]
@@ -522,7 +491,7 @@ def test_restore_refuses_a_folder_it_cannot_read_as_one_dump_a_database_before_a
 def test_a_pattern_needs_a_folder(mode, target, tmp_path):
     (tmp_path / "afile").write_bytes(b'{"new_edits":false,"docs":[\n]}\n')
     with server(SPECIAL[:3]) as stub:
-        result = run_port(tmp_path, stub.url, [mode, "-d", "*", "-f", target])
+        result = run_port([mode, "-d", "*", "-f", target], tmp_path, server=stub.url)
         assert result.returncode == 1, says(result)
         assert stub.requests == []
     assert result.stdout.decode("utf-8").splitlines()[-1].startswith("... ERROR: ")
@@ -532,11 +501,8 @@ def test_a_pattern_needs_a_folder(mode, target, tmp_path):
 
 def peak_rss_kib(cwd, url, args):
     """Run the port; returns (exit code, its own peak RSS in KiB)."""
-    host, port = url.rsplit(":", 1)
     with open(cwd / "stdout", "wb") as out:
-        process = subprocess.Popen([sys.executable, str(PROGRAM), "-H", host, "-P", port, *args], cwd=str(cwd),
-                                   env=clean_environment(), stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.DEVNULL)
+        process = start_port(args, cwd, server=url, stdout=out, stderr=subprocess.DEVNULL)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
     return process.returncode, usage.ru_maxrss
@@ -584,7 +550,7 @@ def test_a_server_that_ignores_limit_on_all_dbs_is_read_once_and_never_in_a_loop
     names = many(count)
     names.insert(count // 2, "target")
     with seed(CouchStub(all_dbs_paging=False), names, SYSTEM) as stub:
-        result = run_port(tmp_path, stub.url, ["-b", "-d", "targ*", "-f", "dumps"], timeout=60)
+        result = run_port(["-b", "-d", "targ*", "-f", "dumps"], tmp_path, server=stub.url, timeout=60)
         assert result.returncode == 0, says(result)
         assert listing(tmp_path / "dumps") == ["target.json"]
         assert len([r for r in stub.requests if r.path.startswith("/_all_dbs")]) <= 2
@@ -626,9 +592,9 @@ def help_entry(text, option):
 
 
 def test_help_lists_the_pattern_forms():
-    result = subprocess.run([sys.executable, str(PROGRAM), "--help"], capture_output=True, env=clean_environment())
-    text = result.stdout.decode()
-    assert result.returncode == 0
+    code, out, _ = run_in_process(["--help"])
+    text = out.decode()
+    assert code == 0
     assert "--exclude PATTERN" in text
     assert "-d PATTERN" in text
     assert "backup" in help_entry(text, "--jobs").lower()
@@ -665,14 +631,14 @@ def test_pouchdb_every_database_backed_up_deleted_and_restored(empty_pouchdb, tm
     before = {name: pouch_rows(url, name) for name in POUCH_NAMES}
     assert any("_attachments" in doc for doc in before[ATTACHMENTS].values())
 
-    result = run_port(tmp_path, url, ["-b", "-z", "-d", "*", "-f", "dumps", "--jobs", "4", "--json"])
+    result = run_port(["-b", "-z", "-d", "*", "-f", "dumps", "--jobs", "4", "--json"], tmp_path, server=url)
     assert result.returncode == 0, says(result)
     assert listing(tmp_path / "dumps") == sorted(file_name(name, compress=True) for name in POUCH_NAMES)
-    assert len(last_json(result)["databases"]) == len(POUCH_NAMES)
+    assert len(last_json(result.stdout)["databases"]) == len(POUCH_NAMES)
 
     for name in POUCH_NAMES:
         http("DELETE", "%s/%s" % (url, quote(name, safe="")))
-    result = run_port(tmp_path, url, ["-r", "-c", "-d", "*", "-f", "dumps", "--jobs", "3"])
+    result = run_port(["-r", "-c", "-d", "*", "-f", "dumps", "--jobs", "3"], tmp_path, server=url)
     assert result.returncode == 0, says(result)
     assert set(success_lines(result)) == set(POUCH_NAMES)
     for name in POUCH_NAMES:
@@ -696,11 +662,11 @@ def test_pouchdb_complete_backup_of_every_database_keeps_conflicts(empty_pouchdb
             {"_id": "x", "_rev": "2-bb", "_revisions": {"start": 2, "ids": ["bb", "aa"]}, "v": 1},
             {"_id": "x", "_rev": "2-cc", "_revisions": {"start": 2, "ids": ["cc", "aa"]}, "v": 2},
             {"_id": "y", "_rev": "1-dd", "v": 3}]})
-    result = run_port(tmp_path, url, ["-b", "--complete", "-d", "kk*", "-f", "dumps"])
+    result = run_port(["-b", "--complete", "-d", "kk*", "-f", "dumps"], tmp_path, server=url)
     assert result.returncode == 0, says(result)
     for name in names:
         http("DELETE", "%s/%s" % (url, quote(name, safe="")))
-    result = run_port(tmp_path, url, ["-r", "-c", "-d", "kk*", "-f", "dumps"])
+    result = run_port(["-r", "-c", "-d", "kk*", "-f", "dumps"], tmp_path, server=url)
     assert result.returncode == 0, says(result)
     for name in names:
         doc = http("GET", "%s/%s/x?conflicts=true" % (url, quote(name, safe="")))
