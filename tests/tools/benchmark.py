@@ -1425,12 +1425,8 @@ def main(argv=None):
     parser.add_argument("--long-line", action="store_true",
                         help="only the long-line part: peak RSS of a backup and a restore of a dump whose"
                              " longest line is ~33 MB (it also runs after the others)")
-    parser.add_argument("--whole-server", action="store_true",
-                        help="300 databases of 100-1,000 documents on the stub: -d '*' --jobs 4 against a"
-                             " shell loop of the port")
-    parser.add_argument("--parallel-read", action="store_true",
-                        help="one database on a stub whose each _all_docs stream is rate-capped: --jobs 4"
-                             " against --jobs 1 [default: 100,000 documents]")
+    parser.add_argument("--whole-server", action="store_true", help="300 stub databases: -d '*' --jobs 4 vs a shell loop")
+    parser.add_argument("--parallel-read", action="store_true", help="one rate-capped database: --jobs 4 vs --jobs 1")
     parser.add_argument("--http-chunks", choices=("couchdb", "1mib"), default="couchdb",
                         help="how the server cuts the _all_docs reply: as Apache CouchDB does (chunks of"
                              " at most 1,490 bytes, whole rows) or in 1 MiB chunks [default: couchdb];"
