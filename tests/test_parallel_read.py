@@ -6,7 +6,7 @@ The file is byte for byte the one-stream backup's, with -z once decompressed;
 each range is checked complete; a range cut short fails the backup (or is
 resumed with --resume) with nothing left behind; a range that runs ahead of
 the writer waits in a temporary file of its own beside the backup's, never in
-memory.  Against tests/couch_stub.py (ranges, faults, a speed per stream) and
+memory.  Against tests/tools/couch_stub.py (ranges, faults, a speed per stream) and
 PouchDB Server.
 """
 

@@ -10,7 +10,7 @@ takes in; `--exclude` leaves more out.  Each database goes to
 One line per database, a summary, `--json` with every database's own object,
 exit 0 only when every database succeeded.
 
-Against tests/couch_stub.py (faults, counting, 1,000 databases) and a PouchDB
+Against tests/tools/couch_stub.py (faults, counting, 1,000 databases) and a PouchDB
 Server of our own (a pattern sees every database of the server, so the
 session's shared one would hold other tests' databases).
 """

@@ -1319,7 +1319,7 @@ def run_whole_server(runs, port, top, databases=300):
         docs = small_documents(rng.randint(100, 1000), index)
         stub.store.databases[name] = docs
         total += len(docs)
-    print("\n=== whole server: {} databases, {:,} documents in the stub server (tests/couch_stub.py);"
+    print("\n=== whole server: {} databases, {:,} documents in the stub server (tests/tools/couch_stub.py);"
           " {} run{} ===".format(databases, total, runs, "s" if runs > 1 else ""), flush=True)
     stages = [("shell loop of the port, one process a database", "loop"),
               ("port -d '*' (one database after another)", "pattern1"),
