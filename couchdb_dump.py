@@ -33,6 +33,7 @@ talks to the server and ``Requester`` asks it what an ``Ask`` describes
 import base64
 import codecs
 import collections
+import copy
 import difflib
 import gzip
 import itertools
@@ -269,6 +270,7 @@ LONG_OPTIONS = {
     "resume": False,
     "no-security": False,
     "since": True,
+    "exclude": True,
 }
 
 
@@ -278,6 +280,9 @@ JOBS_LINES = "500"
 
 # Databases --recreate will not delete unless --force is given too.
 SYSTEM_DATABASES = ("_users", "_replicator", "_global_changes")
+
+# No database name holds one of these: a -d holding one is a pattern (fnmatch's).
+PATTERN_CHARACTERS = "*?["
 
 USAGE_TEXT = """
 Usage: {prog} [-b|-r] -H <COUCHDB_HOST> -d <DB_NAME> -f <BACKUP_FILE> [-u <username>] [-p <password>] [-P <port>] [-l <lines>] [-t <threads>] [-a <import_attempts>]
@@ -312,6 +317,13 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 \t--verify            Restore: afterwards, check that every document of the dump is there with its revision.
 \t--jobs N            Restore: upload up to N chunks at once [Default: 1, the script's order];
 \t                    without -l, chunks of 500 documents (CouchDB takes them faster than 5000).
+\t                    Backup: read the database as N key ranges at once (the same file).
+\t                    With -d PATTERN: back up or restore N databases at once.
+\t-d PATTERN          A pattern ('*', '?', '[...]', which no database name holds): every database of the
+\t                    server it matches (backup) or of the folder -f names (restore), one file each in
+\t                    that folder, <name>.json with '/' written %2F. '*' leaves out the system databases
+\t                    (_users, ...); only a pattern beginning with '_' takes them in.
+\t--exclude PATTERN   With -d PATTERN: leave out the databases this pattern matches (repeatable).
 \t--json              Print one JSON summary object as the last line (stderr when -f - backs up to stdout).
 \t--no-progress       No progress line on stderr (-q turns it off too).
 \t--timeout SECONDS   Give up on a server that stops answering for that long [Default: 300]
@@ -417,6 +429,9 @@ class Options:
         # send requests the script never sends (the script's runs send its own).
         self.extended = False
         self.no_security = False
+        self.pattern = False     # -d is a pattern: every database it matches, to or from a folder
+        self.exclude = []        # --exclude patterns
+        self.server_run = False  # one database of a -d PATTERN run
         self.cores = 1
         self.url = ""
 
@@ -518,6 +533,7 @@ def parse_options(argv, environ, out, prog):
     _check_mode_and_names(opts, stray, prog)
     _settle_numbers(opts, out)
     _settle_server(opts, environ, prog)
+    _check_pattern(opts)
     return opts
 
 
@@ -608,11 +624,15 @@ def _since(opts, option, value, prog):
     opts.complete = True
 
 
+def _exclude(opts, option, value, prog):
+    opts.exclude.append(value)
+
+
 # The options that do more than set a value: each handler checks and sets, or ends the run.
 OPTION_HANDLERS = {"h": _help_or_version, "V": _help_or_version, "--version": _help_or_version,
                    "--help": _help_or_version, ":": _misspelt, "=": _misspelt, "?": _misspelt, "D": _delay,
                    "--timeout": _timeout, "--jobs": _whole_number, "--max-line-mb": _whole_number,
-                   "--no-progress": _no_progress, "--since": _since}
+                   "--no-progress": _no_progress, "--since": _since, "--exclude": _exclude}
 
 
 def _check_mode_and_names(opts, stray, prog):
@@ -680,6 +700,20 @@ def _settle_server(opts, environ, prog):
         # Never a request to a path the user did not mean.
         raise Failure(lines=['... ERROR: -H "%s" with -P "%s" does not make a server URL: %s.'
                              % (_without_userinfo(opts.host), opts.port, problem)])
+
+
+def _check_pattern(opts):
+    """-d PATTERN (a -d holding a pattern character) and what cannot go with it."""
+    opts.pattern = any(char in opts.db for char in PATTERN_CHARACTERS)
+    if opts.exclude and not opts.pattern:
+        problem = "--exclude leaves databases out of a -d PATTERN ('*', '?' or '['); -d %s is one database" % opts.db
+    elif opts.pattern and opts.file == "-":
+        problem = "-d PATTERN takes a folder, one file a database: -f - cannot hold them"
+    elif opts.pattern and opts.start_chunk is not None:
+        problem = "-s names a chunk of one restore; it cannot go with -d PATTERN"
+    else:
+        return
+    raise Failure(lines=["... ERROR: " + problem])
 
 
 def url_problem(url):
@@ -816,6 +850,10 @@ ATTEMPT_WORDS = {
     "list databases": Words(
         transfer="... WARN: Curl failed to get the list of databases" + ATTEMPT + ". Retrying...",
         gave_up=("... ERROR: Curl failed to get the list of databases - Stopping",)),
+    "check database": Words(
+        transfer="... WARN: Curl failed to check the database %(db)s" + ATTEMPT + ". Retrying...",
+        reply="... WARN: CouchDB Reported an error checking the database %(db)s" + ATTEMPT + " - Retrying...",
+        gave_up=("... ERROR: Curl failed to check the database %(db)s - Stopping",)),
     "delete database": Words(
         transfer="... WARN: Curl failed to delete the database %(db)s" + ATTEMPT + ". Retrying...",
         reply="... WARN: CouchDB Reported an error during db deletion" + ATTEMPT + " - Retrying...",
@@ -1074,6 +1112,48 @@ class Progress:
             self.figures = None
 
 
+class DatabaseMessages(Messages):
+    """The lines of one database's run within a whole-server run (-d PATTERN).
+
+    Standard output keeps one line a database, printed when it ends: this
+    database's INFO lines are dropped (as with -q), its WARN and ERROR lines
+    go to standard error after its name.  ``error_text`` still says why it
+    failed, for its line and its --json object.
+    """
+
+    def __init__(self, db, progress=None):
+        super().__init__(_NamedLines(db), quiet=True)
+        self.db = db
+        self.progress = progress
+
+    def detail(self, text):
+        super().detail("%s: %s" % (self.db, text))
+
+
+class _NamedLines:
+    """Standard error, each line after a database's name."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def write(self, data):
+        text = data.decode("utf-8", "replace")
+        sys.stderr.write("".join("%s: %s" % (self.name, line) for line in text.splitlines(keepends=True)))
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+class DatabasesProgress(Progress):
+    """A whole-server run's progress: the databases done of all, and the MB of their files."""
+
+    def _text(self, now, documents, size, total, final=False):
+        text = "%d/%d databases, %.1f MB%s" % (documents, total or 0, size / 1e6, " " + self.what if self.what else "")
+        if final:
+            text += ", %.0f s" % (now - self.started)
+        return text
+
+
 # ===========================================================================
 # 4. Talking to the server
 # ===========================================================================
@@ -1196,8 +1276,9 @@ def quote_path_segment(text):
 
 def quote_database(name):
     # Keep the characters CouchDB names use literally, as curl sends them;
-    # encode "/" and anything a URL cannot carry.
-    return quote(os.fsencode(name), safe="$()+-_,;=@!*'~")
+    # encode "/" and anything a URL cannot carry, and "+", which CouchDB
+    # reads as a space in a path.
+    return quote(os.fsencode(name), safe="$()-_,;=@!*'~")
 
 
 def proxy_for(scheme, host, environ):
@@ -2071,6 +2152,66 @@ class Requester:
                 failure = error
 
 
+def read_database_names(text):
+    """The names of an ``_all_dbs`` reply's text; ValueError when it is no list of names."""
+    names = json.loads(text)
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError("not a list of database names")
+    return names
+
+
+def database_names(reply):
+    """The names an ``_all_dbs`` reply lists, or None when it is no such list."""
+    if not 200 <= reply.status < 300:
+        return None
+    try:
+        return read_database_names(reply.body)
+    except ValueError:
+        return None
+
+
+class DatabaseList:
+    """The names of the server's databases, read in pages of ``PAGE``.
+
+    ``GET /_all_dbs?limit=PAGE``, then ``&startkey=`` the JSON of the last
+    name (its repeat dropped), so that no reply has to hold 100,000 names.
+    A server that ignores ``limit`` (PouchDB Server) answers with every
+    name at once: a reply longer than asked is the whole list, and a page
+    that does not go on after the last name ends the reading, never loops.
+    """
+
+    PAGE = 1000
+
+    def __init__(self, requester):
+        self.requester = requester
+
+    def names(self):
+        last = None
+        while True:
+            path = "/_all_dbs?limit=%d" % self.PAGE
+            if last is not None:
+                path += "&startkey=" + quote(json.dumps(last), safe="")
+            reply = self.requester.ask(Ask("GET", path, "list databases", read=read_database_names)).value
+            page = reply[1:] if last is not None and reply[:1] == [last] else reply
+            if last is not None and any(name <= last for name in page):
+                return   # the server ignored startkey: its first reply was the whole list
+            yield from page
+            # Shorter than asked: the end; longer: the server ignored limit and sent them all.
+            if len(reply) != self.PAGE or not page:
+                return
+            last = page[-1]
+
+
+def matching_databases(names, pattern, excludes=()):
+    """The ``names`` a -d PATTERN takes, sorted: shell-style over the whole
+    name; a system database (``_users``...) only when the pattern itself
+    begins with "_"; none that an --exclude pattern matches."""
+    import fnmatch
+    return sorted(name for name in names
+                  if fnmatch.fnmatchcase(name, pattern) and (pattern.startswith("_") or not name.startswith("_"))
+                  and not any(fnmatch.fnmatchcase(name, excluded) for excluded in excludes))
+
+
 # ===========================================================================
 # 5. Reading and rewriting rows
 # ===========================================================================
@@ -2698,7 +2839,7 @@ def revision_order(rev):
     return (int(number), digest) if number.isdigit() else (-1, str(rev))
 
 
-_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":[^\n]*?)?,"rows":\[\Z')
+_COUCHDB_HEADER = re.compile(rb'\A\{"total_rows":(\d+),"offset":\d+(?:,"update_seq":([^\n]*?))?,"rows":\[\Z')
 
 
 _ROW_ID = re.compile(rb'\A\{"id":("(?:[^"\\]|\\.)*")')
@@ -3349,6 +3490,19 @@ class StreamTarget(DumpTarget):
             pass
 
 
+def startkey_query(key):
+    """``&startkey=`` the JSON of ``key``, percent-encoded; nothing for None."""
+    return "" if key is None else "&startkey=" + quote(json.dumps(key), safe="")
+
+
+def until_stopped(blocks, stop):
+    """The blocks, until ``stop`` (a whole-server run's, not installed) notes a signal: then ``Stopped``."""
+    for block in blocks:
+        if stop.requested:
+            raise Stopped(stop.requested)
+        yield block
+
+
 def _raising(error):
     raise error
     yield  # a generator, that fails when it is first asked for a block
@@ -3363,19 +3517,19 @@ class ReplyResumer:
     after it would be skipped and lost).  The requester asks (``Requester.resume``).
     """
 
-    def __init__(self, requester, path, block):
+    def __init__(self, requester, path, block, start_key=None):
         self.requester = requester
         self.path = path
         self.block = block
+        self.start_key = start_key   # a range of a parallel read: where it starts
         self.resumption = Resumption()
 
     def resume(self, last_id, rows, failure, couchdb_layout):
         """The blocks of the rest of the reply; raises ``failure`` once the attempts are spent."""
         if rows > 0 and last_id is None:
             raise failure   # rows with no id we can start from: nothing safe to ask
-        path = self.path
-        if last_id is not None:
-            path += "&startkey=" + quote(json.dumps(last_id), safe="")
+        # A range that broke before its first row starts again at its own start.
+        path = self.path + startkey_query(last_id if last_id is not None else self.start_key)
 
         def begin(response):
             blocks = resumable_blocks(response, self.block)
@@ -3463,13 +3617,20 @@ class AllDocsSource:
 
     BLOCK = 1 << 20
 
-    def __init__(self, opts, session, out, progress, summary):
+    def __init__(self, opts, session, out, progress, summary, stop=None):
         self.opts = opts
         self.session = session
         self.out = out
         self.progress = progress
         self.summary = summary
+        self.stop = stop or Stop()   # a whole-server run's: the signal it notes ends this backup
         self.resumer = None   # --resume: a ReplyResumer while the reply is read
+        # One range of a parallel read (``RangeRead``): where it starts; its rows
+        # are counted there, against the replies' total_rows and update_seq.
+        self.start_key = None
+        self.ranged = False
+        self.reply_total = None
+        self.reply_seq = None
         # A backup's signals end it at once (``Interrupted``): its Stop is never asked.
         self.requester = Requester(session, out, opts, Stop())
 
@@ -3483,16 +3644,17 @@ class AllDocsSource:
     def _transfer(self, path, target):
         """Download and rewrite; returns (reply had CRs, size without CRs)."""
         try:
-            response = self.requester.open(path)
+            response = self.requester.open(path + startkey_query(self.start_key))
         except TransferFailed as error:
             self._curl_failed(error)
         began = b""
-        self.resumer = ReplyResumer(self.requester, path, self.BLOCK) if self.opts.resume else None
+        self.resumer = ReplyResumer(self.requester, path, self.BLOCK, self.start_key) if self.opts.resume else None
         try:
             if self.resumer is not None:
                 blocks = resumable_blocks(response, self.BLOCK)
             else:
                 blocks = read_blocks(response, self.BLOCK)
+            blocks = until_stopped(blocks, self.stop)
             head = b""
             # The first line decides: a CouchDB error, or which layout.
             try:
@@ -3516,7 +3678,9 @@ class AllDocsSource:
             first_line, newline, rest = head.partition(b"\n")
             header = _COUCHDB_HEADER.match(first_line) if newline else None
             if header:
-                return self._rewrite_couchdb(int(header.group(1)), rest, blocks, target, had_cr, len(head))
+                self.reply_total, self.reply_seq = int(header.group(1)), header.group(2)
+                total = 0 if self.ranged else self.reply_total
+                return self._rewrite_couchdb(total, rest, blocks, target, had_cr, len(head))
             return self._rewrite_any(head, blocks, target, had_cr)
         except ReplyShape as error:
             raise Failure(lines=["... ERROR: Backup failed, no file written: the reply is not an _all_docs answer"
@@ -3600,6 +3764,9 @@ class AllDocsSource:
                     raise
                 blocks = self.resumer.resume(scanner.last_id, scanner.rows, failure, False)
                 scanner = JsonRowScanner(continues=scanner)
+        if self.ranged:
+            # A range holds a part of the total: ``RangeRead`` counts the rows of all.
+            self.reply_total, scanner.total_rows = scanner.total_rows, None
         scanner.finish()
         writer.finish()
         self.progress.update(scanner.rows, target.written, scanner.total_rows)
@@ -3616,6 +3783,257 @@ class AllDocsSource:
 
     def _curl_failed(self, error, received=None):
         raise curl_failed(error if isinstance(error, Failure) else _describe(error, received, self.session.timeout))
+
+
+class RangeRead:
+    """The source of a backup with --jobs N: ``_all_docs`` as N key ranges read at once.
+
+    One stream is served by one CouchDB request process, so it is the limit
+    of a backup; N ranges are N processes.  The split keys are the ids at
+    every N-th of the rows (``limit=1&skip=K``, no documents, asked at
+    once); range i asks ``startkey`` = key i and ``endkey`` = key i+1 with
+    ``inclusive_end=false``.  Each range is the ``AllDocsSource`` transfer of
+    one reply, in a thread: the first writes into the backup's own target,
+    the others each into a temporary file beside it (unnamed with ``-f -``),
+    never into memory, joined in key order when the writer reaches them.  A
+    range's lines go in without its header and footer, a comma between
+    ranges, so the file is the one-stream backup's, byte for byte.  Every
+    range must end with its footer and, while the database did not change
+    between the ranges' reads (the same ``update_seq`` and ``total_rows``),
+    their rows must add up to its ``total_rows``.  A failure or a signal
+    stops every range and removes every temporary file.  Where the split
+    keys cannot be read, one stream.
+    """
+
+    BLOCK = 1 << 20
+    HEAD = len(BACKUP_HEADER) + 1     # the header line of a range's own dump
+    TAIL = b"\n" + FOOTER + b"\n"     # and its last line
+
+    def __init__(self, opts, session, out, progress, summary, stop=None):
+        # The one stream: read where no split keys can be; the ranges share its settings.
+        self.whole = AllDocsSource(opts, session, out, progress, summary, stop)
+        self.stop = Stop()   # not installed: set, it ends the ranges still reading at their next block
+        self.db_path = "/" + quote_database(opts.db)
+        self.requester = Requester(session, out, opts, self.stop)
+        self.ranges = []
+
+    def prepare(self):
+        """Before the output is opened: what the one stream prepares (nothing to read)."""
+        self.whole.prepare()
+
+    def copy(self, target):
+        """Read every range and write the dump into ``target``; returns (reply had CRs, size)."""
+        keys = self.split_keys()
+        if not keys:
+            return self.whole.copy(target)
+        try:
+            self.ranges = [_Range(self, index, keys, target) for index in range(len(keys) + 1)]
+            for part in self.ranges:
+                part.start()
+            lines = False   # the backup holds lines already: the next range's go after a comma
+            for part in self.ranges:
+                self.wait(part)
+                lines = part.join_into(target, lines)
+            self.check_rows()
+            target.write(self.TAIL)
+        except BackupFailed as error:
+            raise Failure(lines=["... ERROR: Backup failed, no file written: %s." % error])
+        finally:
+            self.stop.requested = self.stop.requested or signal.SIGTERM   # the ranges still reading end
+            for part in self.ranges:
+                part.remove()
+        sources = [part.source for part in self.ranges]
+        summary = self.whole.summary
+        summary["documents"] = sum(source.summary["documents"] for source in sources)
+        summary["design_documents"] = sum(source.summary["design_documents"] for source in sources)
+        self.whole.progress.update(summary["documents"], target.written, force=True)
+        return any(part.had_cr for part in self.ranges), sum(part.size for part in self.ranges)
+
+    def split_keys(self):
+        """The first id of every range but the first, in order; empty: read one stream."""
+        first = self.requester.glance(self.db_path + "/_all_docs?limit=0")
+        total = first.get("total_rows") if isinstance(first, dict) else None
+        if not isinstance(total, int):
+            return []
+        count = min(self.whole.opts.jobs, total)
+        # At once: a server's skip walks the rows it skips.
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=max(count - 1, 1)) as pool:
+            pages = list(pool.map(self.requester.glance, ["%s/_all_docs?limit=1&skip=%d"
+                                                          % (self.db_path, total * index // count)
+                                                          for index in range(1, count)]))
+        keys = []
+        for page in pages:
+            rows = page.get("rows") if isinstance(page, dict) else None
+            if not isinstance(rows, list) or rows and not isinstance(rows[0], dict):
+                return []
+            # Written to meanwhile, the database may give a key twice: the ranges must not overlap.
+            key = rows[0].get("id") if rows else None
+            if isinstance(key, str) and (not keys or key > keys[-1]):
+                keys.append(key)
+        return keys
+
+    def wait(self, part):
+        """Until ``part`` is read; a range that failed meanwhile, or a signal, ends the backup."""
+        while not part.done.wait(0.1):
+            if self.whole.stop.requested:   # a whole-server run's signal
+                raise Stopped(self.whole.stop.requested)
+            for other in self.ranges:
+                if other.error is not None:
+                    raise other.error
+            documents = sum(other.figures.documents for other in self.ranges)
+            written = sum(other.figures.size for other in self.ranges)
+            self.whole.progress.update(documents, written, self.ranges[-1].source.reply_total)
+        if part.error is not None:
+            raise part.error
+
+    def check_rows(self):
+        """While the database did not change between the ranges' reads, their rows add up."""
+        sources = [part.source for part in self.ranges]
+        totals = {source.reply_total for source in sources}
+        seqs = {source.reply_seq for source in sources}
+        rows = sum(source.summary["documents"] for source in sources)
+        if len(totals) == 1 and len(seqs) == 1 and rows != min(totals):
+            raise BackupFailed("the ranges hold %d rows but the database has %d documents" % (rows, min(totals)))
+
+
+class _Figures:
+    """A range's progress, summed by ``RangeRead`` (it draws the line)."""
+
+    documents = size = 0
+
+    def update(self, documents, size, total=None, force=False):
+        self.documents, self.size = documents, size
+
+
+class _Range:
+    """One range of a ``RangeRead``: its source, its thread, its temporary file."""
+
+    def __init__(self, read, index, keys, target):
+        whole = read.whole
+        opts = copy.copy(whole.opts)
+        opts.thread_count = 1      # no worker processes forked from threads
+        self.figures = _Figures()
+        self.source = AllDocsSource(opts, whole.session, whole.out, self.figures,
+                                    {"documents": 0, "design_documents": 0}, read.stop)
+        self.source.BLOCK = RangeRead.BLOCK >> 2   # N at once: each a quarter of one stream's memory
+        self.source.ranged = True
+        self.source.start_key = keys[index - 1] if index else None
+        self.path = read.db_path + ALL_DOCS_QUERY + "&update_seq=true"
+        if index < len(keys):
+            self.path += "&endkey=%s&inclusive_end=false" % quote(json.dumps(keys[index]), safe="")
+        self.first = index == 0
+        self.file = self.name = None
+        if self.first:
+            self.target = _HeldTail(target, len(RangeRead.TAIL))
+        else:
+            self.file, self.name = self.spill(target)
+            self.target = DumpTarget(self.file)
+        self.done = threading.Event()
+        self.error = None
+        self.had_cr, self.size = False, 0
+
+    @staticmethod
+    def spill(target):
+        """A temporary file beside the backup's, named as its own is; unnamed with -f -."""
+        if not isinstance(target, BackupFile):
+            return tempfile.TemporaryFile(), None
+        fd, name = tempfile.mkstemp(prefix="." + os.path.basename(target.path) + ".", suffix=".part",
+                                    dir=os.path.dirname(target.path) or ".")
+        return os.fdopen(fd, "w+b"), name
+
+    def start(self):
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        try:
+            self.had_cr, self.size = self.source._transfer(self.path, self.target)
+            self.target.finish()
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.done.set()
+
+    def join_into(self, target, lines):
+        """This range's lines onto the backup, after a comma when ``lines`` are
+        there before them; returns whether the backup holds lines now."""
+        head, tail = RangeRead.HEAD, len(RangeRead.TAIL)
+        if self.first:   # written in place already, but for its footer
+            if self.target.held != RangeRead.TAIL:
+                raise BackupFailed("a range did not end as a dump ends")
+            return self.target.passed > head
+        end = self.file.seek(0, os.SEEK_END)
+        self.file.seek(max(end - tail, 0))
+        if end < head + tail or self.file.read(tail) != RangeRead.TAIL:
+            raise BackupFailed("a range did not end as a dump ends")
+        if end - tail == head:
+            return lines
+        if lines:
+            target.write(b",\n")
+        append_file(self.file, head, end - tail, target)
+        return True
+
+    def remove(self):
+        if self.file is not None:
+            self.file.close()
+        if self.name is not None:
+            try:
+                os.unlink(self.name)
+            except OSError:
+                pass
+
+
+class _HeldTail:
+    """The backup's target for the first range: all but its last ``size`` bytes (its footer)."""
+
+    def __init__(self, target, size):
+        self.target = target
+        self.size = size
+        self.held = b""
+        self.passed = 0
+
+    @property
+    def written(self):
+        return self.target.written
+
+    def write(self, data):
+        data = self.held + data
+        if len(data) > self.size:
+            self.target.write(data[:-self.size])
+            self.passed += len(data) - self.size
+            data = data[-self.size:]
+        self.held = data
+
+    def finish(self):
+        pass
+
+
+def append_file(source, start, end, target):
+    """Bytes ``start`` to ``end`` of the file ``source`` onto ``target``: by
+    ``os.copy_file_range`` into a plain backup file where the system has
+    it (no copy through this process), else read and written a block at a time."""
+    if isinstance(target, BackupFile) and not target.compress and hasattr(os, "copy_file_range"):
+        target.raw.flush()
+        position = start
+        try:
+            while position < end:
+                copied = os.copy_file_range(source.fileno(), target.raw.fileno(), end - position, position)
+                if not copied:
+                    break
+                position += copied
+        except OSError:
+            pass
+        finally:
+            target.raw.seek(0, os.SEEK_END)
+        target.written += position - start
+        start = position
+    source.seek(start)
+    while start < end:
+        data = source.read(min(RangeRead.BLOCK, end - start))
+        if not data:
+            raise BackupFailed("a range's temporary file is shorter than it was written")
+        target.write(data)
+        start += len(data)
 
 
 class _DocumentLines:
@@ -3787,12 +4205,13 @@ class CompleteSource:
     BATCH_BYTES = 16 << 20   # inline attachments can make 500 revisions gigabytes
     JOBS = 2
 
-    def __init__(self, opts, session, out, progress, summary):
+    def __init__(self, opts, session, out, progress, summary, stop=None):
         self.opts = opts
         self.session = session
         self.out = out
         self.progress = progress
         self.summary = summary
+        self.stop = stop or Stop()   # a whole-server run's: the signal it notes ends this backup
         summary.update({"complete": True, "leaves": 0, "deleted": 0, "conflicted": 0})
         self.db_path = "/" + quote_database(opts.db)
         self.bulk_get = True
@@ -3922,6 +4341,8 @@ class CompleteSource:
 
     def _write(self, batch, future, lines):
         """Write the leaves of a batch, read by ``_leaves``, in order."""
+        if self.stop.requested:
+            raise Stopped(self.stop.requested)
         by_document = future.result()
         if self.refused is not None:
             self.out.line("... WARN: The server has no _bulk_get (HTTP %d): reading the revisions of each"
@@ -4014,14 +4435,14 @@ class Backup:
     only once the source wrote all of it.
     """
 
-    def __init__(self, opts, session, out, progress=None):
+    def __init__(self, opts, session, out, progress=None, stop=None):
         self.opts = opts
         self.out = out
         self.progress = progress or Progress(False)
         self.summary = {"mode": "backup", "db": opts.db, "file": opts.file,
                         "documents": 0, "design_documents": 0, "bytes": 0}
-        source = CompleteSource if opts.complete else AllDocsSource
-        self.source = source(opts, session, out, self.progress, self.summary)
+        source = CompleteSource if opts.complete else RangeRead if opts.jobs > 1 else AllDocsSource
+        self.source = source(opts, session, out, self.progress, self.summary, stop)
 
     def run(self):
         out = self.out
@@ -4568,19 +4989,6 @@ class RestorePlan:
                                  ' server' % self.lines])
 
 
-def database_names(reply):
-    """The names an ``_all_dbs`` reply lists, or None when it is no such list."""
-    if not 200 <= reply.status < 300:
-        return None
-    try:
-        names = json.loads(reply.body)
-    except ValueError:
-        return None
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        return None
-    return names
-
-
 # What a refused list of databases most likely means (said on stderr).
 REFUSED_LISTING = {
     401: ": it did not accept the user name and password (-u/-p, or COUCHDB_USER/COUCHDB_PASS)",
@@ -4620,8 +5028,11 @@ class TargetDatabase:
 
     def prepare(self, before_change):
         opts, out = self.run.opts, self.run.out
-        reply = self.run.requester.ask(Ask("GET", "/_all_dbs", "list databases", expect="any"))
-        names = database_names(reply)
+        if opts.server_run:
+            names = [opts.db] if self.exists() else []
+        else:
+            reply = self.run.requester.ask(Ask("GET", "/_all_dbs", "list databases", expect="any"))
+            names = database_names(reply)
         if names is None:
             out.line("... WARN: Curl failed to get the list of databases - Continuing")
             if not reply.body.rstrip(b"\n"):
@@ -4644,6 +5055,13 @@ class TargetDatabase:
                           hints=["... HINT: you could add the -c flag to create the database automatically"])
         before_change()
         self.create()
+
+    def exists(self):
+        """Whether the database is there, asked of it alone (``GET /db``): a
+        whole-server run would read the list of every database once for each."""
+        reply = self.run.requester.ask(Ask("GET", self.path, "check database", tolerate=(404,),
+                                           db=self.run.opts.db))
+        return reply.status != 404
 
     def delete(self):
         opts, out = self.run.opts, self.run.out
@@ -5464,7 +5882,234 @@ class Restore:
 # ===========================================================================
 # 8. Main
 # ===========================================================================
-# The command line in, an exit code out.
+# The command line in, an exit code out: one database, or every one a pattern matches.
+
+
+# A dump file of a whole-server folder: the database's name, "/" written %2F.
+DUMP_FILE = re.compile(r"\A(_?[a-z](?:[a-z0-9_$()+-]|%2F)*)\.json(\.gz)?\Z")
+
+
+def dump_file_name(db):
+    """The file of database ``db`` in a whole-server folder (before -z's .gz)."""
+    return db.replace("/", "%2F") + ".json"
+
+
+def folder_dumps(folder):
+    """The dump files of a whole-server folder, ``{database: file name}``,
+    and the first entry that cannot be read as one (None when none)."""
+    found = {}
+    for entry in sorted(os.listdir(folder)):
+        match = DUMP_FILE.match(entry)
+        if match is None or not os.path.isfile(os.path.join(folder, entry)):
+            return found, "%s is not a database's dump file (<name>.json or <name>.json.gz, / written %%2F)" % entry
+        db = match.group(1).replace("%2F", "/")
+        if db in found:
+            return found, "%s and %s are two dumps of the database %s" % (found[db], entry, db)
+        found[db] = entry
+    return found, None
+
+
+class DatabaseRun:
+    """One database of a whole-server run: its own options, lines and stop.
+
+    Runs the backup or restore a command line for that database alone
+    would, in a thread of the ``ServerRun``; ``result`` is then its --json
+    object (what a single run prints), ``error`` why it failed.
+    """
+
+    def __init__(self, server, db, path):
+        opts = copy.copy(server.opts)
+        opts.db, opts.file = db, path
+        opts.pattern, opts.exclude = False, []
+        opts.server_run = opts.extended = True
+        opts.timestamp = False       # -T stamps the folder
+        opts.json = True             # count the design documents for the line and --json
+        opts.jobs = 1                # --jobs is the databases at once
+        opts.thread_count = 1        # no worker processes forked from threads
+        self.opts = opts
+        self.db = db
+        self.stop = Stop()           # not installed: ``ServerRun`` notes the signal here
+        self.out = DatabaseMessages(db, server.progress)
+        self.session = server.session
+        self.result = None
+        self.error = None
+
+    def __call__(self, done):
+        started = time.monotonic()
+        job = None
+        try:
+            if self.opts.backup:
+                job = Backup(self.opts, self.session, self.out, stop=self.stop)
+            else:
+                job = Restore(self.opts, self.session, self.out, stop=self.stop)
+            job.run()
+            code = 0
+        except Failure as failure:
+            failure.tell(self.out)
+            code = failure.code
+        except BaseException as error:   # a bug of ours: this database fails, the others go on
+            import traceback
+            self.out.line("... ERROR: Unexpected failure (%s); please report it." % _describe(error))
+            traceback.print_exc(file=sys.stderr)
+            code = 1
+        result = {"ok": code == 0}
+        result.update(job.summary if job is not None else {"mode": "backup" if self.opts.backup else "restore",
+                                                           "db": self.db, "file": self.opts.file})
+        result["seconds"] = round(time.monotonic() - started, 3)
+        if code:
+            self.error = self.out.error_text() or "exit code %d" % code
+            result.update({"error": self.error, "exit_code": code})
+        self.result = result
+        done.put(self)
+
+
+class ServerRun:
+    """-d PATTERN: every database the pattern matches, each in a file of its own.
+
+    Backup: the server's databases (``DatabaseList``, read in pages), each
+    to ``DIR/<name>.json`` (``/`` written ``%2F``; ``.json.gz`` with -z;
+    ``DIR/<stamp>/`` with -T), the very file a run for that database alone
+    writes, whole or absent.  Restore: the folder's dump files, every one
+    checked by its name before any request.  Up to --jobs databases at
+    once (``DatabaseRun``), sharing the session's connections; one line a
+    database as it ends, then a summary.  A database that fails does not
+    stop the others; the exit code is 0 only when every one succeeded.  A
+    signal stops them all: a backup at its next block (its temporary file
+    removed), a restore after the request on its way.
+    """
+
+    def __init__(self, opts, session, out, progress, stop):
+        self.opts = opts
+        self.session = session
+        self.out = out
+        self.progress = progress
+        self.stop = stop
+        self.folder = opts.file
+        self.results = []
+        self.failed = []
+        self.total = 0
+
+    @property
+    def summary(self):
+        """The --json object: each database's own, and the totals."""
+        results = self.results
+        return {"mode": "backup" if self.opts.backup else "restore", "db": self.opts.db, "file": self.folder,
+                "databases": results, "documents": sum(r.get("documents", 0) for r in results),
+                "design_documents": sum(r.get("design_documents", 0) for r in results),
+                "bytes": sum(r.get("bytes", 0) for r in results)}
+
+    def run(self):
+        started = time.monotonic()
+        work = self.backups() if self.opts.backup else self.restores()
+        self.total = len(work)
+        self.progress.update(0, 0, self.total, force=True)
+        self.run_all(work)
+        self.progress.finish()
+        self.tell_end(time.monotonic() - started)
+
+    def no_match(self, where):
+        opts = self.opts
+        excluded = " (with --exclude %s)" % ", ".join(opts.exclude) if opts.exclude else ""
+        return Failure(lines=["... ERROR: No database %s matches -d %s%s." % (where, opts.db, excluded)])
+
+    def backups(self):
+        """(database, file) of each database to back up; the folder made ready."""
+        opts = self.opts
+        if opts.timestamp:
+            self.folder = os.path.join(self.folder, time.strftime("%Y%m%d-%H%M%S"))
+        if os.path.exists(self.folder) and not os.path.isdir(self.folder):
+            raise Failure(lines=["... ERROR: %s is not a folder: -d PATTERN writes one file a database into a"
+                                 " folder." % self.folder])
+        requester = Requester(self.session, self.out, opts, self.stop)
+        names = matching_databases(DatabaseList(requester).names(), opts.db, opts.exclude)
+        if not names:
+            raise self.no_match("of the server")
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as error:
+            raise Failure(lines=["... ERROR: Cannot make the folder %s: %s." % (self.folder, error.strerror)])
+        return [(name, os.path.join(self.folder, dump_file_name(name))) for name in names]
+
+    def restores(self):
+        """(database, file) of each dump of the folder to restore, checked before any request."""
+        opts = self.opts
+        if not os.path.isdir(self.folder):
+            raise Failure(lines=["... ERROR: Input folder %s not found." % self.folder])
+        files, problem = folder_dumps(self.folder)
+        if problem:
+            raise Failure(lines=["... ERROR: In %s: %s. Nothing was sent to the server." % (self.folder, problem)])
+        names = matching_databases(files, opts.db, opts.exclude)
+        if not names:
+            raise self.no_match("dump in %s" % self.folder)
+        return [(name, os.path.join(self.folder, files[name])) for name in names]
+
+    def run_all(self, work):
+        """Up to --jobs databases at once, in daemon threads (a hung one cannot hold the exit)."""
+        pending = collections.deque(work)
+        running = set()
+        done = queue.Queue()
+        self.stop.graceful = True   # a signal is noted, and handed to every database
+        try:
+            while pending or running:
+                while pending and len(running) < self.opts.jobs and not self.stop.requested:
+                    run = DatabaseRun(self, *pending.popleft())
+                    running.add(run)
+                    threading.Thread(target=run, args=(done,), daemon=True).start()
+                if self.stop.requested:
+                    pending.clear()
+                    for run in running:
+                        run.stop.requested = self.stop.requested
+                try:
+                    run = done.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                running.discard(run)
+                self.tell(run)
+        except (Interrupted, KeyboardInterrupt):
+            # A second signal: stop at once, but give each database a moment to remove its file.
+            for run in running:
+                run.stop.requested = self.stop.requested or signal.SIGINT
+            deadline = time.monotonic() + 5
+            while running and time.monotonic() < deadline:
+                try:
+                    running.discard(done.get(timeout=0.1))
+                except queue.Empty:
+                    pass
+            raise
+        finally:
+            self.stop.graceful = False
+
+    def tell(self, run):
+        """The line of a database that ended; the progress."""
+        result = run.result
+        self.results.append(result)
+        if result["ok"]:
+            self.out.info("... INFO: %s %s: %d documents, %.2f MB in %.2f s" % (
+                "Backed up" if self.opts.backup else "Restored", run.db, result.get("documents", 0),
+                result.get("bytes", 0) / 1e6, result["seconds"]))
+        else:
+            self.failed.append(run.db)
+            self.out.line("... ERROR: %s of %s failed: %s" % ("Backup" if self.opts.backup else "Restore",
+                                                              run.db, run.error))
+        self.progress.update(len(self.results), self.summary["bytes"], self.total)
+
+    def tell_end(self, seconds):
+        """The summary line; a ``Failure`` unless every database succeeded."""
+        done = len(self.results) - len(self.failed)
+        verb = "backed up" if self.opts.backup else "restored"
+        if self.stop.requested:
+            rest = "no file of the others is left" if self.opts.backup else "the others are not, or not wholly"
+            raise Stopped(self.stop.requested, lines=["... ERROR: Interrupted by %s: %d of %d databases were %s; %s."
+                                                      % (signal_name(self.stop.requested), done, self.total, verb,
+                                                         rest)])
+        summary = self.summary
+        if self.failed:
+            shown = ", ".join(self.failed[:20]) + (" and %d more" % (len(self.failed) - 20)
+                                                   if len(self.failed) > 20 else "")
+            raise Failure(lines=["... ERROR: %d of %d databases failed: %s; %d %s." % (
+                len(self.failed), self.total, shown, done, verb)])
+        self.out.info("... INFO: %d databases %s (%s): %d documents, %.2f MB in %.1f s." % (
+            self.total, verb, self.folder, summary["documents"], summary["bytes"] / 1e6, seconds))
 
 
 def tune_memory():
@@ -5515,11 +6160,14 @@ def main(argv=None, environ=None, stdout=None):
             # The dump owns standard output: every message goes to stderr.
             out.stream = sys.stderr.buffer
             json_stream = sys.stderr.buffer
-        progress = Progress(opts.progress and not opts.quiet, what="written" if opts.backup else "sent")
+        progress = (DatabasesProgress if opts.pattern else Progress)(
+            opts.progress and not opts.quiet, what="written" if opts.backup else "sent")
         out.progress = progress
         tune_memory()
         session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ)
-        if opts.backup:
+        if opts.pattern:
+            job = ServerRun(opts, session, out, progress, stop)
+        elif opts.backup:
             job = Backup(opts, session, out, progress)
         else:
             job = Restore(opts, session, out, progress, stop)
@@ -5531,7 +6179,10 @@ def main(argv=None, environ=None, stdout=None):
     except (Interrupted, KeyboardInterrupt) as signalled:
         if not isinstance(signalled, Interrupted):
             signalled = Interrupted(signal.SIGINT)
-        what = "no backup was written" if opts is not None and opts.backup else "the run is incomplete"
+        if opts is not None and opts.pattern:
+            what = "the databases still running were stopped"
+        else:
+            what = "no backup was written" if opts is not None and opts.backup else "the run is incomplete"
         out.line("... ERROR: Interrupted by %s: %s." % (signal_name(signalled.signum), what))
         code = signalled.code
     except Exception as error:  # a bug of ours: say so without any secret

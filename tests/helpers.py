@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -69,6 +70,31 @@ def start_port(args, cwd, server=None, env=None, **popen):
     return subprocess.Popen(port_command(args, server), cwd=str(cwd),
                             env=clean_environment(dict({"PYTHONDONTWRITEBYTECODE": "1"}, **(env or {}))),
                             **options)
+
+
+def wait_for(condition, seconds=20):
+    """Until ``condition()`` holds; fails the test after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.01)
+
+
+def interrupt(process, signum, ready, before=lambda: None, seconds=20):
+    """Once ``ready()`` holds, note ``before()`` and send ``signum`` to a run
+    start_port started; returns ``(noted, stdout, stderr)``.  The process
+    never outlives the test."""
+    try:
+        wait_for(ready, seconds)
+        noted = before()
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return noted, stdout, stderr
 
 
 def run_in_process(argv, environ=None):

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from couch_stub import CouchStub, Fault
-from helpers import FOOTER, HEADER, closed_port, dump_of, make_dump, run_port, says, start_port
+from helpers import FOOTER, HEADER, closed_port, dump_of, interrupt, make_dump, run_port, says, start_port
 
 
 # CouchDB's own error bodies for the statuses the matrix injects.
@@ -687,29 +687,6 @@ def test_dump_with_a_three_megabyte_document_restores_whole(tmp_path):
 
 
 # -- interruptions -------------------------------------------------------------------
-
-def wait_for(condition, seconds=20):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.01)
-
-
-def interrupt(process, signum, ready, before=lambda: None):
-    """Once ``ready()`` holds, note ``before()`` and send ``signum``; returns
-    ``(noted, stdout, stderr)``.  The process never outlives the test."""
-    try:
-        wait_for(ready)
-        noted = before()
-        process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return noted, stdout, stderr
-
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("signum, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])

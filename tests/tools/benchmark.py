@@ -8,6 +8,8 @@
     python3 tests/tools/benchmark.py --complete [--docs N] [--runs K]  # --complete backup beside the default one
     python3 tests/tools/benchmark.py --incremental [--docs N] [--runs K]  # --since beside a full --complete backup
     python3 tests/tools/benchmark.py --long-line [--runs K]   # only the peaks of a dump with a ~33 MB line
+    python3 tests/tools/benchmark.py --whole-server [--runs K]  # 300 databases: -d '*' --jobs 4 vs a shell loop
+    python3 tests/tools/benchmark.py --parallel-read [--docs N] [--runs K]  # one rate-capped database: --jobs 4 vs 1
     ... --http-chunks 1mib        # serve the reply in 1 MiB HTTP chunks instead of CouchDB's
 
 Not a test (pytest does not collect it) and it never fails on a time: it
@@ -93,6 +95,8 @@ BLOCK = 1 << 20
 SMALL, LARGE = 100_000, 1_000_000
 
 TARGETS = {                  # ratio of medians: at most
+    "whole_server": 0.25,    # wall, -d '*' --jobs 4 against a shell loop of the port (issue #18)
+    "parallel_read": 0.35,   # wall, --jobs 4 against --jobs 1 on a rate-capped stream (issue #18)
     "backup": 2.0,           # wall, against curl -o FILE + fsync (issue #10)
     "backup_cpu": 1.15,      # user+sys CPU, CouchDB-sized chunks against 1 MiB ones (issue #10)
     "backup_z": 8.0,
@@ -1324,6 +1328,136 @@ def run_incremental(n, runs, port, top, changed=0.01):
 
 
 # ---------------------------------------------------------------------------
+# --whole-server and --parallel-read: many databases, and one read in parallel
+# ---------------------------------------------------------------------------
+
+# What users wrote instead: one process a database, one after another.
+SHELL_LOOP = ('python=$1; port=$2; server=$3; folder=$4; shift 4; for db in "$@"; do '
+              '"$python" "$port" -b -q -H 127.0.0.1 -P "$server" -d "$db" -f "$folder/$db.json" || exit 1; done')
+
+
+def stub_server(**options):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from couch_stub import CouchStub
+    return CouchStub(**options)
+
+
+def small_documents(count, seed):
+    """``count`` documents of ~150 bytes (non-ASCII, JSON escapes), by id."""
+    return {"doc%06d" % k: {"_id": "doc%06d" % k, "_rev": "1-%032x" % (seed * 1000003 + k), "n": k,
+                            "text": "\u00e9t\u00e9 \"%d\" \\ %s" % (k, "x" * (k % 64))} for k in range(count)}
+
+
+def median_of(results):
+    return statistics.median(r["wall"] for r in results), statistics.median(r["cpu"] for r in results)
+
+
+def print_stages(results, names):
+    print("%-52s %9s %9s %10s" % ("stage", "median s", "CPU s", "peak RSS"))
+    for name in names:
+        wall, cpu = median_of(results[name])
+        low, high = min(r["wall"] for r in results[name]), max(r["wall"] for r in results[name])
+        print("%-52s %9.2f %9.2f %7.1f MB   (%.2f-%.2f)" % (
+            name, wall, cpu, max(r["maxrss_kib"] for r in results[name]) / 1024, low, high))
+
+
+def same_files(one, other):
+    """The names of the files of folder ``one`` that differ from (or lack in) ``other``."""
+    return sorted(name for name in os.listdir(str(one))
+                  if not (other / name).is_file() or (one / name).read_bytes() != (other / name).read_bytes())
+
+
+def run_whole_server(runs, port, top, databases=300):
+    """300 databases of 100-1,000 documents on the stub: the port's -d '*'
+    --jobs 4 against a shell loop of the port, one process a database."""
+    import random
+    workdir = top / "whole-server"
+    workdir.mkdir()
+    runner = Runner(workdir)
+    stub = stub_server()
+    rng = random.Random(18)
+    names = ["db%03d" % i for i in range(databases)]
+    total = 0
+    for index, name in enumerate(names):
+        docs = small_documents(rng.randint(100, 1000), index)
+        stub.store.databases[name] = docs
+        total += len(docs)
+    print("\n=== whole server: {} databases, {:,} documents in the stub server (tests/tools/couch_stub.py);"
+          " {} run{} ===".format(databases, total, runs, "s" if runs > 1 else ""), flush=True)
+    stages = [("shell loop of the port, one process a database", "loop"),
+              ("port -d '*' (one database after another)", "pattern1"),
+              ("port -d '*' --jobs 4", "pattern4")]
+    results = {name: [] for name, _ in stages}
+    problems = []
+    with stub:
+        for _ in range(runs):
+            for name, folder in stages:
+                target = workdir / folder
+                shutil.rmtree(str(target), ignore_errors=True)
+                if folder == "loop":
+                    target.mkdir()
+                    command = ["sh", "-c", SHELL_LOOP, "loop", sys.executable, port, stub.port, target] + names
+                else:
+                    command = [sys.executable, str(port), "-b", "-q", "-H", "127.0.0.1", "-P", str(stub.port),
+                               "-d", "*", "-f", target] + (["--jobs", "4"] if folder == "pattern4" else [])
+                results[name].append(runner.run(command, name))
+            for folder in ("pattern1", "pattern4"):
+                differ = same_files(workdir / "loop", workdir / folder)
+                if differ or len(os.listdir(str(workdir / folder))) != databases:
+                    problems.append("%s: %d files differ from the shell loop's (%s)" % (
+                        folder, len(differ), ", ".join(differ[:5])))
+    print_stages(results, [name for name, _ in stages])
+    loop = median_of(results[stages[0][0]])[0]
+    for name, _ in stages[1:]:
+        ratio = median_of(results[name])[0] / loop
+        target = TARGETS["whole_server"] if name.endswith("--jobs 4") else None
+        print("ratio %s / shell loop: %.3f%s" % (name, ratio, "  (target <= %.2f: %s)" % (
+            target, verdict(ratio <= target)) if target else ""))
+    for problem in problems:
+        print("PROBLEM: " + problem)
+    return problems
+
+
+def run_parallel_read(n, runs, port, top, rate=8 << 20):
+    """One database served at ``rate`` bytes a second a stream (CouchDB
+    serves one _all_docs stream with one request process): --jobs 4
+    against --jobs 1, byte-identical files."""
+    workdir = top / "parallel-read"
+    workdir.mkdir()
+    runner = Runner(workdir)
+    stub = stub_server(databases=["db"], rate=rate, cache_rows=True)
+    stub.store.databases["db"].update(small_documents(n, 0))
+    for i in range(0, n, 997):   # design documents here and there
+        stub.store.databases["db"]["_design/v%06d" % i] = {"_id": "_design/v%06d" % i, "_rev": "1-d",
+                                                           "views": {"v": {"map": "function(d){emit(d.n)}"}}}
+    print("\n=== parallel read: {:,} documents in one database of the stub server, each _all_docs stream"
+          " at {:.0f} MB/s; {} run{} ===".format(len(stub.store.databases["db"]), rate / 1e6, runs,
+                                               "s" if runs > 1 else ""), flush=True)
+    stages = [("port -b --jobs 1 (one stream)", "one.json", "1"), ("port -b --jobs 4 (four ranges)", "four.json", "4")]
+    results = {name: [] for name, _, _ in stages}
+    problems = []
+    with stub:
+        for _ in range(runs):
+            for name, file_name, jobs in stages:
+                target = workdir / file_name
+                if target.exists():
+                    target.unlink()
+                command = [sys.executable, str(port), "-b", "-q", "-H", "127.0.0.1", "-P", str(stub.port),
+                           "-d", "db", "-f", target, "--jobs", jobs]
+                results[name].append(runner.run(command, name))
+            if (workdir / "one.json").read_bytes() != (workdir / "four.json").read_bytes():
+                problems.append("--jobs 4 wrote other bytes than --jobs 1")
+    size = (workdir / "one.json").stat().st_size
+    print_stages(results, [name for name, _, _ in stages])
+    ratio = median_of(results[stages[1][0]])[0] / median_of(results[stages[0][0]])[0]
+    print("dump: %s; ratio --jobs 4 / --jobs 1: %.3f  (target <= %.2f: %s)" % (
+        mb(size), ratio, TARGETS["parallel_read"], verdict(ratio <= TARGETS["parallel_read"])))
+    for problem in problems:
+        print("PROBLEM: " + problem)
+    return problems
+
+
+# ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
 
@@ -1357,6 +1491,8 @@ def main(argv=None):
     parser.add_argument("--long-line", action="store_true",
                         help="only the long-line part: peak RSS of a backup and a restore of a dump whose"
                              " longest line is ~33 MB (it also runs after the others)")
+    parser.add_argument("--whole-server", action="store_true", help="300 stub databases: -d '*' --jobs 4 vs a shell loop")
+    parser.add_argument("--parallel-read", action="store_true", help="one rate-capped database: --jobs 4 vs --jobs 1")
     parser.add_argument("--http-chunks", choices=("couchdb", "1mib"), default="couchdb",
                         help="how the server cuts the _all_docs reply: as Apache CouchDB does (chunks of"
                              " at most 1,490 bytes, whole rows) or in 1 MiB chunks [default: couchdb];"
@@ -1376,6 +1512,11 @@ def main(argv=None):
             return 1 if run_complete(args.docs or SMALL, runs, port, top) else 0
         if args.incremental:
             return 1 if run_incremental(args.docs or SMALL, runs, port, top) else 0
+        if args.whole_server or args.parallel_read:
+            problems = run_whole_server(runs, port, top) if args.whole_server else []
+            if args.parallel_read:
+                problems += run_parallel_read(args.docs or SMALL, runs, port, top)
+            return 1 if problems else 0
         suites = []
         if args.long_line:
             pass

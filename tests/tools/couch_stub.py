@@ -28,19 +28,35 @@ answer normally), and for `_all_docs`: `rows_cut` (the real reply broken off
 after `rows` complete rows and a part of the next, the connection reset) and
 `rows_end` (the same, but the reply ends cleanly there, without its footer).
 
-Also as CouchDB does: `_all_docs?startkey=`, `_revs_diff`, a design document
-PUT with its current `_rev` (an update), and with `max_docs` a `_bulk_docs`
-of more documents than that is refused with 413.  `layout="one_line"` lays
-`_all_docs` out as PouchDB Server does (one line, other field order).
+Also as CouchDB does: `_all_docs` with `startkey`, `endkey`, `inclusive_end`,
+`skip`, `limit`, `include_docs` and `update_seq` (rows in code point order,
+`offset` the rows before the first one), `_all_dbs` in pages (`limit`,
+`startkey`, `endkey`, `skip`; with `all_dbs_paging=False` it ignores them
+and lists every name in the order they were created, as PouchDB Server 4.2
+does), a bare `+` in a database name read as a space (encode it `%2B`),
+`_revs_diff`, a design document PUT with its current `_rev` (an update), and
+with `max_docs` a `_bulk_docs` of more documents than that is refused with
+413.  `layout="one_line"` lays `_all_docs` out as PouchDB Server does (one
+line, other field order).  With `rate`, each `_all_docs` reply is sent at
+that many bytes a second: CouchDB serves one stream with one request
+process, so one stream has a speed of its own.
+
+What ran at once is counted: `most_in_flight` is the most requests of each
+kind (`_all_docs`, `_bulk_docs`, ...) in flight together, `most_busy` the
+most databases with a request in flight together; `Request.finished` is when
+its answer was sent.  `rows_dropped` answers `_all_docs` without `rows` of
+its rows, taken from the middle, header and footer intact.
 """
 
+import bisect
+import collections
 import http.server
 import json
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, unquote_plus
 
 
 @dataclass
@@ -50,6 +66,12 @@ class Request:
     headers: dict
     body: bytes
     time: float = field(default_factory=time.monotonic)   # when its body had arrived
+    finished: float = None                                 # when its answer was sent
+
+    @property
+    def query(self):
+        """The query's parameters, each to its last value."""
+        return {name: values[-1] for name, values in parse_qs(self.path.partition("?")[2]).items()}
 
 
 @dataclass
@@ -61,6 +83,22 @@ class Fault:
     seconds: float = 0.0
     headers: dict = field(default_factory=dict)
     rows: int = 0
+
+
+def database_of(path):
+    """The database a request's path names (CouchDB reads a bare + as a space), or None."""
+    first = path.partition("?")[0].split("/")[1:2]
+    if not first or first[0] in ("", "_all_dbs", "_session", "_up", "_uuids"):
+        return None
+    return unquote_plus(first[0])
+
+
+def endpoint_of(path):
+    """What a request asks for, to count those in flight: `_all_docs`, `_bulk_docs`, `db`..."""
+    parts = path.partition("?")[0].split("/")[1:]
+    if len(parts) >= 2 and parts[1].startswith("_"):
+        return parts[1]
+    return parts[0] if parts and parts[0].startswith("_") else ("db" if len(parts) == 1 else "document")
 
 
 @dataclass
@@ -105,6 +143,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with stub.lock:
             index = len(stub.requests)
             stub.requests.append(request)
+        stub.entering(request)
+        try:
+            self._answer(stub, index, request)
+        finally:
+            request.finished = time.monotonic()
+            stub.leaving(request)
+
+    def _answer(self, stub, index, request):
         fault = stub.faults(index, self.command, self.path) if stub.faults else None
         if fault is not None and fault.kind == "delay":
             stub.stopping.wait(fault.seconds)
@@ -116,14 +162,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with stub.lock:
                 pieces = stub.all_docs_pieces(request)
             return self._rows_cut(pieces, fault)
+        if fault is not None and fault.kind == "rows_dropped":
+            with stub.lock:
+                head, rows, separator, tail = stub.all_docs_pieces(request)
+            middle = len(rows) // 2
+            del rows[middle:middle + fault.rows]
+            return self._send(200, head + separator.join(rows) + tail)
         if fault is not None:
             return self._fault(fault)
         with stub.lock:
             status, payload = stub.answer(request)
-        if stub.chunking is not None and request.method == "GET" and "/_all_docs" in request.path:
+        all_docs = request.method == "GET" and "/_all_docs" in request.path
+        if all_docs and (stub.chunking is not None or stub.rate):
             self._chunked_head(status)
-            for piece in stub.chunking(payload):
+            for piece in (stub.chunking or sized_chunks(16384))(payload):
                 self._chunk(piece)
+                if stub.rate:
+                    stub.stopping.wait(len(piece) / stub.rate)
             self.wfile.write(b"0\r\n\r\n")
             return
         self._send(status, payload)
@@ -234,7 +289,7 @@ class CouchStub:
 
     def __init__(self, faults=None, databases=(), lose=None, chunking=None, changes_page=None,
                  bulk_get_status=None, bulk_get_reversed=False, max_docs=None, layout="couchdb",
-                 seq_suffix="g1AAAAstub"):
+                 seq_suffix="g1AAAAstub", all_dbs_paging=True, rate=None, cache_rows=False):
         self.faults = faults
         self.chunking = chunking   # body -> HTTP chunks of _all_docs replies (else Content-Length)
         self.lose = lose
@@ -244,6 +299,15 @@ class CouchStub:
         self.max_docs = max_docs                    # more documents in one _bulk_docs: 413
         self.layout = layout                        # "one_line": _all_docs as PouchDB Server lays it out
         self.seq_suffix = seq_suffix                # what follows "N-" in a sequence: opaque to clients
+        self.all_dbs_paging = all_dbs_paging        # False: _all_dbs ignores limit and startkey (PouchDB Server)
+        self.rate = rate                            # bytes a second of each _all_docs reply
+        # Keep each row's JSON while its document is the same object (one database, not changed in
+        # place): the benchmark's server then spends its time on the rate, not on encoding rows.
+        self.row_cache = {} if cache_rows else None
+        self.in_flight = collections.Counter()      # endpoint -> requests being answered
+        self.most_in_flight = collections.Counter()
+        self.busy = collections.Counter()           # database -> requests being answered
+        self.most_busy = 0
         self.requests = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -279,6 +343,32 @@ class CouchStub:
     def seq_text(self, number):
         """A sequence as the stub hands it out: CouchDB's opaque string."""
         return "%d-%s" % (number, self.seq_suffix)
+    def entering(self, request):
+        with self.lock:
+            kind = endpoint_of(request.path)
+            self.in_flight[kind] += 1
+            self.most_in_flight[kind] = max(self.most_in_flight[kind], self.in_flight[kind])
+            db = database_of(request.path)
+            if db is not None:
+                self.busy[db] += 1
+                self.most_busy = max(self.most_busy, len(+self.busy))
+
+    def leaving(self, request):
+        with self.lock:
+            self.in_flight[endpoint_of(request.path)] -= 1
+            db = database_of(request.path)
+            if db is not None:
+                self.busy[db] -= 1
+
+    def put_docs(self, db, docs):
+        """Store documents as a client would while a backup runs (one change each)."""
+        with self.lock:
+            for doc in docs:
+                if doc.get("_deleted"):
+                    self.store.databases[db].pop(doc["_id"], None)
+                else:
+                    self.store.databases[db][doc["_id"]] = doc
+                self._changed(db, doc["_id"])
 
     # -- revision trees ---------------------------------------------------------
 
@@ -392,9 +482,11 @@ class CouchStub:
     def answer(self, request):
         path, _, query = request.path.partition("?")
         parts = [unquote(p) for p in path.split("/")[1:]]
+        if parts:
+            parts[0] = database_of(path) or parts[0]
         dbs = self.store.databases
         if request.method == "GET" and parts == ["_all_dbs"]:
-            return 200, json.dumps(sorted(dbs)).encode() + b"\n"
+            return 200, json.dumps(self._all_dbs(request.query)).encode() + b"\n"
         if not parts or parts[0] not in dbs and not (request.method == "PUT" and len(parts) == 1):
             return 404, b'{"error":"not_found","reason":"Database does not exist."}\n'
         db = parts[0]
@@ -468,25 +560,66 @@ class CouchStub:
             return 200, json.dumps({k: v for k, v in doc.items() if k != "_revisions"}).encode() + b"\n"
         return 400, b'{"error":"bad_request","reason":"not in the stub"}\n'
 
+    def _all_dbs(self, query):
+        names = list(self.store.databases)
+        if not self.all_dbs_paging:
+            return names
+        first, last = key_range(sorted(names), query)
+        return sorted(names)[first:last]
+
+    def _sorted_ids(self, db, docs):
+        if self.row_cache is None:
+            return sorted(docs)
+        key = ("ids", id(docs), len(docs), self.store.update_seqs.get(db, 0))
+        if key not in self.row_cache:
+            self.row_cache[key] = sorted(docs)
+        return self.row_cache[key]
+
     def all_docs_pieces(self, request):
         """The `_all_docs` reply as (head, rows, separator, tail)."""
-        path, _, query = request.path.partition("?")
-        docs = self.store.databases[unquote(path.split("/")[1])]
-        ids = sorted(docs)
-        start = parse_qs(query).get("startkey")
-        offset = 0
-        if start:
-            key = json.loads(start[0])
-            offset = sum(1 for doc_id in ids if doc_id < key)
+        query = request.query
+        db = database_of(request.path)
+        docs = self.store.databases[db]
+        ids = self._sorted_ids(db, docs)
+        first, last = key_range(ids, query)
+        include_docs = query.get("include_docs") == "true"
         rows = []
-        for doc_id in ids[offset:]:
+        for doc_id in ids[first:last]:
+            if self.row_cache is not None:
+                cached = self.row_cache.get((doc_id, include_docs))
+                if cached is not None and cached[0] is docs[doc_id]:
+                    rows.append(cached[1])
+                    continue
             doc = {k: v for k, v in docs[doc_id].items() if k != "_revisions"}
+            value = {"rev": doc["_rev"]}
             if self.layout == "one_line":
-                row = {"doc": doc, "id": doc_id, "key": doc_id, "value": {"rev": doc["_rev"]}}
+                row = {"doc": doc, "id": doc_id, "key": doc_id, "value": value}
             else:
-                row = {"id": doc_id, "key": doc_id, "value": {"rev": doc["_rev"]}, "doc": doc}
+                row = {"id": doc_id, "key": doc_id, "value": value, "doc": doc}
+            if not include_docs:
+                del row["doc"]
             rows.append(json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode())
+            if self.row_cache is not None:
+                self.row_cache[doc_id, include_docs] = (docs[doc_id], rows[-1])
+        seq = b',"update_seq":' + json.dumps(self.seq_text(self.store.update_seqs.get(db, 0))).encode() \
+            if query.get("update_seq") == "true" else b""
         if self.layout == "one_line":
-            return b'{"total_rows":%d,"offset":%d,"rows":[' % (len(ids), offset), rows, b",", b"]}"
+            return b'{"total_rows":%d,"offset":%d%s,"rows":[' % (len(ids), first, seq), rows, b",", b"]}"
         # CouchDB's layout: one row a line, CRLF between, an empty line when no rows.
-        return b'{"total_rows":%d,"offset":%d,"rows":[\r\n' % (len(ids), offset), rows, b",\r\n", b"\r\n]}\n"
+        return (b'{"total_rows":%d,"offset":%d%s,"rows":[\r\n' % (len(ids), first, seq), rows, b",\r\n",
+                b"\r\n]}\n")
+
+
+def key_range(keys, query):
+    """The slice of sorted ``keys`` a CouchDB range query asks for: (first, last)."""
+    start = query.get("startkey", query.get("start_key"))
+    end = query.get("endkey", query.get("end_key"))
+    first = 0 if start is None else bisect.bisect_left(keys, json.loads(start))
+    last = len(keys)
+    if end is not None:
+        inclusive = query.get("inclusive_end", "true") != "false"
+        last = (bisect.bisect_right if inclusive else bisect.bisect_left)(keys, json.loads(end))
+    first = min(first + int(query.get("skip", 0)), len(keys))
+    if "limit" in query:
+        last = min(last, first + int(query["limit"]))
+    return first, max(first, last)
