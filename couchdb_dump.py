@@ -207,10 +207,13 @@ class Stop:
 
     def __init__(self):
         self.graceful = False
+        self.held = False
         self.requested = None
         self._previous = {}
 
     def handler(self, signum, frame):
+        if self.held:
+            return
         if self.graceful and self.requested is None:
             self.requested = signum
             return
@@ -218,13 +221,17 @@ class Stop:
 
     def install(self):
         """Take SIGINT and SIGTERM until ``uninstall``."""
-        self.graceful = False
+        self.graceful = self.held = False
         self.requested = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[signum] = signal.signal(signum, self.handler)
             except (ValueError, OSError):   # not the main thread: leave them be
                 pass
+
+    def hold(self):
+        """Note no signal from now on: what the run leaves is being cleaned up."""
+        self.held = True
 
     def uninstall(self):
         """Give SIGINT and SIGTERM back to the handlers they had."""
@@ -3408,6 +3415,70 @@ class _EarlyWriteback:
         return getattr(self.raw, name)
 
 
+class TemporaryFiles:
+    """Every temporary file of the run, by name: whole or absent whatever a thread still does.
+
+    A backup's file and a parallel read's range files are made here and
+    leave only by ``settle`` (renamed into place) or ``forget`` (removed).
+    ``main``'s exit path calls ``sweep``: every file still here is removed
+    and nothing is made or renamed into place afterwards, so a thread still
+    blocked in a read when a signal ends the run cannot leave a file behind,
+    nor put its backup in place once the run decided to fail.  ``open``
+    takes files again (the next run in the same process).
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.names = set()
+        self.swept = False
+
+    def open(self):
+        with self.lock:
+            self.swept = False
+
+    def make(self, final):
+        """An open binary file under a temporary name beside ``final``, and that name."""
+        with self.lock:
+            if self.swept:
+                raise BackupFailed("the run has ended")
+            fd, name = tempfile.mkstemp(prefix="." + os.path.basename(final) + ".", suffix=".part",
+                                        dir=os.path.dirname(final) or ".")
+            self.names.add(name)
+        return fd, name
+
+    def settle(self, name, final):
+        """Rename ``name`` to ``final``, unless the run has ended meanwhile."""
+        with self.lock:
+            if name not in self.names:
+                raise BackupFailed("the run ended before the backup was whole")
+            os.replace(name, final)
+            self.names.discard(name)
+
+    def forget(self, name):
+        """Remove ``name``."""
+        with self.lock:
+            self.names.discard(name)
+            _unlink(name)
+
+    def sweep(self):
+        """Remove every file still here; make and rename nothing from now on."""
+        with self.lock:
+            self.swept = True
+            for name in self.names:
+                _unlink(name)
+            self.names.clear()
+
+
+def _unlink(name):
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+TEMPORARY_FILES = TemporaryFiles()
+
+
 class BackupFile(DumpTarget):
     """Writes the dump under a temporary name beside its final one.
 
@@ -3419,9 +3490,7 @@ class BackupFile(DumpTarget):
 
     def __init__(self, path, compress=False, threads=1):
         self.path = path
-        directory = os.path.dirname(path) or "."
-        base = os.path.basename(path)
-        fd, self.temp_path = tempfile.mkstemp(prefix="." + base + ".", suffix=".part", dir=directory)
+        fd, self.temp_path = TEMPORARY_FILES.make(path)
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # what curl -o would have created
@@ -3433,7 +3502,7 @@ class BackupFile(DumpTarget):
         # empty or partial file that looks like a backup.
         os.fsync(self.raw.fileno())
         self.raw.close()
-        os.replace(self.temp_path, self.path)
+        TEMPORARY_FILES.settle(self.temp_path, self.path)
 
     def discard(self):
         try:
@@ -3441,10 +3510,7 @@ class BackupFile(DumpTarget):
             self.raw.close()
         except Exception:
             pass
-        try:
-            os.unlink(self.temp_path)
-        except OSError:
-            pass
+        TEMPORARY_FILES.forget(self.temp_path)
 
 
 def timestamped_name(name, now=None):
@@ -3856,12 +3922,8 @@ class RangeRead:
         if not isinstance(total, int):
             return []
         count = min(self.whole.opts.jobs, total)
-        # At once: a server's skip walks the rows it skips.
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=max(count - 1, 1)) as pool:
-            pages = list(pool.map(self.requester.glance, ["%s/_all_docs?limit=1&skip=%d"
-                                                          % (self.db_path, total * index // count)
-                                                          for index in range(1, count)]))
+        pages = self.glance_all(["%s/_all_docs?limit=1&skip=%d" % (self.db_path, total * index // count)
+                                 for index in range(1, count)])
         keys = []
         for page in pages:
             rows = page.get("rows") if isinstance(page, dict) else None
@@ -3872,6 +3934,21 @@ class RangeRead:
             if isinstance(key, str) and (not keys or key > keys[-1]):
                 keys.append(key)
         return keys
+
+    def glance_all(self, paths):
+        """The replies to ``paths``, asked at once (a server's skip walks the
+        rows it skips), in daemon threads: a signal ends the run without
+        waiting for a server that stopped answering."""
+        pages = [None] * len(paths)
+
+        def ask(index):
+            pages[index] = self.requester.glance(paths[index])
+        threads = [threading.Thread(target=ask, args=(index,), daemon=True) for index in range(len(paths))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return pages
 
     def wait(self, part):
         """Until ``part`` is read; a range that failed meanwhile, or a signal, ends the backup."""
@@ -3938,8 +4015,7 @@ class _Range:
         """A temporary file beside the backup's, named as its own is; unnamed with -f -."""
         if not isinstance(target, BackupFile):
             return tempfile.TemporaryFile(), None
-        fd, name = tempfile.mkstemp(prefix="." + os.path.basename(target.path) + ".", suffix=".part",
-                                    dir=os.path.dirname(target.path) or ".")
+        fd, name = TEMPORARY_FILES.make(target.path)
         return os.fdopen(fd, "w+b"), name
 
     def start(self):
@@ -3977,10 +4053,7 @@ class _Range:
         if self.file is not None:
             self.file.close()
         if self.name is not None:
-            try:
-                os.unlink(self.name)
-            except OSError:
-                pass
+            TEMPORARY_FILES.forget(self.name)
 
 
 class _HeldTail:
@@ -6153,6 +6226,7 @@ def main(argv=None, environ=None, stdout=None):
     opts = None
     stop = Stop()
     stop.install()
+    TEMPORARY_FILES.open()
     try:
         opts = parse_options(argv, environ, out, prog)
         require_urllib3(out)
@@ -6191,6 +6265,8 @@ def main(argv=None, environ=None, stdout=None):
         traceback.print_exc(file=sys.stderr)
         code = 1
     finally:
+        stop.hold()
+        TEMPORARY_FILES.sweep()   # whatever a thread still does, no temporary file outlives the run
         stop.uninstall()
     if want_json:
         summary = dict(job.summary) if job is not None else {}

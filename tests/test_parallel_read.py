@@ -311,3 +311,19 @@ def test_pouchdb_server_gives_the_same_bytes_in_ranges(pouchdb_url, tmp_path):
         assert os.listdir(cwd) == ["dump.json"]
     assert sorted(dump_ids(results["1"])) == sorted(ids + ["d0100-long"])
     assert results["3"] == results["1"] and results["4"] == results["1"]
+
+
+
+@pytest.mark.parametrize("stalled", ["skip=", "include_docs=true"])   # the split keys' reads, the ranges'
+def test_two_signals_while_reads_hang_mid_reply_end_the_run_and_leave_no_file(stalled, tmp_path):
+    docs = big_database(long_lines=False)
+    # These replies stop after their first bytes and the server says nothing more for a minute.
+    hang = lambda index, method, path: Fault("trickle", body=b'{"total_rows":%d,"offset":0,"rows":[\r\n' % len(docs),
+                                             seconds=60) if stalled in path else None
+    with serving(docs, faults=hang) as stub:
+        process = start_port(["-b", "-d", "big", "-f", "dump.json", "--jobs", "4"], tmp_path, server=stub.port)
+        _, stdout, _ = interrupt(process, signal.SIGTERM, lambda: sum(stalled in r.path for r in stub.requests) >= 3
+                                 and len(os.listdir(tmp_path)) >= 1,
+                                 before=lambda: process.send_signal(signal.SIGTERM) or time.sleep(0.2), seconds=30)
+    assert process.returncode == 143, stdout
+    assert os.listdir(tmp_path) == []

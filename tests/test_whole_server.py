@@ -23,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from urllib.parse import quote
 
 import pytest
@@ -671,3 +672,17 @@ def test_pouchdb_complete_backup_of_every_database_keeps_conflicts(empty_pouchdb
     for name in names:
         doc = http("GET", "%s/%s/x?conflicts=true" % (url, quote(name, safe="")))
         assert {doc["_rev"], *doc["_conflicts"]} == {"2-bb", "2-cc"}, doc
+
+
+def test_two_signals_while_backups_hang_mid_reply_leave_no_file(tmp_path):
+    names = ["db%02d" % i for i in range(4)]
+    # Every _all_docs reply stops after its first bytes and the server says nothing more for a minute.
+    hang = lambda index, method, path: Fault("trickle", body=b'{"total_rows":5,"offset":0,"rows":[\r\n',
+                                             seconds=60) if endpoint_of(path) == "_all_docs" else None
+    with server(names, faults=hang) as stub:
+        process = start_port(["-b", "-d", "*", "-f", "dumps", "--jobs", "2"], tmp_path, server=stub.port)
+        _, stdout, _ = interrupt(process, signal.SIGTERM, lambda: (tmp_path / "dumps").is_dir()
+                                 and len(os.listdir(tmp_path / "dumps")) == 2,
+                                 before=lambda: process.send_signal(signal.SIGTERM) or time.sleep(0.5), seconds=30)
+        assert process.returncode == 143, stdout
+        assert os.listdir(tmp_path / "dumps") == []
