@@ -6002,6 +6002,9 @@ class DatabaseRun:
         self.opts = opts
         self.db = db
         self.stop = Stop()           # not installed: ``ServerRun`` notes the signal here
+        if server.bases is not None:   # --since FOLDER: its own file there, else a full complete backup
+            base = server.bases.get(db)
+            opts.since = None if base is None else os.path.join(server.opts.since, base)
         self.out = DatabaseMessages(db, server.progress)
         self.session = server.session
         self.result = None
@@ -6058,6 +6061,7 @@ class ServerRun:
         self.progress = progress
         self.stop = stop
         self.folder = opts.file
+        self.bases = None      # --since FOLDER: {database: its file there}
         self.results = []
         self.failed = []
         self.total = 0
@@ -6093,6 +6097,8 @@ class ServerRun:
         if os.path.exists(self.folder) and not os.path.isdir(self.folder):
             raise Failure(lines=["... ERROR: %s is not a folder: -d PATTERN writes one file a database into a"
                                  " folder." % self.folder])
+        if opts.since is not None:
+            self.bases = self.earlier_backups(opts.since)
         requester = Requester(self.session, self.out, opts, self.stop)
         names = matching_databases(DatabaseList(requester).names(), opts.db, opts.exclude)
         if not names:
@@ -6102,6 +6108,17 @@ class ServerRun:
         except OSError as error:
             raise Failure(lines=["... ERROR: Cannot make the folder %s: %s." % (self.folder, error.strerror)])
         return [(name, os.path.join(self.folder, dump_file_name(name))) for name in names]
+
+    @staticmethod
+    def earlier_backups(folder):
+        """--since FOLDER: the dump file of each database there, checked before any request."""
+        if not os.path.isdir(folder):
+            raise Failure(lines=["... ERROR: --since with -d PATTERN names the folder of an earlier backup;"
+                                 " %s is no folder." % folder])
+        files, problem = folder_dumps(folder)
+        if problem:
+            raise Failure(lines=["... ERROR: In %s: %s. Nothing was sent to the server." % (folder, problem)])
+        return files
 
     def restores(self):
         """(database, file) of each dump of the folder to restore, checked before any request."""
@@ -6157,14 +6174,24 @@ class ServerRun:
         result = run.result
         self.results.append(result)
         if result["ok"]:
-            self.out.info("... INFO: %s %s: %d documents, %.2f MB in %.2f s" % (
+            self.out.info("... INFO: %s %s: %d documents, %.2f MB in %.2f s%s" % (
                 "Backed up" if self.opts.backup else "Restored", run.db, result.get("documents", 0),
-                result.get("bytes", 0) / 1e6, result["seconds"]))
+                result.get("bytes", 0) / 1e6, result["seconds"], self.kind(run)))
         else:
             self.failed.append(run.db)
-            self.out.line("... ERROR: %s of %s failed: %s" % ("Backup" if self.opts.backup else "Restore",
-                                                              run.db, run.error))
+            self.out.line("... ERROR: %s of %s failed%s: %s" % ("Backup" if self.opts.backup else "Restore",
+                                                                run.db, self.kind(run), run.error))
         self.progress.update(len(self.results), self.summary["bytes"], self.total)
+
+    def kind(self, run):
+        """With --since FOLDER, which backup a database's line is about."""
+        if self.bases is None:
+            return ""
+        if run.opts.since is None:
+            return " (full, no earlier backup in %s)" % self.opts.since
+        if "since" in run.result:
+            return " (increment since %s)" % json_bytes(run.result["since"]).decode("utf-8")
+        return " (increment of %s)" % run.opts.since
 
     def tell_end(self, seconds):
         """The summary line; a ``Failure`` unless every database succeeded."""

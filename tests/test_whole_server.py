@@ -686,3 +686,75 @@ def test_two_signals_while_backups_hang_mid_reply_leave_no_file(tmp_path):
                                  before=lambda: process.send_signal(signal.SIGTERM) or time.sleep(0.5), seconds=30)
         assert process.returncode == 143, stdout
         assert os.listdir(tmp_path / "dumps") == []
+
+
+# -- incremental backups of a whole server ----------------------------------------------
+
+INCREMENT_LINE = re.compile(r"\.\.\. INFO: Backed up (\S+): (\d+) documents, [\d.]+ MB in [\d.]+ s \((.*)\)\Z")
+
+
+def every_leaf(stub, names):
+    return {name: {doc_id: stub.leaves_of(name, doc_id) for doc_id in stub.store.databases[name]}
+            for name in names}
+
+
+def test_since_a_folder_takes_each_databases_increment_from_its_own_file_and_backs_up_a_new_one_whole(tmp_path):
+    from test_incremental import StubChanges
+    from test_complete import dump_lines
+    names = ["a/b", "c$d", "db01", "db02", ATTACHMENTS]
+    with server(names, system=[]) as stub:
+        result = run_port(["-b", "-d", "*", "--complete", "-f", "full"], tmp_path, server=stub.url)
+        assert result.returncode == 0, says(result)
+        StubChanges(stub, "a/b").update(["d00", "d01"], {"round": 1})
+        StubChanges(stub, "db02").delete(["d00"])
+        StubChanges(stub, ATTACHMENTS).conflict(["d01"], "other")
+        stub.create("new(db)")
+        StubChanges(stub, "new(db)").add([{"_id": "n%d" % k, "k": k} for k in range(3)])
+        result = run_port(["-b", "-d", "*", "--since", "full", "-f", "inc", "--json"], tmp_path, server=stub.url)
+        assert result.returncode == 0, says(result)
+        told = {m.group(1): (int(m.group(2)), m.group(3)) for m in map(INCREMENT_LINE.match,
+                result.stdout.decode().splitlines()) if m}
+        assert told["new(db)"] == (3, "full, no earlier backup in full"), told
+        assert {name: kind.split(" ")[:2] for name, (_, kind) in told.items() if name != "new(db)"} == {
+            name: ["increment", "since"] for name in names}, told
+        changed = {"a/b": ["d00", "d01"], "c$d": [], "db01": [], "db02": ["d00"], ATTACHMENTS: ["d01"],
+                   "new(db)": ["n0", "n1", "n2"]}
+        for name, ids in changed.items():
+            lines = dump_lines((tmp_path / "inc" / file_name(name)).read_bytes())
+            assert sorted({doc["_id"] for doc in lines}) == ids, name
+        entries = {entry["db"]: entry for entry in last_json(result.stdout)["databases"]}
+        assert "since" not in entries["new(db)"] and all("since" in entries[name] for name in names), entries
+        before = every_leaf(stub, changed)
+        delete_all(stub, changed)
+        for folder in ("full", "inc"):
+            result = run_port(["-r", "-c", "-d", "*", "-f", folder], tmp_path, server=stub.url)
+            assert result.returncode == 0, says(result)
+        assert every_leaf(stub, changed) == before
+
+
+def test_since_a_folder_whose_file_is_refused_fails_that_database_alone(tmp_path):
+    names = ["db01", "db02", "db03"]
+    with server(names, system=[]) as stub:
+        result = run_port(["-b", "-d", "*", "--complete", "-f", "full"], tmp_path, server=stub.url)
+        assert result.returncode == 0, says(result)
+        cut = tmp_path / "full" / "db02.json"
+        cut.write_bytes(cut.read_bytes()[:-5])
+        (tmp_path / "full" / "db03.json").write_bytes((tmp_path / "full" / "db01.json").read_bytes())
+        result = run_port(["-b", "-d", "*", "--since", "full", "-f", "inc", "--json"], tmp_path, server=stub.url)
+        assert result.returncode == 1, says(result)
+        assert listing(tmp_path / "inc") == ["db01.json"]
+        errors = {entry["db"]: entry.get("error", "") for entry in last_json(result.stdout)["databases"]}
+        assert errors["db01"] == ""
+        assert "cut" in errors["db02"] or "whole" in errors["db02"] or "end" in errors["db02"], errors
+        assert "db01" in errors["db03"], errors
+        assert "Backup of db02 failed (increment of full/db02.json)" in result.stdout.decode(), says(result)
+
+
+def test_since_must_name_a_folder_with_a_pattern(tmp_path):
+    with server(["db01"], system=[]) as stub:
+        (tmp_path / "file.json").write_text("x")
+        for since in ("file.json", "missing"):
+            result = run_port(["-b", "-d", "*", "--since", since, "-f", "inc"], tmp_path, server=stub.url)
+            assert result.returncode == 1, says(result)
+            assert "names the folder of an earlier backup" in result.stdout.decode(), says(result)
+            assert not (tmp_path / "inc").exists()
