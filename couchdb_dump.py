@@ -339,6 +339,8 @@ EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its
 \t                    a restore recognises such a file by itself.
 \t--since FILE        Backup: only the documents changed since FILE, an earlier --complete or --since
 \t                    backup of the same database (implies --complete). Restore the files oldest first.
+\t                    With -d PATTERN: the folder of an earlier such backup, each database from its
+\t                    own file there (a database without one gets a full --complete backup).
 \t--no-security       Restore of a complete backup: leave the database's _security object as it is.
 \t--resume            Restore: send only the documents the database lacks at the dump's revision.
 \t                    Backup: continue a reply that broke off after its last complete row.
@@ -6049,8 +6051,9 @@ class ServerRun:
     checked by its name before any request.  Up to --jobs databases at
     once (``DatabaseRun``), sharing the session's connections; one line a
     database as it ends, then a summary.  A database that fails does not
-    stop the others; the exit code is 0 only when every one succeeded.  A
-    signal stops them all: a backup at its next block (its temporary file
+    stop the others; the exit code is 0 only when every one succeeded.
+    --since FOLDER: each database's increment from its own file there, a
+    full complete backup where it has none.  A signal stops them all: a backup at its next block (its temporary file
     removed), a restore after the request on its way.
     """
 
