@@ -1186,8 +1186,9 @@ def quote_path_segment(text):
 
 def quote_database(name):
     # Keep the characters CouchDB names use literally, as curl sends them;
-    # encode "/" and anything a URL cannot carry.
-    return quote(os.fsencode(name), safe="$()+-_,;=@!*'~")
+    # encode "/" and anything a URL cannot carry, and "+", which CouchDB
+    # reads as a space in a path ("sales+eu" would name "sales eu").
+    return quote(os.fsencode(name), safe="$()-_,;=@!*'~")
 
 
 def proxy_for(scheme, host, environ):
