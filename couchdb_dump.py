@@ -253,21 +253,37 @@ GETOPTS_SPEC = ":h?H:d:f:u:p:P:l:t:a:D:s:c?q?z?T?V?b?B?r?R?"
 
 
 # Long options are our extensions; none changes what a short option does.
+# Each serves a mode, or both: given to the other mode it is an error before
+# any request (a cron job reading "-b --verify" as a verified backup must
+# learn otherwise).  --help is made from this table.
+BACKUP, RESTORE = "backup", "restore"
+BOTH = (BACKUP, RESTORE)
+LongOption = collections.namedtuple("LongOption", "value serves text")
 LONG_OPTIONS = {
-    # name: takes a value
-    "help": False,
-    "version": False,
-    "timeout": True,
-    "verify": False,
-    "jobs": True,
-    "recreate": False,
-    "force": False,
-    "json": False,
-    "no-progress": False,
-    "max-line-mb": True,
-    "complete": False,
-    "resume": False,
-    "no-security": False,
+    # name: LongOption(the name of its value, None for a flag; the modes it serves; its --help lines)
+    "json": LongOption(None, BOTH, (
+        "Print one JSON summary object as the last line (stderr when -f - backs up to stdout).",)),
+    "no-progress": LongOption(None, BOTH, ("No progress line on stderr (-q turns it off too).",)),
+    "timeout": LongOption("SECONDS", BOTH, ("Give up on a server that stops answering for that long [Default: 300]",)),
+    "resume": LongOption(None, BOTH, (
+        "Restore: send only the documents the database lacks at the dump's revision.",
+        "Backup: continue a reply that broke off after its last complete row.")),
+    "recreate": LongOption(None, (RESTORE,), (
+        "Delete the database if it exists, create it, then restore (implies -c).",)),
+    "force": LongOption(None, (RESTORE,), ("With --recreate: allow it on _users, _replicator and _global_changes.",)),
+    "verify": LongOption(None, (RESTORE,), (
+        "Afterwards, check that every document of the dump is there with its revision.",)),
+    "jobs": LongOption("N", (RESTORE,), (
+        "Upload up to N chunks at once [Default: 1, the script's order];",
+        "without -l, chunks of 500 documents (CouchDB takes them faster than 5000).")),
+    "max-line-mb": LongOption("N", (RESTORE,), ("Refuse a dump line longer than N MB [Default: 64]",)),
+    "no-security": LongOption(None, (RESTORE,), (
+        "A complete backup's restore: leave the database's _security object as it is.",)),
+    "complete": LongOption(None, (BACKUP,), (
+        "Every leaf revision (conflicts, deleted documents) with its history, and _security;",
+        "a restore recognises such a file by itself.")),
+    "help": LongOption(None, BOTH, ("Display this text [exit 0; -h exits 1, as the script].",)),
+    "version": LongOption(None, BOTH, ("Display version information [exit 0; -V exits 1, as the script].",)),
 }
 
 
@@ -305,28 +321,24 @@ Example: {prog} -b -H 127.0.0.1 -d mydb -f dumpedDB.json -u admin -p password
 """
 
 
-EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its bash meaning):
-\t--recreate          Restore: delete the database if it exists, create it, then restore (implies -c).
-\t--force             With --recreate: allow it on _users, _replicator and _global_changes.
-\t--verify            Restore: afterwards, check that every document of the dump is there with its revision.
-\t--jobs N            Restore: upload up to N chunks at once [Default: 1, the script's order];
-\t                    without -l, chunks of 500 documents (CouchDB takes them faster than 5000).
-\t--json              Print one JSON summary object as the last line (stderr when -f - backs up to stdout).
-\t--no-progress       No progress line on stderr (-q turns it off too).
-\t--timeout SECONDS   Give up on a server that stops answering for that long [Default: 300]
-\t--max-line-mb N     Restore: refuse a dump line longer than N MB [Default: 64]
-\t--complete          Backup: every leaf revision (conflicts, deleted documents) with its history, and _security;
-\t                    a restore recognises such a file by itself.
-\t--no-security       Restore of a complete backup: leave the database's _security object as it is.
-\t--resume            Restore: send only the documents the database lacks at the dump's revision.
-\t                    Backup: continue a reply that broke off after its last complete row.
-\t-s NAME             Restore: start at the chunk of that split-file name (upstream's newer option).
-\t-D SECONDS          Restore: wait that long between import requests (upstream's newer option).
-\t-f -                Backup to standard output, or restore from standard input (gzip too).
-\t--help              Display this text [exit 0; -h exits 1, as the script].
-\t--version           Display version information [exit 0; -V exits 1, as the script].
+def extensions_text():
+    """--help's list of our extensions, by the mode they serve (``LONG_OPTIONS``)."""
+    def entry(name, lines):
+        return "".join("\t%-20s%s\n" % (name if i == 0 else "", line) for i, line in enumerate(lines))
 
-"""
+    def options(serves):
+        return "".join(entry("--%s %s" % (name, option.value) if option.value else "--" + name, option.text)
+                       for name, option in LONG_OPTIONS.items() if option.serves == serves)
+    return ("Extensions (long options only; every short option keeps its bash meaning).\n"
+            "Backup and restore:\n" + options(BOTH)
+            + entry("-f -", ("Backup to standard output, or restore from standard input (gzip too).",))
+            + "Restore only (-r; a backup refuses them):\n" + options((RESTORE,))
+            + entry("-s NAME", ("Start at the chunk of that split-file name (upstream's newer option).",))
+            + entry("-D SECONDS", ("Wait that long between import requests (upstream's newer option).",))
+            + "Backup only (-b; a restore refuses it):\n" + options((BACKUP,)) + "\n")
+
+
+EXTENSIONS_TEXT = extensions_text()
 
 
 VERSION_TEXT = """
@@ -443,10 +455,11 @@ def getopts(args, spec=GETOPTS_SPEC):
                 yield "?", arg[1:]
                 index += 1
                 continue
-            if has_eq and not LONG_OPTIONS[name]:
+            valued = LONG_OPTIONS[name].value is not None
+            if has_eq and not valued:
                 yield "=", name
                 return
-            if LONG_OPTIONS[name]:
+            if valued:
                 if not has_eq:
                     if index + 1 >= len(args):
                         yield ":", arg[1:]
@@ -512,6 +525,7 @@ def parse_options(argv, environ, out, prog):
         # 5,000, several at once; without --jobs the script's 5,000 stays.
         opts.lines = JOBS_LINES
     _check_mode_and_names(opts, stray, prog)
+    _check_modes_served(opts, given)
     _settle_numbers(opts, out)
     _settle_server(opts, environ, prog)
     return opts
@@ -530,7 +544,7 @@ OPTION_FLAGS = {"b": ("backup",), "B": ("backup",), "r": ("restore",), "R": ("re
 
 def _read_options(argv, opts, prog):
     """Walk the options into ``opts``; returns (the words after them, the options given)."""
-    stray, given = [], set()
+    stray, given = [], {}   # the options given, in the order given
     for option, value in getopts(argv):
         opts.extended = opts.extended or option.startswith("--") or option in ("D", "s")
         if option == "end":
@@ -542,7 +556,7 @@ def _read_options(argv, opts, prog):
                 setattr(opts, name, True)
         else:
             OPTION_HANDLERS[option](opts, option, value, prog)
-        given.add(option)
+        given[option] = True
     return stray, given
 
 
@@ -624,6 +638,16 @@ def _check_mode_and_names(opts, stray, prog):
         raise _usage_error(prog, "... ERROR: Missing argument '-d <DB_NAME>'")
     if not opts.file:
         raise _usage_error(prog, "... ERROR: Missing argument '-f <FILENAME>'")
+
+
+def _check_modes_served(opts, given):
+    """A long option of the other mode is an error, the first one given named."""
+    mode = BACKUP if opts.backup else RESTORE
+    for option in given:
+        serves = LONG_OPTIONS[option[2:]].serves if option.startswith("--") else BOTH
+        if mode not in serves:
+            raise _long_option_error('... ERROR: Option "%s" is for %s (-%s) only, not for %s (-%s)'
+                                     % (option, serves[0], serves[0][0], mode, mode[0]))
 
 
 def _settle_numbers(opts, out):
