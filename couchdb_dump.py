@@ -528,6 +528,11 @@ def parse_options(argv, environ, out, prog):
     _check_modes_served(opts, given)
     _settle_numbers(opts, out)
     _settle_server(opts, environ, prog)
+    own_port = re.search(r":([0-9]+)\Z", opts.host.rstrip("/"))
+    if "P" in given and own_port and own_port.group(1) != opts.port:
+        # bash's choice, kept; but a --recreate deletes on the server -H names.
+        out.detail("couchdb_dump: -H names port %s: it is used, and -P %s is ignored (as the script does)"
+                   % (own_port.group(1), opts.port))
     return opts
 
 
