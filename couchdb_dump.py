@@ -148,6 +148,11 @@ class TransferFailed(Failure):
     """The exchange did not complete: what made curl exit non-zero in bash."""
 
 
+class CertificateRefused(TransferFailed):
+    """A certificate failed the TLS check (the server's, or ours at the server):
+    asking again cannot help, so it is not retried."""
+
+
 class BackupFailed(Failure):
     """The reply cannot give a complete dump; the text says why."""
 
@@ -268,6 +273,11 @@ LONG_OPTIONS = {
     "resume": LongOption(None, BOTH, (
         "Restore: send only the documents the database lacks at the dump's revision.",
         "Backup: continue a reply that broke off after its last complete row.")),
+    "cacert": LongOption("FILE|system", BOTH, (
+        "Check the server's certificate and host name against the CA bundle FILE, or the",
+        "system's store [Default: not checked, as the script's curl -k].")),
+    "cert": LongOption("FILE", BOTH, ("Show the server this client certificate (PEM; its key too, or --key).",)),
+    "key": LongOption("FILE", BOTH, ("The private key of --cert, when FILE holds the certificate alone.",)),
     "recreate": LongOption(None, (RESTORE,), (
         "Delete the database if it exists, create it, then restore (implies -c).",)),
     "force": LongOption(None, (RESTORE,), ("With --recreate: allow it on _users, _replicator and _global_changes.",)),
@@ -324,7 +334,7 @@ Example: {prog} -b -H 127.0.0.1 -d mydb -f dumpedDB.json -u admin -p password
 def extensions_text():
     """--help's list of our extensions, by the mode they serve (``LONG_OPTIONS``)."""
     def entry(name, lines):
-        return "".join("\t%-20s%s\n" % (name if i == 0 else "", line) for i, line in enumerate(lines))
+        return "".join("\t%-19s %s\n" % (name if i == 0 else "", line) for i, line in enumerate(lines))
 
     def options(serves):
         return "".join(entry("--%s %s" % (name, option.value) if option.value else "--" + name, option.text)
@@ -425,6 +435,9 @@ class Options:
         # send requests the script never sends (the script's runs send its own).
         self.extended = False
         self.no_security = False
+        self.cacert = None        # --cacert: a CA bundle, "system", or None (not checked, as curl -k)
+        self.cert = None          # --cert: the client certificate
+        self.key = None           # --key: its private key, when not in the same file
         self.cores = 1
         self.url = ""
 
@@ -525,7 +538,7 @@ def parse_options(argv, environ, out, prog):
         # 5,000, several at once; without --jobs the script's 5,000 stays.
         opts.lines = JOBS_LINES
     _check_mode_and_names(opts, stray, prog)
-    _check_modes_served(opts, given)
+    _check_long_options(opts, given)
     _settle_numbers(opts, out)
     _settle_server(opts, environ, prog)
     own_port = re.search(r":([0-9]+)\Z", opts.host.rstrip("/"))
@@ -617,11 +630,19 @@ def _no_progress(opts, option, value, prog):
     opts.progress = False
 
 
+def _tls_file(opts, option, value, prog):
+    """--cacert, --cert, --key: a file that can be read (--cacert system: the system's store)."""
+    unreadable = None if option == "--cacert" and value == "system" else _unreadable(value)
+    if unreadable:
+        raise _long_option_error('... ERROR: Option "%s" names %s: %s' % (option, value, unreadable))
+    setattr(opts, option[2:], value)
+
+
 # The options that do more than set a value: each handler checks and sets, or ends the run.
 OPTION_HANDLERS = {"h": _help_or_version, "V": _help_or_version, "--version": _help_or_version,
                    "--help": _help_or_version, ":": _misspelt, "=": _misspelt, "?": _misspelt, "D": _delay,
                    "--timeout": _timeout, "--jobs": _whole_number, "--max-line-mb": _whole_number,
-                   "--no-progress": _no_progress}
+                   "--no-progress": _no_progress, "--cacert": _tls_file, "--cert": _tls_file, "--key": _tls_file}
 
 
 def _check_mode_and_names(opts, stray, prog):
@@ -645,8 +666,10 @@ def _check_mode_and_names(opts, stray, prog):
         raise _usage_error(prog, "... ERROR: Missing argument '-f <FILENAME>'")
 
 
-def _check_modes_served(opts, given):
-    """A long option of the other mode is an error, the first one given named."""
+def _check_long_options(opts, given):
+    """--key without --cert, or a long option of the other mode (the first one given), is an error."""
+    if opts.key is not None and opts.cert is None:
+        raise _long_option_error('... ERROR: Option "--key" goes with --cert (the client certificate it is the key of)')
     mode = BACKUP if opts.backup else RESTORE
     for option in given:
         serves = LONG_OPTIONS[option[2:]].serves if option.startswith("--") else BOTH
@@ -750,6 +773,15 @@ def _long_option_error(message, name=None):
     if guess:
         message += " (did you mean --%s?)" % guess[0]
     return Failure(lines=[message + " - see --help for the long options"])
+
+
+def _unreadable(path):
+    """Why the file ``path`` cannot be read, or None when it can."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as error:
+        return error.strerror or str(error)
 
 
 def _positive_number(text):
@@ -1259,14 +1291,22 @@ class CouchSession:
 
     Credentials travel only in the Authorization header (Basic, as curl -u
     sends them), never in a request's URL, and never appear in a message.
-    TLS certificates are not verified, as with the script's ``curl -k``.
-    The proxy variables curl reads are read the same way (``proxy_for``).
+    TLS certificates are not verified, as with the script's ``curl -k``,
+    unless ``cacert`` names a CA bundle (or "system", the system's store):
+    then every request checks the chain and the host name.  ``cert`` and
+    ``key`` are a client certificate.  ``notice`` tells the user (once a
+    run) that an https server's certificate is not checked.  The proxy
+    variables curl reads are read the same way (``proxy_for``).
     """
 
     CONNECT_LIMIT = 30.0   # seconds
+    UNCHECKED = "couchdb_dump: WARN: the server's certificate is not checked (as curl -k); --cacert FILE checks it"
 
-    def __init__(self, url, user="", password="", timeout=300.0, environ=None):
+    def __init__(self, url, user="", password="", timeout=300.0, environ=None, cacert=None, cert=None, key=None,
+                 notice=None):
         self.url = url
+        self.cacert, self.cert, self.key = cacert, cert, key
+        self.notice = notice
         self.environ = os.environ if environ is None else environ
         self.timeout = timeout
         # Connecting (TCP and the TLS handshake) gets a limit of its own: a
@@ -1275,6 +1315,7 @@ class CouchSession:
         self._pool = None
         self._origin = None
         self._tls_server = None
+        self._host = None
         self._url_secrets = []
         self._prefix = ""
         self.headers = {"Accept": "*/*", "User-Agent": "%s/%s" % (PROGRAM, __version__)}
@@ -1317,8 +1358,12 @@ class CouchSession:
         options = {"retries": False, "maxsize": 8,
                    "timeout": urllib3.Timeout(connect=self.connect_limit, read=self.timeout)}
         if scheme == "https":
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-            options["cert_reqs"] = "CERT_NONE"
+            self._host = parsed.host
+            options.update(self._tls_options())
+            if self.cacert is None:
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+                if self.notice is not None:
+                    self.notice(self.UNCHECKED)
         proxy = proxy_for(scheme, parsed.host, self.environ)
         if proxy is None:
             self._pool = urllib3.PoolManager(**options)
@@ -1333,6 +1378,37 @@ class CouchSession:
             self._pool = urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
         except Exception:
             raise TransferFailed("the proxy named in the environment is not a valid URL")
+
+    def _tls_options(self):
+        """urllib3's TLS settings: unchecked (curl -k) unless --cacert, a client certificate with --cert."""
+        import ssl
+        try:
+            if self.cacert is None:
+                if self.cert is None:
+                    return {"cert_reqs": "CERT_NONE"}
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            else:
+                context = ssl.create_default_context(cafile=None if self.cacert == "system" else self.cacert)
+                # urllib3 checks the host name itself (1.26 sends no server name
+                # for an IP address, which ssl's own check requires).
+                context.check_hostname = False
+        except (ssl.SSLError, OSError) as error:
+            raise CertificateRefused("--cacert %s holds no certificate authority in PEM form (%s)"
+                                     % (self.cacert, getattr(error, "reason", None) or error))
+        if self.cert is not None:
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except (ssl.SSLError, OSError) as error:
+                raise CertificateRefused("--cert %s%s is no client certificate with its key in PEM form (%s)"
+                                         % (self.cert, " with --key %s" % self.key if self.key else "",
+                                            getattr(error, "reason", None) or error))
+        return {"ssl_context": context} if self.cacert is not None else {"ssl_context": context,
+                                                                          "cert_reqs": "CERT_NONE"}
+
+    def _trust(self):
+        return "the system's store" if self.cacert == "system" else "the CA bundle %s" % self.cacert
 
     def secrets(self):
         """The texts no message may show: the password and the Authorization value."""
@@ -1359,8 +1435,15 @@ class CouchSession:
                 redirect=False, retries=False, preload_content=False,
                 decode_content=True, enforce_content_length=True)
         except Exception as error:  # urllib3 wraps every socket failure
-            if self._tls_server and _during_handshake(error):
-                raise TransferFailed(self._tls_failure(error))
+            if self._tls_server:
+                refused = certificate_refusal(error, self._tls_server, self._host, self._trust(), self.cert)
+                if refused:
+                    raise CertificateRefused(refused)
+                closed = tls_closed(error, self._tls_server, self.cert)
+                if closed:
+                    raise TransferFailed(closed)
+                if _during_handshake(error):
+                    raise TransferFailed(self._tls_failure(error))
             raise TransferFailed(_describe(error, timeout=self.timeout))
 
     def _tls_failure(self, error):
@@ -1380,6 +1463,58 @@ class CouchSession:
         finally:
             response.release_conn()
         return Reply(response.status, data, response.headers)
+
+
+# OpenSSL's verify codes (X509_V_ERR_*) and what they mean to the user.
+_UNTRUSTED = (2, 18, 19, 20, 21)   # no chain to a certificate authority we were given
+_EXPIRED, _NOT_YET_VALID = 10, 9
+_NOT_FOR_HOST = (62, 64)           # host name, IP address mismatch
+
+
+def certificate_refusal(error, server, host, trust, client_cert):
+    """A failed certificate check in words, or None when ``error`` is no such failure.
+
+    ``server`` is host:port, ``host`` the name the certificate must be for,
+    ``trust`` where the certificate authorities came from, ``client_cert``
+    whether we showed one (--cert).
+    """
+    chain = _causes(error)
+    for cause in chain:
+        code = getattr(cause, "verify_code", None)
+        if code is None:
+            if type(cause).__name__ == "CertificateError":   # urllib3's host name check
+                return "cannot trust %s: its certificate is not for %s" % (server, host)
+            continue
+        if code in _UNTRUSTED:
+            why = "is not signed by a certificate authority of %s" % trust
+        elif code == _EXPIRED:
+            why = "has expired"
+        elif code == _NOT_YET_VALID:
+            why = "is not valid yet"
+        elif code in _NOT_FOR_HOST:
+            why = "is not for %s" % host
+        else:
+            why = "failed the check (%s)" % getattr(cause, "verify_message", code)
+        return "cannot trust %s: its certificate %s" % (server, why)
+    text = " ".join(str(cause) for cause in chain).upper()
+    if "CERTIFICATE_REQUIRED" in text:
+        return "the server %s asks for a client certificate (--cert FILE)" % server
+    if any(alert in text for alert in ("ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE_UNKNOWN")):
+        return "the server %s refused the client certificate of --cert" % server
+    return None
+
+
+def tls_closed(error, server, client_cert):
+    """A server that closed the TLS connection as it began, in words, or None.
+
+    TLS 1.3 tells a refused client certificate after the handshake: a client
+    still sending its request sees the connection closed, not the reason.
+    """
+    if not any(type(cause).__name__ == "SSLEOFError" for cause in _causes(error)):
+        return None
+    return "the server %s closed the TLS connection as it began (%s)" % (
+        server, "does it refuse the client certificate of --cert?" if client_cert
+        else "does it ask for a client certificate? --cert FILE gives one")
 
 
 def _bytes_read(response):
@@ -1912,7 +2047,8 @@ class Requester:
             try:
                 reply = self._send(ask)
             except TransferFailed as error:
-                attempt += 1
+                # A refused certificate stays refused: the first failure is the last.
+                attempt = self.attempts if isinstance(error, CertificateRefused) else attempt + 1
                 self.out.cause(error)
                 self._failed(ask, words, attempt, error)
             else:
@@ -5375,7 +5511,8 @@ def main(argv=None, environ=None, stdout=None):
         progress = Progress(opts.progress and not opts.quiet, what="written" if opts.backup else "sent")
         out.progress = progress
         tune_memory()
-        session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ)
+        session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ,
+                               cacert=opts.cacert, cert=opts.cert, key=opts.key, notice=out.detail)
         if opts.backup:
             job = Backup(opts, session, out, progress)
         else:

@@ -160,9 +160,10 @@ def test_server_asking_for_a_client_certificate_refuses_a_run_without_one(certif
 @pytest.mark.parametrize("args, words", [
     (["--cacert", "missing-ca.pem"], "missing-ca.pem"),
     (["--cert", "missing-client.pem"], "missing-client.pem"),
-    (["--key", "client.key"], "--cert"),
+    (["--key", "{client_key}"], "--cert"),
 ], ids=["cacert_missing", "cert_missing", "key_without_cert"])
 def test_unusable_tls_options_are_refused_before_any_request(args, words, certificates, tmp_path):
+    args = [arg.replace("{client_key}", certificates.key("client")) for arg in args]
     with filled_stub(certificates) as stub:
         result = run(tmp_path, stub.url, backup_args(args + ["--json"]))
         connections = stub.connections
