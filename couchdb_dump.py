@@ -925,6 +925,19 @@ ATTEMPT_WORDS = {
 }
 
 
+def let_go(stream):
+    """A stream that can no longer be written (a full disk, a closed pipe):
+    what is still buffered can never go out, so the interpreter's last
+    flush, at exit, must not fail for it ("Exception ignored", exit 120).
+    Its file descriptor is pointed at /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):   # no file descriptor (a test's buffer)
+        pass
+
+
 class Messages:
     """The lines the bash script prints, on its standard output.
 
@@ -943,6 +956,7 @@ class Messages:
         self.progress = None     # the Progress line to clear before a line and draw again after it
         self.line_open = False   # the last bytes written did not end a line
         self.last_cause = None   # why the last transfer failed, in words (``cause``)
+        self.lost = False        # a line could not be written (a full disk, a closed pipe)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -964,7 +978,10 @@ class Messages:
             try:
                 self.stream.write(data)
                 self.stream.flush()
-            except (BrokenPipeError, ValueError):
+            except OSError:
+                # A full disk or a closed pipe: the run goes on; main lets the stream go at the end.
+                self.lost = True
+            except ValueError:
                 pass
             if data:
                 self.line_open = not data.endswith(b"\n")
@@ -1020,7 +1037,7 @@ class Messages:
             try:
                 sys.stderr.write(text + "\n")
                 sys.stderr.flush()
-            except (BrokenPipeError, ValueError):
+            except (OSError, ValueError):
                 pass
             self._show_progress()
 
@@ -3296,13 +3313,17 @@ class DumpTarget:
     member a megabyte, in background threads (zlib lets go of the GIL, so
     compression runs beside the row rewriting), and written in order.
     ``writelines`` takes pieces already in their final form (worker
-    processes compress their blocks themselves).
+    processes compress their blocks themselves).  A write that fails (a
+    full disk) is said with ``name``: ``cannot write NAME: No space left on
+    device``.
     """
 
     MEMBER = 1 << 20
 
-    def __init__(self, raw, compress=False, threads=1):
+    def __init__(self, raw, compress=False, threads=1, name="standard output"):
         self.raw = raw
+        self.name = name
+        self.failed = False   # a write failed: what is still buffered can never go out
         self.compress = compress
         self.threads = max(threads, 1)
         self.plain = []
@@ -3326,8 +3347,16 @@ class DumpTarget:
             self._out(piece)
 
     def _out(self, data):
-        self.raw.write(data)
+        self._io(self.raw.write, data)
         self.written += len(data)
+
+    def _io(self, action, *args):
+        """A write, flush or sync of the backup; its OSError (a full disk) said in words."""
+        try:
+            return action(*args)
+        except OSError as error:
+            self.failed = True
+            raise curl_failed("cannot write %s: %s" % (self.name, error.strerror or error))
 
     def _pack(self):
         if not self.plain:
@@ -3350,7 +3379,7 @@ class DumpTarget:
         self._pack()
         self._drain(0)
         self.close()
-        self.raw.flush()
+        self._io(self.raw.flush)
 
     def close(self):
         if self.packing is not None:
@@ -3404,15 +3433,15 @@ class BackupFile(DumpTarget):
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # what curl -o would have created
-        super().__init__(_EarlyWriteback(os.fdopen(fd, "wb", buffering=1 << 20)), compress, threads)
+        super().__init__(_EarlyWriteback(os.fdopen(fd, "wb", buffering=1 << 20)), compress, threads, path)
 
     def commit(self):
         self.finish()
         # On disk before it takes the user's name: a crash never leaves an
         # empty or partial file that looks like a backup.
-        os.fsync(self.raw.fileno())
-        self.raw.close()
-        os.replace(self.temp_path, self.path)
+        self._io(os.fsync, self.raw.fileno())
+        self._io(self.raw.close)
+        self._io(os.replace, self.temp_path, self.path)
 
     def discard(self):
         try:
@@ -3460,7 +3489,9 @@ class StreamTarget(DumpTarget):
     def discard(self):
         try:
             self.close()
-            if self.compress:
+            if self.failed:
+                let_go(self.raw)
+            elif self.compress:
                 # The members already out are whole: end the stream with the
                 # start of one that never ends, so gunzip calls it truncated.
                 self.raw.write(GZIP_MAGIC + b"\x08\x00\x00\x00\x00\x00\x00\x03")
@@ -4045,6 +4076,8 @@ class Backup:
             if isinstance(error, Failure):
                 error.tell(out)   # while the progress line still stands, as every other line
             target.discard()
+            # No file: counts of documents in it would mislead (--json).
+            self.summary.update((key, 0) for key, value in self.summary.items() if type(value) is int)
             raise
         finally:
             self.progress.finish()
@@ -5552,8 +5585,12 @@ def main(argv=None, environ=None, stdout=None):
         try:
             target.write(line)
             target.flush()
-        except (BrokenPipeError, ValueError):
+        except OSError:
+            out.lost = True
+        except ValueError:
             pass
+    if out.lost:
+        let_go(out.stream)
     return code
 
 
