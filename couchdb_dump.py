@@ -128,7 +128,7 @@ class Failure(Exception):
             out.raw(self.raw)
         for hint in self.hints:
             out.info(hint)
-        if self.cause is not None:
+        if self.cause is not None and str(self.cause) != out.last_cause:
             out.cause(self.cause)
         for note in self.notes:
             out.detail(note)
@@ -1023,12 +1023,18 @@ class Messages:
         self.last_cause = str(why)
         self.detail("couchdb_dump: %s" % why)
 
-    def error_text(self):
-        """The run's error in words, for --json: the last error line, or the
-        cause of the failed transfer behind bash's vague curl lines."""
-        if self.last_error and self.last_error.startswith("Curl ") and self.last_cause:
-            return self.last_cause
-        return self.last_error
+    def error_text(self, cause=None):
+        """The run's error in words, for --json: the last error line with
+        ``cause``, why the run failed (an HTTP status and what it means, the
+        connection's failure, the disk's), unless the line says it already;
+        behind bash's vague curl lines (``Curl encountered an issue…``,
+        ``Curl failed to…``) the cause alone, or the last transfer's."""
+        line, cause = self.last_error, str(cause) if cause is not None else None
+        if line and line.startswith("Curl "):
+            return cause or self.last_cause or line
+        if cause and line and cause.lower() not in line.lower():
+            return "%s; %s" % (line, cause)
+        return line or cause
 
     def detail(self, text):
         """An explanation bash never printed: it goes to standard error."""
@@ -1920,6 +1926,28 @@ def reported(reply):
     return b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
 
 
+# What an HTTP status means to the person who reads it, said beside the status.
+STATUS_WORDS = {
+    401: "the user name and password were not accepted (-u/-p, or COUCHDB_USER/COUCHDB_PASS)",
+    403: "the user may not do this",
+    404: "not found",
+    409: "a conflict with what the database holds",
+    413: "the request is too large for the server",
+}
+
+
+def answered(status, body=None):
+    """A reply that is no answer, in words: its status, what it means, and
+    with ``body`` the reason CouchDB gave."""
+    text = "the server answered HTTP %d" % status
+    if status in STATUS_WORDS:
+        text += ": " + STATUS_WORDS[status]
+    error = _json_or_none(body) if body else None
+    if isinstance(error, dict) and "error" in error:
+        text += " (%s: %s)" % (error.get("error"), error.get("reason", ""))
+    return text
+
+
 def failure_words(failure):
     """A failed attempt in words: the transfer's failure, or what the reply was."""
     if not isinstance(failure, Reply):
@@ -2142,7 +2170,8 @@ class Requester:
             self.out.line(((words.reply or words.transfer) if replied else words.transfer) % values)
             return
         if not replied:
-            raise Failure(lines=[line % values for line in words.gave_up])
+            # The cause was said at the attempt; it goes with the failure to --json's error.
+            raise Failure(lines=[line % values for line in words.gave_up], cause=failure)
         lines = []
         for line in words.refused:
             if line == REPORTED:
@@ -2154,7 +2183,9 @@ class Requester:
                 line = line % values
             lines.append(line)
         conflict = failure.status == 409 or b'"error":"conflict"' in failure.first_line
-        raise Failure(lines=lines, hints=[words.hint] if words.hint else [],
+        # The status and what it means: the cause --json's error carries.
+        cause = answered(failure.status) if not failure.ok else None
+        raise Failure(lines=lines, hints=[words.hint] if words.hint else [], cause=cause,
                       notes=[words.conflict % values] if words.conflict and conflict else [])
 
     @staticmethod
@@ -3654,10 +3685,11 @@ class AllDocsSource:
             if head.startswith(b'{"error'):
                 rest = b"".join(blocks) if b"\n" not in head else b""
                 first = (head + rest).split(b"\n", 1)[0]
-                raise Failure(lines=[b"... ERROR: CouchDB reported: " + first])
+                raise Failure(lines=[b"... ERROR: CouchDB reported: " + first], cause=answered(response.status))
             if not 200 <= response.status < 300:
                 raise Failure(lines=["... ERROR: The server answered HTTP %d %s instead of the documents."
-                                     % (response.status, response.reason or "")])
+                                     % (response.status, response.reason or "")],
+                              cause=answered(response.status) if response.status in STATUS_WORDS else None)
             began = head[:200]
             had_cr = b"\r" in head
             head = head.replace(b"\r", b"")
@@ -4661,11 +4693,14 @@ class TargetDatabase:
             out.line("... WARN: Curl failed to get the list of databases - Continuing")
             if not reply.body.rstrip(b"\n"):
                 out.line("... WARN: Curl just returned: ")
+            refused = None
             if reply.status >= 400:
-                out.detail("couchdb_dump: the server answered HTTP %d to the list of databases%s"
-                           % (reply.status, REFUSED_LISTING.get(reply.status, "")))
+                refused = "the server answered HTTP %d to the list of databases%s" % (
+                    reply.status, REFUSED_LISTING.get(reply.status, ""))
             if opts.recreate:
-                raise Failure(lines=["... ERROR: --recreate needs the list of databases - Stopping"])
+                raise Failure(lines=["... ERROR: --recreate needs the list of databases - Stopping"], cause=refused)
+            if refused:
+                out.detail("couchdb_dump: " + refused)
             return
         exists = opts.db in names
         if exists and opts.recreate:
@@ -5286,6 +5321,8 @@ def verify_restore(requester, out, opts, path, dump, index):
     out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
     try:
         response = requester.open(path + "/_all_docs")
+        if not 200 <= response.status < 300:
+            raise Failure(answered(response.status, response.read()))
         scanner = JsonRowScanner(documents=False)
         present_designs = set()
         wanted_designs = set(index.design_ids)
@@ -5530,8 +5567,7 @@ def main(argv=None, environ=None, stdout=None):
     want_json = any(arg == "--json" or arg.startswith("--json=") for arg in argv)
     json_stream = None
     started = time.monotonic()
-    job = None
-    opts = None
+    job = opts = cause = None
     stop = Stop()
     stop.install()
     try:
@@ -5554,7 +5590,7 @@ def main(argv=None, environ=None, stdout=None):
         code = 0
     except Failure as failure:
         failure.tell(out)
-        code = failure.code
+        code, cause = failure.code, failure.cause
     except (Interrupted, KeyboardInterrupt) as signalled:
         if not isinstance(signalled, Interrupted):
             signalled = Interrupted(signal.SIGINT)
@@ -5576,7 +5612,7 @@ def main(argv=None, environ=None, stdout=None):
         report.update(summary)
         report["seconds"] = round(time.monotonic() - started, 3)
         if code != 0:
-            report["error"] = out.error_text() or "exit code %d" % code
+            report["error"] = out.error_text(cause) or "exit code %d" % code
             report["exit_code"] = code
         line = json.dumps(report, ensure_ascii=False).encode("utf-8") + b"\n"
         target = json_stream or out.stream
