@@ -2979,6 +2979,11 @@ def _document_ends(line):
     return line[end - 1:end] == b"}"
 
 
+def _json_string(quoted):
+    """The value of a JSON string, from its bytes in quotes; without an escape, its UTF-8."""
+    return json.loads(quoted) if b"\\" in quoted else quoted[1:-1].decode("utf-8")
+
+
 def document_revision(line):
     """``(id, rev)`` of a dump line's document, each None where it is not a
     string (both for a line that holds no document): the one function that
@@ -2997,8 +3002,8 @@ def document_revision(line):
     if (match and line.count(b'"_id"') == 1 and line.count(b'"_rev"') == 1 and b"\\u" not in line
             and _document_ends(line)):
         try:
-            return json.loads(match.group(1)), json.loads(match.group(2))
-        except ValueError:
+            return _json_string(match.group(1)), _json_string(match.group(2))
+        except ValueError:   # UnicodeDecodeError too
             pass
     doc = dump_line_document(line)
     if doc is None:
@@ -4139,6 +4144,8 @@ class RestoreRun:
         self.counts = RestoreCounts(opts)
         self.db_path = "/" + quote_database(opts.db)
         self.plan = None   # a RestorePlan, once the dump is checked
+        # -s and --resume compare the dump with what the database holds (not an empty one).
+        self.compare = opts.resume or opts.start_chunk is not None
 
 
 class RestoreCounts:
@@ -4146,15 +4153,19 @@ class RestoreCounts:
 
     ``documents_written`` counts the documents the server took in this run
     (design documents included), ``refused`` those it answered with an
-    error; ``failed_chunk`` names the chunk the run stopped at.
+    error, ``skipped`` those -s or --resume found in the database already
+    at the dump's revision (design documents included); ``failed_chunk``
+    names the chunk the run stopped at.
     """
 
     def __init__(self, opts):
         self.db = opts.db
         self.file = opts.file
+        self.compares = opts.resume or opts.start_chunk is not None   # with the database: "skipped" counts
+        self.skipped = 0
         self.total_documents = 0     # in the dump
         self.file_bytes = 0          # of the dump file, once it is checked
-        self.design_documents = 0    # PUT, once all of them are
+        self.design_documents = 0    # PUT in this run
         self.documents_written = 0
         self.refused = 0
         self.chunks_written = 0
@@ -4168,6 +4179,8 @@ class RestoreCounts:
                    "design_documents": self.design_documents, "bytes": self.file_bytes}
         if self.complete:
             summary["complete"] = True
+        if self.compares:
+            summary["skipped"] = self.skipped
         if self.resume_at is not None:
             summary["resume"] = "-s " + self.resume_at
         return summary
@@ -4762,7 +4775,7 @@ class DesignDocuments:
 
     def __init__(self, run):
         self.run = run
-        self.compare = run.opts.resume or run.opts.start_chunk is not None
+        self.compare = run.compare
 
     def put_all(self, dump, survey):
         opts, counts = self.run.opts, self.run.counts
@@ -4773,10 +4786,12 @@ class DesignDocuments:
             if self.compare:
                 body = self.against_database(path, body, name, wanted[number])
                 if body is None:
+                    counts.skipped += 1
                     continue
             self.run.requester.ask(Ask("PUT", self.run.db_path + path, "design document", body=body, expect="stored",
                                    doc_id=wanted[number], name=name, db=opts.db))
             counts.documents_written += 1
+            counts.design_documents += 1
             self.run.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
 
     def against_database(self, path, body, name, doc_id):
@@ -5065,6 +5080,12 @@ class RevisionIndex:
         return self.found.count(0)
 
 
+def holds_no_document(requester, db_path):
+    """Whether the database says it holds no document, not even a deleted one (one GET)."""
+    info = requester.glance(db_path)
+    return isinstance(info, dict) and info.get("doc_count") == 0 and info.get("doc_del_count", 0) == 0
+
+
 def revs_diff(requester, db_path, asked, words, name=""):
     """Which (id, revision) pairs of ``asked`` ({id: [revisions]}) the database
     lacks: one ``_revs_diff`` POST.  An answer's entry of another shape counts
@@ -5083,9 +5104,10 @@ class BulkUpload:
     """Sends one _bulk_docs body: with --resume, only what the database lacks.
 
     With --resume, one ``_revs_diff`` POST first asks which documents the
-    database lacks at the dump's revision; only those are sent, and nothing
-    when none is.  The requester sends the body (in halves, where the server
-    finds it too large: ``Requester.send_documents``).
+    database lacks at the dump's revision (``missing``); only those are
+    sent, and nothing when none is.  The requester sends the body (in
+    halves, where the server finds it too large:
+    ``Requester.send_documents``).
     """
 
     def __init__(self, requester, db_path, resume):
@@ -5096,14 +5118,13 @@ class BulkUpload:
     def send(self, part, ask):
         """Send ``part`` (a ``Chunk``, or the ``WholeText``) as ``ask`` says;
         returns ``(documents sent, the server's answers as one Reply)``."""
-        if self.resume:
-            part = self.missing(part.whole(), ask.values["name"])
-            if not part.documents:
-                return 0, Reply(201, b"[]")
         return self.requester.send_documents(ask, part)
 
-    def missing(self, chunk, name):
-        """The chunk less the documents the database has at their revision (one _revs_diff POST)."""
+    def missing(self, part, name):
+        """``(the part less the documents the database has at their revision,
+        how many it has)``: one _revs_diff POST.  A part the database lacks
+        whole is sent as it is, not rebuilt (a restore into an empty database)."""
+        chunk = part.whole()
         docs = chunk_documents(chunk)
         revisions = [document_revision(doc) for doc in docs]
         asked = {}
@@ -5111,11 +5132,13 @@ class BulkUpload:
             if doc_id is not None and rev is not None:
                 asked.setdefault(doc_id, []).append(rev)
         if not asked:
-            return chunk
+            return part, 0
         lacking = revs_diff(self.requester, self.db_path, asked, "compare chunk", name)
-        return documents_chunk(chunk.lines[0], [doc for doc, (doc_id, rev) in zip(docs, revisions)
-                                                if doc_id is None or rev is None or (doc_id, rev) in lacking],
-                               chunk.lines[-1])
+        kept = [doc for doc, (doc_id, rev) in zip(docs, revisions)
+                if doc_id is None or rev is None or (doc_id, rev) in lacking]
+        if len(kept) == len(docs):
+            return part, 0
+        return documents_chunk(chunk.lines[0], kept, chunk.lines[-1]), len(docs) - len(kept)
 
 
 class WholeText:
@@ -5143,8 +5166,9 @@ class ChunkUpload:
     def __init__(self, run):
         self.run = run
         self.path = run.db_path + "/_bulk_docs"
-        self.bulk = BulkUpload(run.requester, run.db_path, run.opts.resume)
+        self.bulk = BulkUpload(run.requester, run.db_path, run.opts.resume and run.compare)
         self.start = run.plan.start   # -s: the chunks before it are not sent
+        self.done = self.start        # the chunks before this one are written (or skipped), in order
 
     def send(self, text, text_name):
         opts, out = self.run.opts, self.run.out
@@ -5161,27 +5185,26 @@ class ChunkUpload:
             for index, chunk in enumerate(text.chunks(opts.chunk_lines)):
                 if index < self.start:
                     continue
-                while len(on_their_way) >= opts.jobs:
+                while sum(future is not None for _, _, _, future in on_their_way) >= opts.jobs:
                     self._collect(*on_their_way.pop(0))
                 self.run.requester.check_stop()
                 name = "%s.split%s" % (text_name, chunk_suffix(index))
-                out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header
-                                              else "Adding header to", name))
-                out.info("... INFO: %s %s" % ("Footer already applied to" if chunk.had_footer
-                                              else "Adding footer to", name))
-                out.info("... INFO: Inserting %s" % name)
-                on_their_way.append((name, chunk, pool.submit(self._post_chunk, name, chunk)))
+                chunk = self._compared(chunk, name)
+                if chunk is not None:
+                    self._announce(chunk, name)
+                future = pool.submit(self._post_chunk, name, chunk) if chunk is not None else None
+                on_their_way.append((index, name, chunk, future))
             while on_their_way:
                 self._collect(*on_their_way.pop(0))
         except Failure as failure:
             failure.tell(out)   # before what the chunks on their way say
             # Chunks are taken in order: the first not written is where -s resumes.
             counts = self.run.counts
-            counts.resume_at = counts.failed_chunk or "%s.split%s" % (
-                text_name, chunk_suffix(self.start + counts.chunks_written))
-            for name, chunk, future in on_their_way:
+            counts.resume_at = counts.failed_chunk or "%s.split%s" % (text_name, chunk_suffix(self.done))
+            for _, name, chunk, future in on_their_way:
                 try:
-                    self._chunk_done(chunk, future.result())
+                    if future is not None:
+                        self._chunk_done(chunk, future.result())
                 except Failure as also:
                     also.tell(out)
             raise
@@ -5193,7 +5216,10 @@ class ChunkUpload:
         """Fewer lines than -l: one _bulk_docs of the whole text."""
         opts, out, counts = self.run.opts, self.run.out, self.run.counts
         whole = WholeText(text, documents)
-        documents, reply = self.bulk.send(whole, Ask("POST", self.path, "whole file", expect="list", name=opts.file))
+        part = self._compared(whole, opts.file)
+        if part is None:
+            return
+        documents, reply = self.bulk.send(part, Ask("POST", self.path, "whole file", expect="list", name=opts.file))
         counts.chunks_written = 1
         counts.bytes_sent += whole.stream[0]
         refused = report_refusals(out, reply)
@@ -5202,15 +5228,36 @@ class ChunkUpload:
         if not counts.refused:
             out.info("... INFO: Imported %s Successfully." % opts.file)
 
-    def _collect(self, name, chunk, future):
-        try:
-            reply = future.result()
-        except Stopped:
-            raise
-        except Failure:
-            self.run.counts.failed_chunk = name
-            raise
-        self._chunk_done(chunk, reply)
+    def _compared(self, chunk, name):
+        """--resume: the chunk less what the database holds already, or None when it holds all of it."""
+        if not self.bulk.resume:
+            return chunk
+        chunk, skipped = self.bulk.missing(chunk, name)
+        self.run.counts.skipped += skipped
+        if chunk.documents:
+            return chunk
+        if skipped:
+            self.run.out.info("... INFO: %s: its %d documents are in the database already - skipped" % (name, skipped))
+        return None
+
+    def _announce(self, chunk, name):
+        """The script's lines as it splits the text and sends a chunk."""
+        out = self.run.out
+        out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header else "Adding header to", name))
+        out.info("... INFO: %s %s" % ("Footer already applied to" if chunk.had_footer else "Adding footer to", name))
+        out.info("... INFO: Inserting %s" % name)
+
+    def _collect(self, index, name, chunk, future):
+        if future is not None:
+            try:
+                reply = future.result()
+            except Stopped:
+                raise
+            except Failure:
+                self.run.counts.failed_chunk = name
+                raise
+            self._chunk_done(chunk, reply)
+        self.done = index + 1
 
     def _post_chunk(self, name, chunk):
         return self.bulk.send(chunk, Ask("POST", self.path, "chunk", expect="list", name=name))
@@ -5501,6 +5548,10 @@ class Restore:
         opts, out = run.opts, run.out
         text_name = opts.file
         fix_line = None
+        if run.compare and holds_no_document(run.requester, run.db_path):
+            # Nothing to compare with: every document is missing, the dump goes as it is.
+            out.info("... INFO: %s holds no document yet: the dump is sent without comparing" % opts.db)
+            run.compare = False
         out.info("... INFO: Checking for Design documents")
         if self.complete is not None:
             self.complete.announce()
@@ -5513,8 +5564,7 @@ class Restore:
             out.info("... INFO: Inserting Design documents")
             run.plan.refuse()
             DesignDocuments(run).put_all(dump, survey)
-            out.info("... INFO: Successfully imported %d Design Documents" % len(survey.designs))
-            run.counts.design_documents = len(survey.designs)
+            out.info("... INFO: Successfully imported %d Design Documents" % run.counts.design_documents)
         footer = None if survey.lines - 1 in survey.design_lines else strip_newline(survey.last)
         text = RestoreText(dump, survey.design_lines, fix_line, survey.first, footer)
         if run.plan.single:
@@ -5522,6 +5572,9 @@ class Restore:
             ChunkUpload(run).send_whole(text, survey.documents - len(survey.designs))
         else:
             ChunkUpload(run).send(text, text_name)
+        if opts.resume:
+            out.info("... INFO: --resume: %d documents sent, %d skipped (in the database already at the dump's"
+                     " revision)." % (run.counts.documents_written, run.counts.skipped))
 
 
 # ===========================================================================
