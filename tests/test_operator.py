@@ -18,9 +18,7 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from urllib.parse import quote, unquote
@@ -28,43 +26,20 @@ from urllib.parse import quote, unquote
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import couchdb_dump
 from couch_stub import CouchStub, Fault
-from helpers import PROGRAM, REPO, clean_environment, http, make_dump, run_in_process
+from helpers import closed_port, http, last_json, make_dump, run_in_process, run_port, says, start_port
 from tls_server import Certificates
-
-sys.path.insert(0, str(REPO))
-import couchdb_dump  # noqa: E402
 
 UNAUTHORIZED = b'{"error":"unauthorized","reason":"Name or password is incorrect."}\n'
 FORBIDDEN = b'{"error":"forbidden","reason":"You are not allowed to access this db."}\n'
 BADARG = b'{"error":"unknown_error","reason":"badarg"}\n'
 
 
-# -- running the port --------------------------------------------------------------
-
-def run_port(cwd, args, env=None, stdout=subprocess.PIPE, timeout=180):
-    return subprocess.run([sys.executable, str(PROGRAM), *args], cwd=cwd, env=clean_environment(env),
-                          stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, timeout=timeout)
-
-
-def says(result):
-    stdout = result.stdout.decode("utf-8", "replace") if result.stdout else ""
-    return "rc=%d\nstdout:\n%s\nstderr:\n%s" % (result.returncode, stdout[-3000:],
-                                                result.stderr.decode("utf-8", "replace")[-3000:])
-
+# -- servers -------------------------------------------------------------------------
 
 def host_args(stub):
     return ["-H", "127.0.0.1", "-P", str(stub.port)]
-
-
-def last_json(data):
-    return json.loads(data.decode("utf-8").splitlines()[-1])
-
-
-def closed_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stub_holding(count, databases=("db",), db="db", **options):
@@ -130,8 +105,8 @@ def test_full_disk_is_said_in_words_with_no_traceback_and_no_counts(kind, small_
     target = small_disk / "x.json"
     written = str(target) + (".gz" if kind == "gzip" else "")
     with bulky_stub() as stub:
-        result = run_port(tmp_path, ["-b", *host_args(stub), "-d", "db", "-f", str(target), "--json",
-                                     "--no-progress", *KINDS[kind]])
+        result = run_port(["-b", *host_args(stub), "-d", "db", "-f", str(target), "--json", "--no-progress",
+                           *KINDS[kind]], tmp_path)
     assert_full_disk_said_in_words(result, written, last_json(result.stdout))
     assert os.listdir(small_disk) == [], "nothing is left on the full disk"
 
@@ -140,8 +115,10 @@ def test_full_disk_is_said_in_words_with_no_traceback_and_no_counts(kind, small_
 def test_full_standard_output_is_said_in_words_with_no_traceback_and_no_counts(kind, tmp_path):
     # /dev/full fails every write with ENOSPC: a backup to standard output (-f -) sent there.
     with bulky_stub() as stub, open("/dev/full", "wb") as full:
-        result = run_port(tmp_path, ["-b", *host_args(stub), "-d", "db", "-f", "-", "--json", "--no-progress",
-                                     *KINDS[kind]], stdout=full)
+        process = start_port(["-b", *host_args(stub), "-d", "db", "-f", "-", "--json", "--no-progress",
+                              *KINDS[kind]], tmp_path, stdout=full)
+        _, stderr = process.communicate(timeout=120)
+    result = subprocess.CompletedProcess(process.args, process.returncode, b"", stderr)
     assert_full_disk_said_in_words(result, "standard output", last_json(result.stderr))
 
 
@@ -377,9 +354,7 @@ def held_posts(stub_posts, hold_from, seconds):
 def start_restore(tmp_path, stub, extra=()):
     dump, _ = make_dump(20)
     (tmp_path / "dump.json").write_bytes(dump)
-    return subprocess.Popen([sys.executable, str(PROGRAM), "-r", *host_args(stub), "-d", "db", "-f", "dump.json",
-                             "-l", "2", *extra], cwd=tmp_path, env=clean_environment(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return start_port(["-r", *host_args(stub), "-d", "db", "-f", "dump.json", "-l", "2", *extra], tmp_path)
 
 
 def wait_until(condition, seconds=30):
@@ -470,7 +445,7 @@ def stop_after_chunks(count):
 
 
 def restore_run(cwd, stub, args):
-    return run_port(cwd, ["-r", *host_args(stub), "-d", "db", "-f", "dump.json", *args])
+    return run_port(["-r", *host_args(stub), "-d", "db", "-f", "dump.json", *args], cwd)
 
 
 def info_lines(result):
@@ -553,8 +528,8 @@ def test_p_beside_a_port_in_h_keeps_bashs_choice_and_says_so_on_stderr(mode, for
             cwd = tmp_path / name
             cwd.mkdir()
             (cwd / "dump.json").write_bytes(dump)
-            runs[name] = run_port(cwd, [mode, "-H", host, *extra, "-d", "db",
-                                        "-f", "dump.json" if mode == "-r" else "out.json"])
+            runs[name] = run_port([mode, "-H", host, *extra, "-d", "db",
+                                   "-f", "dump.json" if mode == "-r" else "out.json"], cwd)
     for result in runs.values():
         assert result.returncode == 0, says(result)
     assert runs["with_p"].stdout == runs["without_p"].stdout   # bash's stdout, to the byte
@@ -566,8 +541,8 @@ def test_p_beside_a_port_in_h_keeps_bashs_choice_and_says_so_on_stderr(mode, for
 
 def test_p_equal_to_the_port_in_h_says_nothing(tmp_path):
     with stub_holding(3) as stub:
-        result = run_port(tmp_path, ["-b", "-H", "127.0.0.1:%d" % stub.port, "-P", str(stub.port), "-d", "db",
-                                     "-f", "out.json"])
+        result = run_port(["-b", "-H", "127.0.0.1:%d" % stub.port, "-P", str(stub.port), "-d", "db",
+                           "-f", "out.json"], tmp_path)
     assert result.returncode == 0, says(result)
     assert "-P" not in result.stderr.decode()
 
@@ -583,8 +558,8 @@ def test_plus_in_a_database_name_is_sent_as_2b(mode, tmp_path):
     dump, _ = make_dump(4, designs=1)
     (tmp_path / "dump.json").write_bytes(dump)
     with stub_holding(3, databases=("sales+eu",), db="sales+eu") as stub:
-        result = run_port(tmp_path, [mode, *host_args(stub), "-d", "sales+eu",
-                                     "-f", "dump.json" if mode == "-r" else "out.json", "-l", "2"])
+        result = run_port([mode, *host_args(stub), "-d", "sales+eu",
+                           "-f", "dump.json" if mode == "-r" else "out.json", "-l", "2"], tmp_path)
         segments = database_segments(stub)
     assert result.returncode == 0, says(result)
     assert segments == {"sales%2Beu"}
@@ -616,13 +591,11 @@ def test_database_named_with_every_allowed_character_round_trips_on_pouchdb_serv
     copy = name + "copy"
     dump, ids = make_dump(30, designs=1)
     (tmp_path / "dump.json").write_bytes(dump)
-    host, port = pouchdb_url.rsplit(":", 1)
-    address = ["-H", host, "-P", port]
-    restored = run_port(tmp_path, ["-r", *address, "-d", name, "-c", "-l", "7", "-f", "dump.json"])
+    restored = run_port(["-r", "-d", name, "-c", "-l", "7", "-f", "dump.json"], tmp_path, server=pouchdb_url)
     assert restored.returncode == 0, says(restored)
-    backed_up = run_port(tmp_path, ["-b", *address, "-d", name, "-f", "back.json"])
+    backed_up = run_port(["-b", "-d", name, "-f", "back.json"], tmp_path, server=pouchdb_url)
     assert backed_up.returncode == 0, says(backed_up)
-    again = run_port(tmp_path, ["-r", *address, "-d", copy, "-c", "-f", "back.json"])
+    again = run_port(["-r", "-d", copy, "-c", "-f", "back.json"], tmp_path, server=pouchdb_url)
     assert again.returncode == 0, says(again)
     # PouchDB Server 4.2 leaves "/" out of the names it lists ("a/b" is "ab"); CouchDB keeps it.
     names = http("GET", pouchdb_url + "/_all_dbs")

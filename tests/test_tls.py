@@ -7,7 +7,7 @@ reason in words, tried once (it will not get better), and nothing is
 written.  Without --cacert https stays unverified as in the script, and
 standard error says so once a run; standard output stays the script's.
 
-Every server here is ``tls_server.TlsStub``: the CouchDB stand-in behind
+Every server here is ``tls_server.TlsStub`` (tests/tools/): the CouchDB stand-in behind
 TLS, with certificates made by the test (its own CA, a certificate for
 another host name, an expired one, one from an authority the client does
 not know, a client certificate).
@@ -16,13 +16,11 @@ not know, a client certificate).
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from couch_stub import CouchStub
-from helpers import PROGRAM, clean_environment, make_dump
+from helpers import last_json, make_dump, run_port, says
 from tls_server import Certificates, TlsStub
 
 UNCHECKED = "WARN: the server's certificate is not checked (as curl -k); --cacert FILE checks it"
@@ -41,17 +39,7 @@ def certificates(tmp_path_factory):
 
 
 def run(cwd, url, args, env=None):
-    return subprocess.run([sys.executable, str(PROGRAM), "-H", url, *args], cwd=cwd,
-                          env=clean_environment(env), stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
-
-
-def says(result):
-    return "rc=%d\nstdout:\n%s\nstderr:\n%s" % (result.returncode, result.stdout.decode("utf-8", "replace"),
-                                                result.stderr.decode("utf-8", "replace")[-3000:])
-
-
-def last_json(result, stream="stdout"):
-    return json.loads(getattr(result, stream).decode().splitlines()[-1])
+    return run_port(["-H", url, *args], cwd, env=env)
 
 
 def stored(stub):
@@ -107,7 +95,7 @@ def test_cacert_system_reads_the_systems_store(certificates, tmp_path):
         unknown = run(tmp_path, stub.url, backup_args(["--cacert", "system", "--json"]),
                       env={"SSL_CERT_FILE": certificates["other_ca"]})
     assert unknown.returncode == 1, says(unknown)
-    assert re.search(REASONS["unknown_ca"], last_json(unknown)["error"], re.I), says(unknown)
+    assert re.search(REASONS["unknown_ca"], last_json(unknown.stdout)["error"], re.I), says(unknown)
     assert os.listdir(tmp_path) == []
 
 
@@ -122,7 +110,7 @@ def test_certificate_that_fails_the_check_is_exit_1_with_the_reason_tried_once_a
         result = run(tmp_path, stub.url, args)
         connections, requests = stub.connections, list(stub.requests)
     assert result.returncode == 1, says(result)
-    error = last_json(result)["error"]
+    error = last_json(result.stdout)["error"]
     assert re.search(REASONS[served], error, re.I), says(result)
     assert "Traceback" not in result.stderr.decode() and "Unexpected failure" not in result.stdout.decode()
     assert connections == 1, "a refused certificate must not be tried again (%d connections)" % connections
@@ -153,7 +141,7 @@ def test_server_asking_for_a_client_certificate_refuses_a_run_without_one(certif
     with filled_stub(certificates, client_ca="ca") as stub:
         result = run(tmp_path, stub.url, backup_args(["--cacert", certificates["ca"], "--json"]))
     assert result.returncode == 1, says(result)
-    assert re.search(r"certificate", last_json(result)["error"], re.I), says(result)
+    assert re.search(r"certificate", last_json(result.stdout)["error"], re.I), says(result)
     assert os.listdir(tmp_path) == []
 
 
@@ -168,7 +156,7 @@ def test_unusable_tls_options_are_refused_before_any_request(args, words, certif
         result = run(tmp_path, stub.url, backup_args(args + ["--json"]))
         connections = stub.connections
     assert result.returncode == 1, says(result)
-    assert words in last_json(result)["error"], says(result)
+    assert words in last_json(result.stdout)["error"], says(result)
     assert connections == 0
     assert os.listdir(tmp_path) == []
 
