@@ -212,11 +212,14 @@ class Stop:
     def __init__(self):
         self.graceful = False
         self.requested = None
+        self.announce = None   # called with the first signal noted: say at once that the run stops
         self._previous = {}
 
     def handler(self, signum, frame):
         if self.graceful and self.requested is None:
             self.requested = signum
+            if self.announce is not None:
+                self.announce(signum)
             return
         raise Interrupted(signum)
 
@@ -957,7 +960,8 @@ class Messages:
         self.line_open = False   # the last bytes written did not end a line
         self.last_cause = None   # why the last transfer failed, in words (``cause``)
         self.lost = False        # a line could not be written (a full disk, a closed pipe)
-        self._lock = threading.Lock()
+        # Reentrant: a signal's handler may print while this thread prints.
+        self._lock = threading.RLock()
 
     @staticmethod
     def encode(text):
@@ -5176,6 +5180,7 @@ class ChunkUpload:
         out.script_steps("split")
         self.run.plan.refuse()
         on_their_way = []
+        abandoned = False
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(max_workers=opts.jobs)
         try:
@@ -5208,8 +5213,14 @@ class ChunkUpload:
                 except Failure as also:
                     also.tell(out)
             raise
+        except Interrupted:
+            # Stopped at once: what is on its way is abandoned, not waited for.
+            abandoned = True
+            counts = self.run.counts
+            counts.resume_at = counts.failed_chunk or "%s.split%s" % (text_name, chunk_suffix(self.done))
+            raise
         finally:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=not abandoned)
         out.line("... INFO: Import Cycle Completed.")
 
     def send_whole(self, text, documents):
@@ -5435,7 +5446,7 @@ def report_incomplete(requester, out, opts, path, counts):
     out.detail(text)
 
 
-def tell_resume(out, opts, counts):
+def tell_resume(out, opts, counts, always=False):
     """A restore that stopped in its chunks ends with the -s value that resumes it.
 
     On standard output, as the last ERROR line, only when the command line
@@ -5443,11 +5454,13 @@ def tell_resume(out, opts, counts):
     with the script's own options keeps the script's standard output to
     the letter, and is told on standard error instead.  ``--json`` keeps
     the cause of the failure as its ``error``, and gets the -s value as
-    ``resume``.
+    ``resume``.  With ``always`` (a run stopped at once) it is said even
+    before the first chunk: then --resume goes on.
     """
-    if counts.resume_at is None:
+    if counts.resume_at is None and not always:
         return
-    text = "To resume this restore, run it again with -s %s (or with --resume)." % counts.resume_at
+    text = ("To resume this restore, run it again with -s %s (or with --resume)." % counts.resume_at
+            if counts.resume_at is not None else "To resume this restore, run it again with --resume.")
     if not opts.extended:
         out.detail("couchdb_dump: " + text)
         return
@@ -5498,8 +5511,11 @@ class Restore:
         if self.complete is not None:
             self.complete.put_security(run.plan.refuse)
         self.stop.graceful = True
+        self.stop.announce = self.stopping
         try:
             self.restore_documents(dump, survey)
+        except Interrupted as signalled:
+            self.stopped_at_once(signalled.signum)
         except Stopped as stopped:
             run.progress.finish()
             stopped = Stopped(stopped.signum, lines=[
@@ -5519,8 +5535,28 @@ class Restore:
             raise
         finally:
             self.stop.graceful = False
+            self.stop.announce = None
             run.progress.finish()
         self.verdict(dump, index)
+
+    def stopping(self, signum):
+        """The first signal, said at once: the requests on their way are still waited for."""
+        self.context.out.line("... WARN: %s: stopping after the requests in flight (%s again stops at once)."
+                              % (signal_name(signum), signal_name(signum)))
+
+    def stopped_at_once(self, signum):
+        """A second signal: the requests in flight are abandoned and nothing more is asked;
+        what was written and how to go on are said, and the run ends."""
+        run = self.context
+        counts = run.counts
+        run.progress.finish()
+        stopped = Stopped(signum, lines=[
+            "... ERROR: Stopped at once by %s: %d of %d documents were written (%d chunks); the restore is incomplete"
+            " (a request abandoned on its way may be stored all the same)."
+            % (signal_name(signum), counts.documents_written, counts.total_documents, counts.chunks_written)])
+        stopped.tell(run.out)
+        tell_resume(run.out, run.opts, counts, always=True)
+        raise stopped
 
     def verdict(self, dump, index):
         """After the upload: refused documents and --verify end the run as failed."""
@@ -5685,7 +5721,17 @@ def main(argv=None, environ=None, stdout=None):
 
 def main_entry():
     """The ``couchdb-dump`` console script."""
-    sys.exit(main())
+    code = main()
+    if code > 128 and any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+                          if thread is not threading.main_thread()):
+        # Stopped at once: requests still on their way are abandoned, not waited for at exit.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
