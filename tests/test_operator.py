@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import couchdb_dump
 from couch_stub import CouchStub, Fault
-from helpers import closed_port, http, last_json, make_dump, run_in_process, run_port, says, start_port
+from helpers import (closed_port, http, last_json, make_dump, run_in_process, run_port, says, start_port,
+                     stop_after_chunks)
 from tls_server import Certificates
 
 UNAUTHORIZED = b'{"error":"unauthorized","reason":"Name or password is incorrect."}\n'
@@ -429,20 +430,6 @@ def test_second_ctrl_c_stops_at_once_and_says_what_was_written_and_how_to_go_on(
 
 
 # -- 5. --resume tells what it skipped and what it sent ----------------------------------
-
-def stop_after_chunks(count):
-    posts = [0]
-    lock = threading.Lock()
-
-    def faults(index, method, path):
-        if method == "POST" and path.endswith("/_bulk_docs"):
-            with lock:
-                posts[0] += 1
-                if posts[0] > count:
-                    return Fault("status", 500, BADARG)
-        return None
-    return faults
-
 
 def restore_run(cwd, stub, args):
     return run_port(["-r", *host_args(stub), "-d", "db", "-f", "dump.json", *args], cwd)
