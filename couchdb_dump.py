@@ -5722,7 +5722,8 @@ def main(argv=None, environ=None, stdout=None):
 def main_entry():
     """The ``couchdb-dump`` console script."""
     code = main()
-    if code > 128 and any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+    # (Python 3.8's pool threads are daemons, yet joined at exit all the same.)
+    if code > 128 and any(thread.is_alive() for thread in threading.enumerate()
                           if thread is not threading.main_thread()):
         # Stopped at once: requests still on their way are abandoned, not waited for at exit.
         for stream in (sys.stdout, sys.stderr):
