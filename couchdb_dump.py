@@ -1431,8 +1431,10 @@ class CouchSession:
                 raise CertificateRefused("--cert %s%s is no client certificate with its key in PEM form (%s)"
                                          % (self.cert, " with --key %s" % self.key if self.key else "",
                                             getattr(error, "reason", None) or error))
-        return {"ssl_context": context} if self.cacert is not None else {"ssl_context": context,
-                                                                          "cert_reqs": "CERT_NONE"}
+        options = {"ssl_context": context}
+        if self.cacert is None:
+            options["cert_reqs"] = "CERT_NONE"
+        return options
 
     def _trust(self):
         return "the system's store" if self.cacert == "system" else "the CA bundle %s" % self.cacert
@@ -1463,7 +1465,7 @@ class CouchSession:
                 decode_content=True, enforce_content_length=True)
         except Exception as error:  # urllib3 wraps every socket failure
             if self._tls_server:
-                refused = certificate_refusal(error, self._tls_server, self._host, self._trust(), self.cert)
+                refused = certificate_refusal(error, self._tls_server, self._host, self._trust())
                 if refused:
                     raise CertificateRefused(refused)
                 closed = tls_closed(error, self._tls_server, self.cert)
@@ -1498,12 +1500,11 @@ _EXPIRED, _NOT_YET_VALID = 10, 9
 _NOT_FOR_HOST = (62, 64)           # host name, IP address mismatch
 
 
-def certificate_refusal(error, server, host, trust, client_cert):
+def certificate_refusal(error, server, host, trust):
     """A failed certificate check in words, or None when ``error`` is no such failure.
 
     ``server`` is host:port, ``host`` the name the certificate must be for,
-    ``trust`` where the certificate authorities came from, ``client_cert``
-    whether we showed one (--cert).
+    ``trust`` where the certificate authorities came from.
     """
     chain = _causes(error)
     for cause in chain:
