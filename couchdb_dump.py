@@ -129,7 +129,7 @@ class Failure(Exception):
             out.raw(self.raw)
         for hint in self.hints:
             out.info(hint)
-        if self.cause is not None:
+        if self.cause is not None and str(self.cause) != out.last_cause:
             out.cause(self.cause)
         for note in self.notes:
             out.detail(note)
@@ -147,6 +147,11 @@ class Finished(Failure):
 
 class TransferFailed(Failure):
     """The exchange did not complete: what made curl exit non-zero in bash."""
+
+
+class CertificateRefused(TransferFailed):
+    """A certificate failed the TLS check (the server's, or ours at the server):
+    asking again cannot help, so it is not retried."""
 
 
 class BackupFailed(Failure):
@@ -209,6 +214,7 @@ class Stop:
         self.graceful = False
         self.held = False
         self.requested = None
+        self.announce = None   # called with the first signal noted: say at once that the run stops
         self._previous = {}
 
     def handler(self, signum, frame):
@@ -216,6 +222,8 @@ class Stop:
             return
         if self.graceful and self.requested is None:
             self.requested = signum
+            if self.announce is not None:
+                self.announce(signum)
             return
         raise Interrupted(signum)
 
@@ -261,23 +269,51 @@ GETOPTS_SPEC = ":h?H:d:f:u:p:P:l:t:a:D:s:c?q?z?T?V?b?B?r?R?"
 
 
 # Long options are our extensions; none changes what a short option does.
+# Each serves a mode, or both: given to the other mode it is an error before
+# any request (a cron job reading "-b --verify" as a verified backup must
+# learn otherwise).  --help is made from this table.
+BACKUP, RESTORE = "backup", "restore"
+BOTH = (BACKUP, RESTORE)
+LongOption = collections.namedtuple("LongOption", "value serves text")
 LONG_OPTIONS = {
-    # name: takes a value
-    "help": False,
-    "version": False,
-    "timeout": True,
-    "verify": False,
-    "jobs": True,
-    "recreate": False,
-    "force": False,
-    "json": False,
-    "no-progress": False,
-    "max-line-mb": True,
-    "complete": False,
-    "resume": False,
-    "no-security": False,
-    "since": True,
-    "exclude": True,
+    # name: LongOption(the name of its value, None for a flag; the modes it serves; its --help lines)
+    "json": LongOption(None, BOTH, (
+        "Print one JSON summary object as the last line (stderr when -f - backs up to stdout).",)),
+    "no-progress": LongOption(None, BOTH, ("No progress line on stderr (-q turns it off too).",)),
+    "timeout": LongOption("SECONDS", BOTH, ("Give up on a server that stops answering for that long [Default: 300]",)),
+    "jobs": LongOption("N", BOTH, (
+        "Restore: upload up to N chunks at once [Default: 1, the script's order];",
+        "without -l, chunks of 500 documents (CouchDB takes them faster than 5000).",
+        "Backup: read the database as N key ranges at once (the same file).",
+        "With -d PATTERN: back up or restore N databases at once.")),
+    "exclude": LongOption("PATTERN", BOTH, (
+        "With -d PATTERN: leave out the databases this pattern matches (repeatable).",)),
+    "resume": LongOption(None, BOTH, (
+        "Restore: send only the documents the database lacks at the dump's revision.",
+        "Backup: continue a reply that broke off after its last complete row.")),
+    "cacert": LongOption("FILE|system", BOTH, (
+        "Check the server's certificate and host name against the CA bundle FILE, or the",
+        "system's store [Default: not checked, as the script's curl -k].")),
+    "cert": LongOption("FILE", BOTH, ("Show the server this client certificate (PEM; its key too, or --key).",)),
+    "key": LongOption("FILE", BOTH, ("The private key of --cert, when FILE holds the certificate alone.",)),
+    "recreate": LongOption(None, (RESTORE,), (
+        "Delete the database if it exists, create it, then restore (implies -c).",)),
+    "force": LongOption(None, (RESTORE,), ("With --recreate: allow it on _users, _replicator and _global_changes.",)),
+    "verify": LongOption(None, (RESTORE,), (
+        "Afterwards, check that every document of the dump is there with its revision.",)),
+    "max-line-mb": LongOption("N", (RESTORE,), ("Refuse a dump line longer than N MB [Default: 64]",)),
+    "no-security": LongOption(None, (RESTORE,), (
+        "A complete backup's restore: leave the database's _security object as it is.",)),
+    "complete": LongOption(None, (BACKUP,), (
+        "Every leaf revision (conflicts, deleted documents) with its history, and _security;",
+        "a restore recognises such a file by itself.")),
+    "since": LongOption("FILE", (BACKUP,), (
+        "Only the documents changed since FILE, an earlier --complete or --since",
+        "backup of the same database (implies --complete). Restore the files oldest first.",
+        "With -d PATTERN: the folder of an earlier such backup, each database from its",
+        "own file there (a database without one gets a full --complete backup).")),
+    "help": LongOption(None, BOTH, ("Display this text [exit 0; -h exits 1, as the script].",)),
+    "version": LongOption(None, BOTH, ("Display version information [exit 0; -V exits 1, as the script].",)),
 }
 
 
@@ -318,39 +354,28 @@ Example: {prog} -b -H 127.0.0.1 -d mydb -f dumpedDB.json -u admin -p password
 """
 
 
-EXTENSIONS_TEXT = """Extensions (long options only; every short option keeps its bash meaning):
-\t--recreate          Restore: delete the database if it exists, create it, then restore (implies -c).
-\t--force             With --recreate: allow it on _users, _replicator and _global_changes.
-\t--verify            Restore: afterwards, check that every document of the dump is there with its revision.
-\t--jobs N            Restore: upload up to N chunks at once [Default: 1, the script's order];
-\t                    without -l, chunks of 500 documents (CouchDB takes them faster than 5000).
-\t                    Backup: read the database as N key ranges at once (the same file).
-\t                    With -d PATTERN: back up or restore N databases at once.
-\t-d PATTERN          A pattern ('*', '?', '[...]', which no database name holds): every database of the
-\t                    server it matches (backup) or of the folder -f names (restore), one file each in
-\t                    that folder, <name>.json with '/' written %2F. '*' leaves out the system databases
-\t                    (_users, ...); only a pattern beginning with '_' takes them in.
-\t--exclude PATTERN   With -d PATTERN: leave out the databases this pattern matches (repeatable).
-\t--json              Print one JSON summary object as the last line (stderr when -f - backs up to stdout).
-\t--no-progress       No progress line on stderr (-q turns it off too).
-\t--timeout SECONDS   Give up on a server that stops answering for that long [Default: 300]
-\t--max-line-mb N     Restore: refuse a dump line longer than N MB [Default: 64]
-\t--complete          Backup: every leaf revision (conflicts, deleted documents) with its history, and _security;
-\t                    a restore recognises such a file by itself.
-\t--since FILE        Backup: only the documents changed since FILE, an earlier --complete or --since
-\t                    backup of the same database (implies --complete). Restore the files oldest first.
-\t                    With -d PATTERN: the folder of an earlier such backup, each database from its
-\t                    own file there (a database without one gets a full --complete backup).
-\t--no-security       Restore of a complete backup: leave the database's _security object as it is.
-\t--resume            Restore: send only the documents the database lacks at the dump's revision.
-\t                    Backup: continue a reply that broke off after its last complete row.
-\t-s NAME             Restore: start at the chunk of that split-file name (upstream's newer option).
-\t-D SECONDS          Restore: wait that long between import requests (upstream's newer option).
-\t-f -                Backup to standard output, or restore from standard input (gzip too).
-\t--help              Display this text [exit 0; -h exits 1, as the script].
-\t--version           Display version information [exit 0; -V exits 1, as the script].
+def extensions_text():
+    """--help's list of our extensions, by the mode they serve (``LONG_OPTIONS``)."""
+    def entry(name, lines):
+        return "".join("\t%-19s %s\n" % (name if i == 0 else "", line) for i, line in enumerate(lines))
 
-"""
+    def options(serves):
+        return "".join(entry("--%s %s" % (name, option.value) if option.value else "--" + name, option.text)
+                       for name, option in LONG_OPTIONS.items() if option.serves == serves)
+    return ("Extensions (long options only; every short option keeps its bash meaning).\n"
+            "Backup and restore:\n" + options(BOTH)
+            + entry("-d PATTERN", ("A pattern ('*', '?', '[...]', which no database name holds): every database of the",
+                                   "server it matches (backup) or of the folder -f names (restore), one file each in",
+                                   "that folder, <name>.json with '/' written %2F. '*' leaves out the system databases",
+                                   "(_users, ...); only a pattern beginning with '_' takes them in."))
+            + entry("-f -", ("Backup to standard output, or restore from standard input (gzip too).",))
+            + "Restore only (-r; a backup refuses them):\n" + options((RESTORE,))
+            + entry("-s NAME", ("Start at the chunk of that split-file name (upstream's newer option).",))
+            + entry("-D SECONDS", ("Wait that long between import requests (upstream's newer option).",))
+            + "Backup only (-b; a restore refuses it):\n" + options((BACKUP,)) + "\n")
+
+
+EXTENSIONS_TEXT = extensions_text()
 
 
 VERSION_TEXT = """
@@ -441,6 +466,9 @@ class Options:
         self.pattern = False     # -d is a pattern: every database it matches, to or from a folder
         self.exclude = []        # --exclude patterns
         self.server_run = False  # one database of a -d PATTERN run
+        self.cacert = None        # --cacert: a CA bundle, "system", or None (not checked, as curl -k)
+        self.cert = None          # --cert: the client certificate
+        self.key = None           # --key: its private key, when not in the same file
         self.cores = 1
         self.url = ""
 
@@ -471,10 +499,11 @@ def getopts(args, spec=GETOPTS_SPEC):
                 yield "?", arg[1:]
                 index += 1
                 continue
-            if has_eq and not LONG_OPTIONS[name]:
+            valued = LONG_OPTIONS[name].value is not None
+            if has_eq and not valued:
                 yield "=", name
                 return
-            if LONG_OPTIONS[name]:
+            if valued:
                 if not has_eq:
                     if index + 1 >= len(args):
                         yield ":", arg[1:]
@@ -540,9 +569,15 @@ def parse_options(argv, environ, out, prog):
         # 5,000, several at once; without --jobs the script's 5,000 stays.
         opts.lines = JOBS_LINES
     _check_mode_and_names(opts, stray, prog)
+    _check_long_options(opts, given)
     _settle_numbers(opts, out)
     _settle_server(opts, environ, prog)
     _check_pattern(opts)
+    own_port = re.search(r":([0-9]+)\Z", opts.host.rstrip("/"))
+    if "P" in given and own_port and own_port.group(1) != opts.port:
+        # bash's choice, kept; but a --recreate deletes on the server -H names.
+        out.detail("couchdb_dump: -H names port %s: it is used, and -P %s is ignored (as the script does)"
+                   % (own_port.group(1), opts.port))
     return opts
 
 
@@ -559,7 +594,7 @@ OPTION_FLAGS = {"b": ("backup",), "B": ("backup",), "r": ("restore",), "R": ("re
 
 def _read_options(argv, opts, prog):
     """Walk the options into ``opts``; returns (the words after them, the options given)."""
-    stray, given = [], set()
+    stray, given = [], {}   # the options given, in the order given
     for option, value in getopts(argv):
         opts.extended = opts.extended or option.startswith("--") or option in ("D", "s")
         if option == "end":
@@ -571,7 +606,7 @@ def _read_options(argv, opts, prog):
                 setattr(opts, name, True)
         else:
             OPTION_HANDLERS[option](opts, option, value, prog)
-        given.add(option)
+        given[option] = True
     return stray, given
 
 
@@ -637,11 +672,20 @@ def _exclude(opts, option, value, prog):
     opts.exclude.append(value)
 
 
+def _tls_file(opts, option, value, prog):
+    """--cacert, --cert, --key: a file that can be read (--cacert system: the system's store)."""
+    unreadable = None if option == "--cacert" and value == "system" else _unreadable(value)
+    if unreadable:
+        raise _long_option_error('... ERROR: Option "%s" names %s: %s' % (option, value, unreadable))
+    setattr(opts, option[2:], value)
+
+
 # The options that do more than set a value: each handler checks and sets, or ends the run.
 OPTION_HANDLERS = {"h": _help_or_version, "V": _help_or_version, "--version": _help_or_version,
                    "--help": _help_or_version, ":": _misspelt, "=": _misspelt, "?": _misspelt, "D": _delay,
                    "--timeout": _timeout, "--jobs": _whole_number, "--max-line-mb": _whole_number,
-                   "--no-progress": _no_progress, "--since": _since, "--exclude": _exclude}
+                   "--no-progress": _no_progress, "--since": _since, "--exclude": _exclude,
+                   "--cacert": _tls_file, "--cert": _tls_file, "--key": _tls_file}
 
 
 def _check_mode_and_names(opts, stray, prog):
@@ -663,6 +707,18 @@ def _check_mode_and_names(opts, stray, prog):
         raise _usage_error(prog, "... ERROR: Missing argument '-d <DB_NAME>'")
     if not opts.file:
         raise _usage_error(prog, "... ERROR: Missing argument '-f <FILENAME>'")
+
+
+def _check_long_options(opts, given):
+    """--key without --cert, or a long option of the other mode (the first one given), is an error."""
+    if opts.key is not None and opts.cert is None:
+        raise _long_option_error('... ERROR: Option "--key" goes with --cert (the client certificate it is the key of)')
+    mode = BACKUP if opts.backup else RESTORE
+    for option in given:
+        serves = LONG_OPTIONS[option[2:]].serves if option.startswith("--") else BOTH
+        if mode not in serves:
+            raise _long_option_error('... ERROR: Option "%s" is for %s (-%s) only, not for %s (-%s)'
+                                     % (option, serves[0], serves[0][0], mode, mode[0]))
 
 
 def _settle_numbers(opts, out):
@@ -774,6 +830,15 @@ def _long_option_error(message, name=None):
     if guess:
         message += " (did you mean --%s?)" % guess[0]
     return Failure(lines=[message + " - see --help for the long options"])
+
+
+def _unreadable(path):
+    """Why the file ``path`` cannot be read, or None when it can."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as error:
+        return error.strerror or str(error)
 
 
 def _positive_number(text):
@@ -921,6 +986,19 @@ ATTEMPT_WORDS = {
 }
 
 
+def let_go(stream):
+    """A stream that can no longer be written (a full disk, a closed pipe):
+    what is still buffered can never go out, so the interpreter's last
+    flush, at exit, must not fail for it ("Exception ignored", exit 120).
+    Its file descriptor is pointed at /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):   # no file descriptor (a test's buffer)
+        pass
+
+
 class Messages:
     """The lines the bash script prints, on its standard output.
 
@@ -939,7 +1017,9 @@ class Messages:
         self.progress = None     # the Progress line to clear before a line and draw again after it
         self.line_open = False   # the last bytes written did not end a line
         self.last_cause = None   # why the last transfer failed, in words (``cause``)
-        self._lock = threading.Lock()
+        self.lost = False        # a line could not be written (a full disk, a closed pipe)
+        # Reentrant: a signal's handler may print while this thread prints.
+        self._lock = threading.RLock()
 
     @staticmethod
     def encode(text):
@@ -960,7 +1040,10 @@ class Messages:
             try:
                 self.stream.write(data)
                 self.stream.flush()
-            except (BrokenPipeError, ValueError):
+            except OSError:
+                # A full disk or a closed pipe: the run goes on; main lets the stream go at the end.
+                self.lost = True
+            except ValueError:
                 pass
             if data:
                 self.line_open = not data.endswith(b"\n")
@@ -1002,12 +1085,18 @@ class Messages:
         self.last_cause = str(why)
         self.detail("couchdb_dump: %s" % why)
 
-    def error_text(self):
-        """The run's error in words, for --json: the last error line, or the
-        cause of the failed transfer behind bash's vague curl lines."""
-        if self.last_error and self.last_error.startswith("Curl ") and self.last_cause:
-            return self.last_cause
-        return self.last_error
+    def error_text(self, cause=None):
+        """The run's error in words, for --json: the last error line with
+        ``cause``, why the run failed (an HTTP status and what it means, the
+        connection's failure, the disk's), unless the line says it already;
+        behind bash's vague curl lines (``Curl encountered an issue…``,
+        ``Curl failed to…``) the cause alone, or the last transfer's."""
+        line, cause = self.last_error, str(cause) if cause is not None else None
+        if line and line.startswith("Curl "):
+            return cause or self.last_cause or line
+        if cause and line and cause.lower() not in line.lower():
+            return "%s; %s" % (line, cause)
+        return line or cause
 
     def detail(self, text):
         """An explanation bash never printed: it goes to standard error."""
@@ -1016,7 +1105,7 @@ class Messages:
             try:
                 sys.stderr.write(text + "\n")
                 sys.stderr.flush()
-            except (BrokenPipeError, ValueError):
+            except (OSError, ValueError):
                 pass
             self._show_progress()
 
@@ -1286,7 +1375,7 @@ def quote_path_segment(text):
 def quote_database(name):
     # Keep the characters CouchDB names use literally, as curl sends them;
     # encode "/" and anything a URL cannot carry, and "+", which CouchDB
-    # reads as a space in a path.
+    # reads as a space in a path ("sales+eu" would name "sales eu").
     return quote(os.fsencode(name), safe="$()-_,;=@!*'~")
 
 
@@ -1329,14 +1418,22 @@ class CouchSession:
 
     Credentials travel only in the Authorization header (Basic, as curl -u
     sends them), never in a request's URL, and never appear in a message.
-    TLS certificates are not verified, as with the script's ``curl -k``.
-    The proxy variables curl reads are read the same way (``proxy_for``).
+    TLS certificates are not verified, as with the script's ``curl -k``,
+    unless ``cacert`` names a CA bundle (or "system", the system's store):
+    then every request checks the chain and the host name.  ``cert`` and
+    ``key`` are a client certificate.  ``notice`` tells the user (once a
+    run) that an https server's certificate is not checked.  The proxy
+    variables curl reads are read the same way (``proxy_for``).
     """
 
     CONNECT_LIMIT = 30.0   # seconds
+    UNCHECKED = "couchdb_dump: WARN: the server's certificate is not checked (as curl -k); --cacert FILE checks it"
 
-    def __init__(self, url, user="", password="", timeout=300.0, environ=None):
+    def __init__(self, url, user="", password="", timeout=300.0, environ=None, cacert=None, cert=None, key=None,
+                 notice=None):
         self.url = url
+        self.cacert, self.cert, self.key = cacert, cert, key
+        self.notice = notice
         self.environ = os.environ if environ is None else environ
         self.timeout = timeout
         # Connecting (TCP and the TLS handshake) gets a limit of its own: a
@@ -1345,6 +1442,7 @@ class CouchSession:
         self._pool = None
         self._origin = None
         self._tls_server = None
+        self._host = None
         self._url_secrets = []
         self._prefix = ""
         self.headers = {"Accept": "*/*", "User-Agent": "%s/%s" % (PROGRAM, __version__)}
@@ -1387,8 +1485,12 @@ class CouchSession:
         options = {"retries": False, "maxsize": 8,
                    "timeout": urllib3.Timeout(connect=self.connect_limit, read=self.timeout)}
         if scheme == "https":
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-            options["cert_reqs"] = "CERT_NONE"
+            self._host = parsed.host
+            options.update(self._tls_options())
+            if self.cacert is None:
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+                if self.notice is not None:
+                    self.notice(self.UNCHECKED)
         proxy = proxy_for(scheme, parsed.host, self.environ)
         if proxy is None:
             self._pool = urllib3.PoolManager(**options)
@@ -1403,6 +1505,39 @@ class CouchSession:
             self._pool = urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
         except Exception:
             raise TransferFailed("the proxy named in the environment is not a valid URL")
+
+    def _tls_options(self):
+        """urllib3's TLS settings: unchecked (curl -k) unless --cacert, a client certificate with --cert."""
+        import ssl
+        try:
+            if self.cacert is None:
+                if self.cert is None:
+                    return {"cert_reqs": "CERT_NONE"}
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            else:
+                context = ssl.create_default_context(cafile=None if self.cacert == "system" else self.cacert)
+                # urllib3 checks the host name itself (1.26 sends no server name
+                # for an IP address, which ssl's own check requires).
+                context.check_hostname = False
+        except (ssl.SSLError, OSError) as error:
+            raise CertificateRefused("--cacert %s holds no certificate authority in PEM form (%s)"
+                                     % (self.cacert, getattr(error, "reason", None) or error))
+        if self.cert is not None:
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except (ssl.SSLError, OSError) as error:
+                raise CertificateRefused("--cert %s%s is no client certificate with its key in PEM form (%s)"
+                                         % (self.cert, " with --key %s" % self.key if self.key else "",
+                                            getattr(error, "reason", None) or error))
+        options = {"ssl_context": context}
+        if self.cacert is None:
+            options["cert_reqs"] = "CERT_NONE"
+        return options
+
+    def _trust(self):
+        return "the system's store" if self.cacert == "system" else "the CA bundle %s" % self.cacert
 
     def secrets(self):
         """The texts no message may show: the password and the Authorization value."""
@@ -1429,8 +1564,15 @@ class CouchSession:
                 redirect=False, retries=False, preload_content=False,
                 decode_content=True, enforce_content_length=True)
         except Exception as error:  # urllib3 wraps every socket failure
-            if self._tls_server and _during_handshake(error):
-                raise TransferFailed(self._tls_failure(error))
+            if self._tls_server:
+                refused = certificate_refusal(error, self._tls_server, self._host, self._trust())
+                if refused:
+                    raise CertificateRefused(refused)
+                closed = tls_closed(error, self._tls_server, self.cert)
+                if closed:
+                    raise TransferFailed(closed)
+                if _during_handshake(error):
+                    raise TransferFailed(self._tls_failure(error))
             raise TransferFailed(_describe(error, timeout=self.timeout))
 
     def _tls_failure(self, error):
@@ -1450,6 +1592,57 @@ class CouchSession:
         finally:
             response.release_conn()
         return Reply(response.status, data, response.headers)
+
+
+# OpenSSL's verify codes (X509_V_ERR_*) and what they mean to the user.
+_UNTRUSTED = (2, 18, 19, 20, 21)   # no chain to a certificate authority we were given
+_EXPIRED, _NOT_YET_VALID = 10, 9
+_NOT_FOR_HOST = (62, 64)           # host name, IP address mismatch
+
+
+def certificate_refusal(error, server, host, trust):
+    """A failed certificate check in words, or None when ``error`` is no such failure.
+
+    ``server`` is host:port, ``host`` the name the certificate must be for,
+    ``trust`` where the certificate authorities came from.
+    """
+    chain = _causes(error)
+    for cause in chain:
+        code = getattr(cause, "verify_code", None)
+        if code is None:
+            if type(cause).__name__ == "CertificateError":   # urllib3's host name check
+                return "cannot trust %s: its certificate is not for %s" % (server, host)
+            continue
+        if code in _UNTRUSTED:
+            why = "is not signed by a certificate authority of %s" % trust
+        elif code == _EXPIRED:
+            why = "has expired"
+        elif code == _NOT_YET_VALID:
+            why = "is not valid yet"
+        elif code in _NOT_FOR_HOST:
+            why = "is not for %s" % host
+        else:
+            why = "failed the check (%s)" % getattr(cause, "verify_message", code)
+        return "cannot trust %s: its certificate %s" % (server, why)
+    text = " ".join(str(cause) for cause in chain).upper()
+    if "CERTIFICATE_REQUIRED" in text:
+        return "the server %s asks for a client certificate (--cert FILE)" % server
+    if any(alert in text for alert in ("ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE_UNKNOWN")):
+        return "the server %s refused the client certificate of --cert" % server
+    return None
+
+
+def tls_closed(error, server, client_cert):
+    """A server that closed the TLS connection as it began, in words, or None.
+
+    TLS 1.3 tells a refused client certificate after the handshake: a client
+    still sending its request sees the connection closed, not the reason.
+    """
+    if not any(type(cause).__name__ == "SSLEOFError" for cause in _causes(error)):
+        return None
+    return "the server %s closed the TLS connection as it began (%s)" % (
+        server, "does it refuse the client certificate of --cert?" if client_cert
+        else "does it ask for a client certificate? --cert FILE gives one")
 
 
 def _bytes_read(response):
@@ -1838,6 +2031,28 @@ def reported(reply):
     return b"HTTP %d: %s" % (reply.status, reply.first_line[:200])
 
 
+# What an HTTP status means to the person who reads it, said beside the status.
+STATUS_WORDS = {
+    401: "the user name and password were not accepted (-u/-p, or COUCHDB_USER/COUCHDB_PASS)",
+    403: "the user may not do this",
+    404: "not found",
+    409: "a conflict with what the database holds",
+    413: "the request is too large for the server",
+}
+
+
+def answered(status, body=None):
+    """A reply that is no answer, in words: its status, what it means, and
+    with ``body`` the reason CouchDB gave."""
+    text = "the server answered HTTP %d" % status
+    if status in STATUS_WORDS:
+        text += ": " + STATUS_WORDS[status]
+    error = _json_or_none(body) if body else None
+    if isinstance(error, dict) and "error" in error:
+        text += " (%s: %s)" % (error.get("error"), error.get("reason", ""))
+    return text
+
+
 def failure_words(failure):
     """A failed attempt in words: the transfer's failure, or what the reply was."""
     if not isinstance(failure, Reply):
@@ -1982,7 +2197,8 @@ class Requester:
             try:
                 reply = self._send(ask)
             except TransferFailed as error:
-                attempt += 1
+                # A refused certificate stays refused: the first failure is the last.
+                attempt = self.attempts if isinstance(error, CertificateRefused) else attempt + 1
                 self.out.cause(error)
                 self._failed(ask, words, attempt, error)
             else:
@@ -2059,7 +2275,8 @@ class Requester:
             self.out.line(((words.reply or words.transfer) if replied else words.transfer) % values)
             return
         if not replied:
-            raise Failure(lines=[line % values for line in words.gave_up])
+            # The cause was said at the attempt; it goes with the failure to --json's error.
+            raise Failure(lines=[line % values for line in words.gave_up], cause=failure)
         lines = []
         for line in words.refused:
             if line == REPORTED:
@@ -2071,7 +2288,9 @@ class Requester:
                 line = line % values
             lines.append(line)
         conflict = failure.status == 409 or b'"error":"conflict"' in failure.first_line
-        raise Failure(lines=lines, hints=[words.hint] if words.hint else [],
+        # The status and what it means: the cause --json's error carries.
+        cause = answered(failure.status) if not failure.ok else None
+        raise Failure(lines=lines, hints=[words.hint] if words.hint else [], cause=cause,
                       notes=[words.conflict % values] if words.conflict and conflict else [])
 
     @staticmethod
@@ -2961,6 +3180,11 @@ def _document_ends(line):
     return line[end - 1:end] == b"}"
 
 
+def _json_string(quoted):
+    """The value of a JSON string, from its bytes in quotes; without an escape, its UTF-8."""
+    return json.loads(quoted) if b"\\" in quoted else quoted[1:-1].decode("utf-8")
+
+
 def document_revision(line):
     """``(id, rev)`` of a dump line's document, each None where it is not a
     string (both for a line that holds no document): the one function that
@@ -2979,8 +3203,8 @@ def document_revision(line):
     if (match and line.count(b'"_id"') == 1 and line.count(b'"_rev"') == 1 and b"\\u" not in line
             and _document_ends(line)):
         try:
-            return json.loads(match.group(1)), json.loads(match.group(2))
-        except ValueError:
+            return _json_string(match.group(1)), _json_string(match.group(2))
+        except ValueError:   # UnicodeDecodeError too
             pass
     doc = dump_line_document(line)
     if doc is None:
@@ -3326,13 +3550,17 @@ class DumpTarget:
     member a megabyte, in background threads (zlib lets go of the GIL, so
     compression runs beside the row rewriting), and written in order.
     ``writelines`` takes pieces already in their final form (worker
-    processes compress their blocks themselves).
+    processes compress their blocks themselves).  A write that fails (a
+    full disk) is said with ``name``: ``cannot write NAME: No space left on
+    device``.
     """
 
     MEMBER = 1 << 20
 
-    def __init__(self, raw, compress=False, threads=1):
+    def __init__(self, raw, compress=False, threads=1, name="standard output"):
         self.raw = raw
+        self.name = name
+        self.failed = False   # a write failed: what is still buffered can never go out
         self.compress = compress
         self.threads = max(threads, 1)
         self.plain = []
@@ -3356,8 +3584,16 @@ class DumpTarget:
             self._out(piece)
 
     def _out(self, data):
-        self.raw.write(data)
+        self._io(self.raw.write, data)
         self.written += len(data)
+
+    def _io(self, action, *args):
+        """A write, flush or sync of the backup; its OSError (a full disk) said in words."""
+        try:
+            return action(*args)
+        except OSError as error:
+            self.failed = True
+            raise curl_failed("cannot write %s: %s" % (self.name, error.strerror or error))
 
     def _pack(self):
         if not self.plain:
@@ -3380,7 +3616,7 @@ class DumpTarget:
         self._pack()
         self._drain(0)
         self.close()
-        self.raw.flush()
+        self._io(self.raw.flush)
 
     def close(self):
         if self.packing is not None:
@@ -3496,15 +3732,15 @@ class BackupFile(DumpTarget):
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # what curl -o would have created
-        super().__init__(_EarlyWriteback(os.fdopen(fd, "wb", buffering=1 << 20)), compress, threads)
+        super().__init__(_EarlyWriteback(os.fdopen(fd, "wb", buffering=1 << 20)), compress, threads, path)
 
     def commit(self):
         self.finish()
         # On disk before it takes the user's name: a crash never leaves an
         # empty or partial file that looks like a backup.
-        os.fsync(self.raw.fileno())
-        self.raw.close()
-        TEMPORARY_FILES.settle(self.temp_path, self.path)
+        self._io(os.fsync, self.raw.fileno())
+        self._io(self.raw.close)
+        self._io(TEMPORARY_FILES.settle, self.temp_path, self.path)
 
     def discard(self):
         try:
@@ -3549,7 +3785,9 @@ class StreamTarget(DumpTarget):
     def discard(self):
         try:
             self.close()
-            if self.compress:
+            if self.failed:
+                let_go(self.raw)
+            elif self.compress:
                 # The members already out are whole: end the stream with the
                 # start of one that never ends, so gunzip calls it truncated.
                 self.raw.write(GZIP_MAGIC + b"\x08\x00\x00\x00\x00\x00\x00\x03")
@@ -3736,10 +3974,11 @@ class AllDocsSource:
             if head.startswith(b'{"error'):
                 rest = b"".join(blocks) if b"\n" not in head else b""
                 first = (head + rest).split(b"\n", 1)[0]
-                raise Failure(lines=[b"... ERROR: CouchDB reported: " + first])
+                raise Failure(lines=[b"... ERROR: CouchDB reported: " + first], cause=answered(response.status))
             if not 200 <= response.status < 300:
                 raise Failure(lines=["... ERROR: The server answered HTTP %d %s instead of the documents."
-                                     % (response.status, response.reason or "")])
+                                     % (response.status, response.reason or "")],
+                              cause=answered(response.status) if response.status in STATUS_WORDS else None)
             began = head[:200]
             had_cr = b"\r" in head
             head = head.replace(b"\r", b"")
@@ -4534,6 +4773,8 @@ class Backup:
             if isinstance(error, Failure):
                 error.tell(out)   # while the progress line still stands, as every other line
             target.discard()
+            # No file: counts of documents in it would mislead (--json).
+            self.summary.update((key, 0) for key, value in self.summary.items() if type(value) is int)
             raise
         finally:
             self.progress.finish()
@@ -4563,6 +4804,8 @@ class RestoreRun:
         self.counts = RestoreCounts(opts)
         self.db_path = "/" + quote_database(opts.db)
         self.plan = None   # a RestorePlan, once the dump is checked
+        # -s and --resume compare the dump with what the database holds (not an empty one).
+        self.compare = opts.resume or opts.start_chunk is not None
 
 
 class RestoreCounts:
@@ -4570,15 +4813,19 @@ class RestoreCounts:
 
     ``documents_written`` counts the documents the server took in this run
     (design documents included), ``refused`` those it answered with an
-    error; ``failed_chunk`` names the chunk the run stopped at.
+    error, ``skipped`` those -s or --resume found in the database already
+    at the dump's revision (design documents included); ``failed_chunk``
+    names the chunk the run stopped at.
     """
 
     def __init__(self, opts):
         self.db = opts.db
         self.file = opts.file
+        self.compares = opts.resume or opts.start_chunk is not None   # with the database: "skipped" counts
+        self.skipped = 0
         self.total_documents = 0     # in the dump
         self.file_bytes = 0          # of the dump file, once it is checked
-        self.design_documents = 0    # PUT, once all of them are
+        self.design_documents = 0    # PUT in this run
         self.documents_written = 0
         self.refused = 0
         self.chunks_written = 0
@@ -4595,6 +4842,8 @@ class RestoreCounts:
             summary["complete"] = True
         if self.since is not None:
             summary["since"] = self.since
+        if self.compares:
+            summary["skipped"] = self.skipped
         if self.resume_at is not None:
             summary["resume"] = "-s " + self.resume_at
         return summary
@@ -5112,11 +5361,14 @@ class TargetDatabase:
             out.line("... WARN: Curl failed to get the list of databases - Continuing")
             if not reply.body.rstrip(b"\n"):
                 out.line("... WARN: Curl just returned: ")
+            refused = None
             if reply.status >= 400:
-                out.detail("couchdb_dump: the server answered HTTP %d to the list of databases%s"
-                           % (reply.status, REFUSED_LISTING.get(reply.status, "")))
+                refused = "the server answered HTTP %d to the list of databases%s" % (
+                    reply.status, REFUSED_LISTING.get(reply.status, ""))
             if opts.recreate:
-                raise Failure(lines=["... ERROR: --recreate needs the list of databases - Stopping"])
+                raise Failure(lines=["... ERROR: --recreate needs the list of databases - Stopping"], cause=refused)
+            if refused:
+                out.detail("couchdb_dump: " + refused)
             return
         exists = opts.db in names
         if exists and opts.recreate:
@@ -5185,7 +5437,7 @@ class DesignDocuments:
 
     def __init__(self, run):
         self.run = run
-        self.compare = run.opts.resume or run.opts.start_chunk is not None
+        self.compare = run.compare
 
     def put_all(self, dump, survey):
         opts, counts = self.run.opts, self.run.counts
@@ -5196,10 +5448,12 @@ class DesignDocuments:
             if self.compare:
                 body = self.against_database(path, body, name, wanted[number])
                 if body is None:
+                    counts.skipped += 1
                     continue
             self.run.requester.ask(Ask("PUT", self.run.db_path + path, "design document", body=body, expect="stored",
                                    doc_id=wanted[number], name=name, db=opts.db))
             counts.documents_written += 1
+            counts.design_documents += 1
             self.run.progress.update(counts.documents_written, counts.bytes_sent, counts.total_documents)
 
     def against_database(self, path, body, name, doc_id):
@@ -5488,6 +5742,12 @@ class RevisionIndex:
         return self.found.count(0)
 
 
+def holds_no_document(requester, db_path):
+    """Whether the database says it holds no document, not even a deleted one (one GET)."""
+    info = requester.glance(db_path)
+    return isinstance(info, dict) and info.get("doc_count") == 0 and info.get("doc_del_count", 0) == 0
+
+
 def revs_diff(requester, db_path, asked, words, name=""):
     """Which (id, revision) pairs of ``asked`` ({id: [revisions]}) the database
     lacks: one ``_revs_diff`` POST.  An answer's entry of another shape counts
@@ -5506,9 +5766,10 @@ class BulkUpload:
     """Sends one _bulk_docs body: with --resume, only what the database lacks.
 
     With --resume, one ``_revs_diff`` POST first asks which documents the
-    database lacks at the dump's revision; only those are sent, and nothing
-    when none is.  The requester sends the body (in halves, where the server
-    finds it too large: ``Requester.send_documents``).
+    database lacks at the dump's revision (``missing``); only those are
+    sent, and nothing when none is.  The requester sends the body (in
+    halves, where the server finds it too large:
+    ``Requester.send_documents``).
     """
 
     def __init__(self, requester, db_path, resume):
@@ -5519,14 +5780,13 @@ class BulkUpload:
     def send(self, part, ask):
         """Send ``part`` (a ``Chunk``, or the ``WholeText``) as ``ask`` says;
         returns ``(documents sent, the server's answers as one Reply)``."""
-        if self.resume:
-            part = self.missing(part.whole(), ask.values["name"])
-            if not part.documents:
-                return 0, Reply(201, b"[]")
         return self.requester.send_documents(ask, part)
 
-    def missing(self, chunk, name):
-        """The chunk less the documents the database has at their revision (one _revs_diff POST)."""
+    def missing(self, part, name):
+        """``(the part less the documents the database has at their revision,
+        how many it has)``: one _revs_diff POST.  A part the database lacks
+        whole is sent as it is, not rebuilt (a restore into an empty database)."""
+        chunk = part.whole()
         docs = chunk_documents(chunk)
         revisions = [document_revision(doc) for doc in docs]
         asked = {}
@@ -5534,11 +5794,13 @@ class BulkUpload:
             if doc_id is not None and rev is not None:
                 asked.setdefault(doc_id, []).append(rev)
         if not asked:
-            return chunk
+            return part, 0
         lacking = revs_diff(self.requester, self.db_path, asked, "compare chunk", name)
-        return documents_chunk(chunk.lines[0], [doc for doc, (doc_id, rev) in zip(docs, revisions)
-                                                if doc_id is None or rev is None or (doc_id, rev) in lacking],
-                               chunk.lines[-1])
+        kept = [doc for doc, (doc_id, rev) in zip(docs, revisions)
+                if doc_id is None or rev is None or (doc_id, rev) in lacking]
+        if len(kept) == len(docs):
+            return part, 0
+        return documents_chunk(chunk.lines[0], kept, chunk.lines[-1]), len(docs) - len(kept)
 
 
 class WholeText:
@@ -5566,8 +5828,9 @@ class ChunkUpload:
     def __init__(self, run):
         self.run = run
         self.path = run.db_path + "/_bulk_docs"
-        self.bulk = BulkUpload(run.requester, run.db_path, run.opts.resume)
+        self.bulk = BulkUpload(run.requester, run.db_path, run.opts.resume and run.compare)
         self.start = run.plan.start   # -s: the chunks before it are not sent
+        self.done = self.start        # the chunks before this one are written (or skipped), in order
 
     def send(self, text, text_name):
         opts, out = self.run.opts, self.run.out
@@ -5575,6 +5838,7 @@ class ChunkUpload:
         out.script_steps("split")
         self.run.plan.refuse()
         on_their_way = []
+        abandoned = False
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(max_workers=opts.jobs)
         try:
@@ -5584,39 +5848,47 @@ class ChunkUpload:
             for index, chunk in enumerate(text.chunks(opts.chunk_lines)):
                 if index < self.start:
                     continue
-                while len(on_their_way) >= opts.jobs:
+                while sum(future is not None for _, _, _, future in on_their_way) >= opts.jobs:
                     self._collect(*on_their_way.pop(0))
                 self.run.requester.check_stop()
                 name = "%s.split%s" % (text_name, chunk_suffix(index))
-                out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header
-                                              else "Adding header to", name))
-                out.info("... INFO: %s %s" % ("Footer already applied to" if chunk.had_footer
-                                              else "Adding footer to", name))
-                out.info("... INFO: Inserting %s" % name)
-                on_their_way.append((name, chunk, pool.submit(self._post_chunk, name, chunk)))
+                chunk = self._compared(chunk, name)
+                if chunk is not None:
+                    self._announce(chunk, name)
+                future = pool.submit(self._post_chunk, name, chunk) if chunk is not None else None
+                on_their_way.append((index, name, chunk, future))
             while on_their_way:
                 self._collect(*on_their_way.pop(0))
         except Failure as failure:
             failure.tell(out)   # before what the chunks on their way say
             # Chunks are taken in order: the first not written is where -s resumes.
             counts = self.run.counts
-            counts.resume_at = counts.failed_chunk or "%s.split%s" % (
-                text_name, chunk_suffix(self.start + counts.chunks_written))
-            for name, chunk, future in on_their_way:
+            counts.resume_at = counts.failed_chunk or "%s.split%s" % (text_name, chunk_suffix(self.done))
+            for _, name, chunk, future in on_their_way:
                 try:
-                    self._chunk_done(chunk, future.result())
+                    if future is not None:
+                        self._chunk_done(chunk, future.result())
                 except Failure as also:
                     also.tell(out)
             raise
+        except Interrupted:
+            # Stopped at once: what is on its way is abandoned, not waited for.
+            abandoned = True
+            counts = self.run.counts
+            counts.resume_at = counts.failed_chunk or "%s.split%s" % (text_name, chunk_suffix(self.done))
+            raise
         finally:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=not abandoned)
         out.line("... INFO: Import Cycle Completed.")
 
     def send_whole(self, text, documents):
         """Fewer lines than -l: one _bulk_docs of the whole text."""
         opts, out, counts = self.run.opts, self.run.out, self.run.counts
         whole = WholeText(text, documents)
-        documents, reply = self.bulk.send(whole, Ask("POST", self.path, "whole file", expect="list", name=opts.file))
+        part = self._compared(whole, opts.file)
+        if part is None:
+            return
+        documents, reply = self.bulk.send(part, Ask("POST", self.path, "whole file", expect="list", name=opts.file))
         counts.chunks_written = 1
         counts.bytes_sent += whole.stream[0]
         refused = report_refusals(out, reply)
@@ -5625,15 +5897,36 @@ class ChunkUpload:
         if not counts.refused:
             out.info("... INFO: Imported %s Successfully." % opts.file)
 
-    def _collect(self, name, chunk, future):
-        try:
-            reply = future.result()
-        except Stopped:
-            raise
-        except Failure:
-            self.run.counts.failed_chunk = name
-            raise
-        self._chunk_done(chunk, reply)
+    def _compared(self, chunk, name):
+        """--resume: the chunk less what the database holds already, or None when it holds all of it."""
+        if not self.bulk.resume:
+            return chunk
+        chunk, skipped = self.bulk.missing(chunk, name)
+        self.run.counts.skipped += skipped
+        if chunk.documents:
+            return chunk
+        if skipped:
+            self.run.out.info("... INFO: %s: its %d documents are in the database already - skipped" % (name, skipped))
+        return None
+
+    def _announce(self, chunk, name):
+        """The script's lines as it splits the text and sends a chunk."""
+        out = self.run.out
+        out.info("... INFO: %s %s" % ("Header already applied to" if chunk.had_header else "Adding header to", name))
+        out.info("... INFO: %s %s" % ("Footer already applied to" if chunk.had_footer else "Adding footer to", name))
+        out.info("... INFO: Inserting %s" % name)
+
+    def _collect(self, index, name, chunk, future):
+        if future is not None:
+            try:
+                reply = future.result()
+            except Stopped:
+                raise
+            except Failure:
+                self.run.counts.failed_chunk = name
+                raise
+            self._chunk_done(chunk, reply)
+        self.done = index + 1
 
     def _post_chunk(self, name, chunk):
         return self.bulk.send(chunk, Ask("POST", self.path, "chunk", expect="list", name=name))
@@ -5752,6 +6045,8 @@ def verify_restore(requester, out, opts, path, dump, index):
     out.info("... INFO: Verifying %s against %s" % (opts.db, opts.file))
     try:
         response = requester.open(path + "/_all_docs")
+        if not 200 <= response.status < 300:
+            raise Failure(answered(response.status, response.read()))
         scanner = JsonRowScanner(documents=False)
         present_designs = set()
         wanted_designs = set(index.design_ids)
@@ -5817,7 +6112,7 @@ def report_incomplete(requester, out, opts, path, counts):
     out.detail(text)
 
 
-def tell_resume(out, opts, counts):
+def tell_resume(out, opts, counts, always=False):
     """A restore that stopped in its chunks ends with the -s value that resumes it.
 
     On standard output, as the last ERROR line, only when the command line
@@ -5825,11 +6120,13 @@ def tell_resume(out, opts, counts):
     with the script's own options keeps the script's standard output to
     the letter, and is told on standard error instead.  ``--json`` keeps
     the cause of the failure as its ``error``, and gets the -s value as
-    ``resume``.
+    ``resume``.  With ``always`` (a run stopped at once) it is said even
+    before the first chunk: then --resume goes on.
     """
-    if counts.resume_at is None:
+    if counts.resume_at is None and not always:
         return
-    text = "To resume this restore, run it again with -s %s (or with --resume)." % counts.resume_at
+    text = ("To resume this restore, run it again with -s %s (or with --resume)." % counts.resume_at
+            if counts.resume_at is not None else "To resume this restore, run it again with --resume.")
     if not opts.extended:
         out.detail("couchdb_dump: " + text)
         return
@@ -5881,8 +6178,11 @@ class Restore:
         if self.complete is not None:
             self.complete.put_security(run.plan.refuse)
         self.stop.graceful = True
+        self.stop.announce = self.stopping
         try:
             self.restore_documents(dump, survey)
+        except Interrupted as signalled:
+            self.stopped_at_once(signalled.signum)
         except Stopped as stopped:
             run.progress.finish()
             stopped = Stopped(stopped.signum, lines=[
@@ -5902,8 +6202,28 @@ class Restore:
             raise
         finally:
             self.stop.graceful = False
+            self.stop.announce = None
             run.progress.finish()
         self.verdict(dump, index)
+
+    def stopping(self, signum):
+        """The first signal, said at once: the requests on their way are still waited for."""
+        self.context.out.line("... WARN: %s: stopping after the requests in flight (%s again stops at once)."
+                              % (signal_name(signum), signal_name(signum)))
+
+    def stopped_at_once(self, signum):
+        """A second signal: the requests in flight are abandoned and nothing more is asked;
+        what was written and how to go on are said, and the run ends."""
+        run = self.context
+        counts = run.counts
+        run.progress.finish()
+        stopped = Stopped(signum, lines=[
+            "... ERROR: Stopped at once by %s: %d of %d documents were written (%d chunks); the restore is incomplete"
+            " (a request abandoned on its way may be stored all the same)."
+            % (signal_name(signum), counts.documents_written, counts.total_documents, counts.chunks_written)])
+        stopped.tell(run.out)
+        tell_resume(run.out, run.opts, counts, always=True)
+        raise stopped
 
     def verdict(self, dump, index):
         """After the upload: refused documents and --verify end the run as failed."""
@@ -5931,6 +6251,10 @@ class Restore:
         opts, out = run.opts, run.out
         text_name = opts.file
         fix_line = None
+        if run.compare and holds_no_document(run.requester, run.db_path):
+            # Nothing to compare with: every document is missing, the dump goes as it is.
+            out.info("... INFO: %s holds no document yet: the dump is sent without comparing" % opts.db)
+            run.compare = False
         out.info("... INFO: Checking for Design documents")
         if self.complete is not None:
             self.complete.announce()
@@ -5943,8 +6267,7 @@ class Restore:
             out.info("... INFO: Inserting Design documents")
             run.plan.refuse()
             DesignDocuments(run).put_all(dump, survey)
-            out.info("... INFO: Successfully imported %d Design Documents" % len(survey.designs))
-            run.counts.design_documents = len(survey.designs)
+            out.info("... INFO: Successfully imported %d Design Documents" % run.counts.design_documents)
         footer = None if survey.lines - 1 in survey.design_lines else strip_newline(survey.last)
         text = RestoreText(dump, survey.design_lines, fix_line, survey.first, footer)
         if run.plan.single:
@@ -5952,6 +6275,9 @@ class Restore:
             ChunkUpload(run).send_whole(text, survey.documents - len(survey.designs))
         else:
             ChunkUpload(run).send(text, text_name)
+        if opts.resume:
+            out.info("... INFO: --resume: %d documents sent, %d skipped (in the database already at the dump's"
+                     " revision)." % (run.counts.documents_written, run.counts.skipped))
 
 
 # ===========================================================================
@@ -6252,8 +6578,7 @@ def main(argv=None, environ=None, stdout=None):
     want_json = any(arg == "--json" or arg.startswith("--json=") for arg in argv)
     json_stream = None
     started = time.monotonic()
-    job = None
-    opts = None
+    job = opts = cause = None
     stop = Stop()
     stop.install()
     TEMPORARY_FILES.open()
@@ -6268,7 +6593,8 @@ def main(argv=None, environ=None, stdout=None):
             opts.progress and not opts.quiet, what="written" if opts.backup else "sent")
         out.progress = progress
         tune_memory()
-        session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ)
+        session = CouchSession(opts.url, opts.user, opts.password, opts.timeout, environ,
+                               cacert=opts.cacert, cert=opts.cert, key=opts.key, notice=out.detail)
         if opts.pattern:
             job = ServerRun(opts, session, out, progress, stop)
         elif opts.backup:
@@ -6279,7 +6605,7 @@ def main(argv=None, environ=None, stdout=None):
         code = 0
     except Failure as failure:
         failure.tell(out)
-        code = failure.code
+        code, cause = failure.code, failure.cause
     except (Interrupted, KeyboardInterrupt) as signalled:
         if not isinstance(signalled, Interrupted):
             signalled = Interrupted(signal.SIGINT)
@@ -6306,7 +6632,7 @@ def main(argv=None, environ=None, stdout=None):
         report.update(summary)
         report["seconds"] = round(time.monotonic() - started, 3)
         if code != 0:
-            report["error"] = out.error_text() or "exit code %d" % code
+            report["error"] = out.error_text(cause) or "exit code %d" % code
             report["exit_code"] = code
         line = json.dumps(report, ensure_ascii=False).encode("utf-8") + b"\n"
         target = json_stream or out.stream
@@ -6315,14 +6641,29 @@ def main(argv=None, environ=None, stdout=None):
         try:
             target.write(line)
             target.flush()
-        except (BrokenPipeError, ValueError):
+        except OSError:
+            out.lost = True
+        except ValueError:
             pass
+    if out.lost:
+        let_go(out.stream)
     return code
 
 
 def main_entry():
     """The ``couchdb-dump`` console script."""
-    sys.exit(main())
+    code = main()
+    # (Python 3.8's pool threads are daemons, yet joined at exit all the same.)
+    if code > 128 and any(thread.is_alive() for thread in threading.enumerate()
+                          if thread is not threading.main_thread()):
+        # Stopped at once: requests still on their way are abandoned, not waited for at exit.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

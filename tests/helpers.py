@@ -1,7 +1,7 @@
 """What several test files share, defined once: where the program is, the
 environment it runs in, running it (a fresh interpreter, or this one), what
-it printed, one HTTP call to a test server, a stub holding a database,
-dumps, and a port where nothing listens.
+it printed, one HTTP call to a test server, a stub holding a database, a
+restore that stops part way, dumps, and a port where nothing listens.
 
 Plain Python 3.8: the suite runs there too.
 """
@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -154,6 +155,23 @@ def stub_with(docs, **options):
         stub.store.databases["db"][doc_id] = dict({"_id": doc_id, "_rev": "1-%08x" % (hash(doc_id) & 0xffffffff)},
                                                   **fields)
     return stub
+
+
+def stop_after_chunks(count):
+    """Stub faults: the ``count``+1-th _bulk_docs POST and every later one fail
+    for good (HTTP 500), as a restore that stops part way."""
+    from couch_stub import Fault
+    seen = [0]
+    lock = threading.Lock()
+
+    def faults(index, method, path):
+        if method == "POST" and path.endswith("/_bulk_docs"):
+            with lock:
+                seen[0] += 1
+                if seen[0] > count:
+                    return Fault("status", 500, b'{"error":"unknown_error","reason":"badarg"}\n')
+        return None
+    return faults
 
 
 @functools.lru_cache(maxsize=None)   # functools.cache is 3.9+: the tests run on 3.8 too

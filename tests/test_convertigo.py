@@ -325,7 +325,8 @@ def test_json_failure_of_a_backup_of_a_missing_database_carries_the_error_line(p
     assert result.returncode == 1
     report = last_json(result.stdout)
     assert report["ok"] is False
-    assert report["error"] == error_text(result.stdout)
+    # The error line, and the cause behind it: the status and what it means.
+    assert report["error"] == error_text(result.stdout) + "; the server answered HTTP 404: not found"
     assert report["error"].startswith("CouchDB reported: {")
     assert report["exit_code"] == 1
     assert (report["mode"], report["db"]) == ("backup", db)

@@ -71,7 +71,10 @@ def test_wrong_password_on_restore_says_the_server_answered_401(tmp_path):
     assert "... WARN: Curl failed to get the list of databases - Continuing" in stdout
     assert stderr_lines(result, "couchdb_dump: the server answered") == [
         "couchdb_dump: the server answered HTTP 401 to the list of databases: it did not accept the user name"
-        " and password (-u/-p, or COUCHDB_USER/COUCHDB_PASS)"]
+        " and password (-u/-p, or COUCHDB_USER/COUCHDB_PASS)",
+        # and of the _bulk_docs that ended the run
+        "couchdb_dump: the server answered HTTP 401: the user name and password were not accepted"
+        " (-u/-p, or COUCHDB_USER/COUCHDB_PASS)"]
     assert "wrong" not in result.stderr.decode() + result.stdout.decode()
 
 

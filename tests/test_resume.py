@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from couch_stub import CouchStub, Fault, couchdb_chunks, sized_chunks
-from helpers import dump_of, http, run_port, says, start_port, stub_with
+from helpers import dump_of, http, run_port, says, start_port, stop_after_chunks, stub_with
 
 
 def numbered_docs(count, size=40):
@@ -460,21 +460,6 @@ def test_plain_rerun_of_a_restore_with_design_documents_fails_on_conflict_as_the
 
 
 # -- --resume in restore ---------------------------------------------------------------
-
-def stop_after_chunks(count):
-    """Faults: the `count`+1-th _bulk_docs POST and every later one fail for good."""
-    seen = [0]
-    lock = threading.Lock()
-
-    def faults(index, method, path):
-        if method == "POST" and path.endswith("/_bulk_docs"):
-            with lock:
-                seen[0] += 1
-                if seen[0] > count:
-                    return Fault("status", 500, b'{"error":"unknown_error","reason":"badarg"}\n')
-        return None
-    return faults
-
 
 def test_resume_after_a_restore_stopped_at_chunk_3_sends_only_the_missing_documents(tmp_path):
     stub = CouchStub(databases=("db",), faults=stop_after_chunks(2))
