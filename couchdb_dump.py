@@ -6564,6 +6564,29 @@ def tune_memory():
     mallopt(m_trim_threshold, 8 << 20)
 
 
+def run_summary(job, opts):
+    """What --json says of the run besides its outcome: the job's own summary, or the command line's."""
+    summary = dict(job.summary) if job is not None else {}
+    if not summary and opts is not None:
+        summary = {"mode": "backup" if opts.backup else "restore", "db": opts.db, "file": opts.file}
+    return summary
+
+
+def print_json_line(out, json_stream, report):
+    """--json's object, alone on the last line of its stream."""
+    line = json.dumps(report, ensure_ascii=False).encode("utf-8") + b"\n"
+    target = json_stream or out.stream
+    if target is out.stream and out.line_open:
+        line = b"\n" + line   # the last line is the JSON object, alone
+    try:
+        target.write(line)
+        target.flush()
+    except OSError:
+        out.lost = True
+    except ValueError:
+        pass
+
+
 def main(argv=None, environ=None, stdout=None):
     """Run the command line; returns the exit code.
 
@@ -6625,26 +6648,13 @@ def main(argv=None, environ=None, stdout=None):
         TEMPORARY_FILES.sweep()   # whatever a thread still does, no temporary file outlives the run
         stop.uninstall()
     if want_json:
-        summary = dict(job.summary) if job is not None else {}
-        if not summary and opts is not None:
-            summary = {"mode": "backup" if opts.backup else "restore", "db": opts.db, "file": opts.file}
         report = {"ok": code == 0}
-        report.update(summary)
+        report.update(run_summary(job, opts))
         report["seconds"] = round(time.monotonic() - started, 3)
         if code != 0:
             report["error"] = out.error_text(cause) or "exit code %d" % code
             report["exit_code"] = code
-        line = json.dumps(report, ensure_ascii=False).encode("utf-8") + b"\n"
-        target = json_stream or out.stream
-        if target is out.stream and out.line_open:
-            line = b"\n" + line   # the last line is the JSON object, alone
-        try:
-            target.write(line)
-            target.flush()
-        except OSError:
-            out.lost = True
-        except ValueError:
-            pass
+        print_json_line(out, json_stream, report)
     if out.lost:
         let_go(out.stream)
     return code
