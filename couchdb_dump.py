@@ -3215,6 +3215,27 @@ def document_revision(line):
     return (doc_id if isinstance(doc_id, str) else None), (rev if isinstance(rev, str) else None)
 
 
+# The same layout at the start of every line of several joined by newlines.
+_DOC_ID_REV_LINES = re.compile(rb'^\{"_id":"([^"\\\n]*)","_rev":"([^"\\\n]*)"', re.MULTILINE)
+
+
+def document_revisions(lines):
+    """``[document_revision(line) for line in lines]`` (lines without their
+    newline), read at once where no line holds a backslash: then a line in
+    the script's layout naming each key once is told by counting over all
+    of them, not line by line.  Any other run of lines is read line by line."""
+    blob = b"\n".join(lines)
+    if b"\\" not in blob:
+        found = _DOC_ID_REV_LINES.findall(blob)
+        if (len(found) == len(lines) == blob.count(b'"_id"') == blob.count(b'"_rev"')
+                and all(map(_document_ends, lines))):
+            try:
+                return [(doc_id.decode("utf-8"), rev.decode("utf-8")) for doc_id, rev in found]
+            except UnicodeDecodeError:
+                pass
+    return [document_revision(line) for line in lines]
+
+
 def design_document_id(line):
     """The ``_design/…`` id of a dump line, or None for any other line.
 
@@ -5796,7 +5817,7 @@ class BulkUpload:
         revisions is work of its own, done while the server answers another part."""
         chunk = part.whole()
         docs = chunk_documents(chunk)
-        revisions = [document_revision(doc) for doc in docs]
+        revisions = document_revisions(docs)
         asked = {}
         for doc_id, rev in revisions:
             if doc_id is not None and rev is not None:

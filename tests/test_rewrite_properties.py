@@ -200,3 +200,11 @@ def test_the_id_and_revision_of_a_dump_line_are_those_its_parse_gives(line):
         assert cd.document_revision(line) == (None, None)
     elif cd.dump_line_document(line) is not None:   # the check lets no other line through
         assert cd.document_revision(line) == id_and_revision_by_parsing(line)
+
+
+@settings(max_examples=max(300, test_properties.EXAMPLES))   # cheap: no server, no file
+@given(st.lists(dump_lines().map(lambda line: line[:-1] if line.endswith(b"\n") else line), max_size=8))
+@example([b'{"_id":"a","_rev":"1"}', b'{"_id":"b","_rev":"1","o":{"_id":"c"}}'])   # a key twice over the lines
+@example([b'{"_id":"\xff","_rev":"1"}'])                                             # no UTF-8
+def test_the_revisions_of_a_chunk_read_at_once_are_those_read_line_by_line(lines):
+    assert cd.document_revisions(lines) == [cd.document_revision(line) for line in lines]
