@@ -3215,24 +3215,29 @@ def document_revision(line):
     return (doc_id if isinstance(doc_id, str) else None), (rev if isinstance(rev, str) else None)
 
 
-# The same layout at the start of every line of several joined by newlines.
-_DOC_ID_REV_LINES = re.compile(rb'^\{"_id":"([^"\\\n]*)","_rev":"([^"\\\n]*)"', re.MULTILINE)
+# The same layout at the start of every line of several joined by newlines,
+# and a document's end at the end of each (as ``_document_ends`` reads it).
+_DOC_ID_REV_LINES = re.compile(r'^\{"_id":"([^"\\\n]*)","_rev":"([^"\\\n]*)"', re.MULTILINE)
+_DOCUMENT_ENDS_LINES = re.compile(r'\}[ \t\r,]*$', re.MULTILINE)
 
 
 def document_revisions(lines):
     """``[document_revision(line) for line in lines]`` (lines without their
-    newline), read at once where no line holds a backslash: then a line in
-    the script's layout naming each key once is told by counting over all
-    of them, not line by line.  Any other run of lines is read line by line."""
+    newline), read at once where the lines are UTF-8 and none holds a
+    backslash: then lines in the script's layout naming each key once are
+    told by counting over all of them, not line by line.  Any other run of
+    lines is read line by line."""
     blob = b"\n".join(lines)
     if b"\\" not in blob:
-        found = _DOC_ID_REV_LINES.findall(blob)
-        if (len(found) == len(lines) == blob.count(b'"_id"') == blob.count(b'"_rev"')
-                and all(map(_document_ends, lines))):
-            try:
-                return [(doc_id.decode("utf-8"), rev.decode("utf-8")) for doc_id, rev in found]
-            except UnicodeDecodeError:
-                pass
+        try:
+            text = blob.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            found = _DOC_ID_REV_LINES.findall(text)
+            if (len(found) == len(lines) == text.count('"_id"') == text.count('"_rev"')
+                    == len(_DOCUMENT_ENDS_LINES.findall(text))):
+                return found
     return [document_revision(line) for line in lines]
 
 
