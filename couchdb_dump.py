@@ -18,7 +18,8 @@ The file reads in the order the data flows, in eight chapters:
     6. backup     stream rows -> rewrite -> write the file
     7. restore    read -> check -> target database -> design documents
                   -> chunks -> upload -> verify
-    8. main       the command line in, an exit code out
+    8. main       the command line in, an exit code out: one database,
+                  or every one a pattern matches (``ServerRun``)
 
 It is importable: ``main(argv)`` runs the command line and returns the exit
 code; the classes below can be used on their own (``__all__`` names them):
