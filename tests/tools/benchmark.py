@@ -1203,12 +1203,17 @@ def complete_leaves(n, width):
                    "_revisions": {"start": 2, "ids": ["%032x" % i, digest]}}
 
 
+def stub_server(**options):
+    """The stub server of the tests (tests/tools/couch_stub.py), imported only by the stages that use it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from couch_stub import CouchStub
+    return CouchStub(**options)
+
+
 def complete_stub(n, what):
     """The stub server holding `complete_leaves(n)` as database "db", with a
     _security object; prints what it holds.  Returns (stub, its leaves)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from couch_stub import CouchStub
-    stub = CouchStub(databases=["db"])
+    stub = stub_server(databases=["db"])
     started = time.monotonic()
     batch = []
     for doc in complete_leaves(n, max(7, len(str(n)))):
@@ -1334,12 +1339,6 @@ def run_incremental(n, runs, port, top, changed=0.01):
 # What users wrote instead: one process a database, one after another.
 SHELL_LOOP = ('python=$1; port=$2; server=$3; folder=$4; shift 4; for db in "$@"; do '
               '"$python" "$port" -b -q -H 127.0.0.1 -P "$server" -d "$db" -f "$folder/$db.json" || exit 1; done')
-
-
-def stub_server(**options):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from couch_stub import CouchStub
-    return CouchStub(**options)
 
 
 def small_documents(count, seed):
